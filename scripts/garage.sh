@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# A local Garage S3 server for the demo and the tests.
+#
+#   scripts/garage.sh install          build Garage into the tools directory if missing
+#   scripts/garage.sh start DIR [B..]  start a single-node server with its state in DIR,
+#                                      on free loopback ports, with a test key and buckets
+#                                      B.. (the key may also create buckets); writes the
+#                                      settings to DIR/env and prints them
+#   scripts/garage.sh stop DIR         stop the server started in DIR (by its process id)
+#
+# Garage is built once per machine with cargo (about 10 minutes on 2 cores) into
+# $S3MOUNT_TOOLS (default ~/.cache/s3mount-tools).
+set -euo pipefail
+
+GARAGE_VERSION=2.5.0
+TOOLS=${S3MOUNT_TOOLS:-$HOME/.cache/s3mount-tools}
+GARAGE=$TOOLS/garage-$GARAGE_VERSION/bin/garage
+# A fixed test key (Garage key ids are GK + 24 hex digits, secrets 64 hex digits).
+KEY_ID=GK5e3a0c1f2b4d6e8a9c7b1d3f
+KEY_SECRET=6d1f0a3c5e7b9d2f4a6c8e0b1d3f5a7c9e2b4d6f8a0c1e3b5d7f9a2c4e6b8d0f
+REGION=garage
+
+install() {
+  if [ -x "$GARAGE" ]; then return 0; fi
+  echo "Building Garage $GARAGE_VERSION into $TOOLS (once per machine, about 10 minutes)..." >&2
+  mkdir -p "$TOOLS"
+  cargo install garage --version "$GARAGE_VERSION" --locked --root "$TOOLS/garage-$GARAGE_VERSION" >&2
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+start() {
+  local dir=$1; shift
+  install
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  local rpc s3 admin
+  rpc=$(free_port); s3=$(free_port); admin=$(free_port)
+  cat > "$dir/garage.toml" <<TOML
+metadata_dir = "$dir/meta"
+data_dir = "$dir/data"
+db_engine = "sqlite"
+replication_factor = 1
+compression_level = "none"
+rpc_bind_addr = "127.0.0.1:$rpc"
+rpc_public_addr = "127.0.0.1:$rpc"
+rpc_secret = "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
+
+[s3_api]
+s3_region = "$REGION"
+api_bind_addr = "127.0.0.1:$s3"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:$admin"
+TOML
+  local g=("$GARAGE" -c "$dir/garage.toml")
+  RUST_LOG=warn "${g[@]}" server > "$dir/garage.log" 2>&1 &
+  echo $! > "$dir/garage.pid"
+  # Wait (bounded) until the node answers.
+  local i
+  for i in $(seq 1 100); do
+    if "${g[@]}" status > /dev/null 2>&1; then break; fi
+    if ! kill -0 "$(cat "$dir/garage.pid")" 2>/dev/null; then
+      echo "garage exited; see $dir/garage.log" >&2; tail -n 20 "$dir/garage.log" >&2; return 1
+    fi
+    sleep 0.2
+  done
+  local node
+  node=$("${g[@]}" node id -q | cut -d@ -f1)
+  "${g[@]}" layout assign -z dc1 -c 10G "$node" > /dev/null
+  "${g[@]}" layout apply --version 1 > /dev/null
+  "${g[@]}" key import --yes -n s3mount-test "$KEY_ID" "$KEY_SECRET" > /dev/null
+  "${g[@]}" key allow --create-bucket s3mount-test > /dev/null
+  local b
+  for b in "$@"; do
+    "${g[@]}" bucket create "$b" > /dev/null
+    "${g[@]}" bucket allow --read --write --owner "$b" --key s3mount-test > /dev/null
+  done
+  # The S3 listener comes up with the layout; wait until it answers HTTP.
+  for i in $(seq 1 100); do
+    if python3 -c "import urllib.request,sys
+try: urllib.request.urlopen('http://127.0.0.1:$s3/', timeout=1)
+except urllib.error.HTTPError: sys.exit(0)
+except Exception: sys.exit(1)" 2>/dev/null; then break; fi
+    sleep 0.2
+  done
+  cat > "$dir/env" <<ENV
+export AWS_ACCESS_KEY_ID=$KEY_ID
+export AWS_SECRET_ACCESS_KEY=$KEY_SECRET
+export AWS_REGION=$REGION
+export AWS_EC2_METADATA_DISABLED=true
+export S3_ENDPOINT=http://127.0.0.1:$s3
+export GARAGE_DIR=$dir
+export GARAGE_PID=$(cat "$dir/garage.pid")
+ENV
+  cat "$dir/env"
+}
+
+stop() {
+  local dir=$1 pid
+  [ -f "$dir/garage.pid" ] || return 0
+  pid=$(cat "$dir/garage.pid")
+  if kill "$pid" 2>/dev/null; then
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$dir/garage.pid"
+}
+
+case "${1:-}" in
+  install) install ;;
+  start) shift; [ $# -ge 1 ] || { echo "usage: $0 start DIR [BUCKET...]" >&2; exit 2; }; start "$@" ;;
+  stop) [ $# -eq 2 ] || { echo "usage: $0 stop DIR" >&2; exit 2; }; stop "$2" ;;
+  *) echo "usage: $0 install | start DIR [BUCKET...] | stop DIR" >&2; exit 2 ;;
+esac

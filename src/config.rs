@@ -1,0 +1,154 @@
+//! Every option, its default and its parsing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Mount an S3 bucket, or the keys under a prefix of it, as a local directory.
+///
+/// Files are objects and directories are key prefixes, so what you write is readable
+/// by any other S3 tool. Reads go through ranged GETs; writes are staged on local
+/// disk and uploaded when the file is closed (or fsync'd). A failed upload makes
+/// close() fail and keeps the data in the cache directory.
+///
+/// Credentials come from the standard AWS chain: environment variables, profile
+/// files (AWS_PROFILE), web identity, instance metadata.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "s3mount",
+    version,
+    after_help = "Unmount with `fusermount3 -u MOUNTPOINT` (or `umount`, or Ctrl-C with --foreground).\nPending uploads finish before s3mount exits."
+)]
+pub struct Cli {
+    /// The bucket, optionally with a key prefix to mount only the keys under it
+    #[arg(value_name = "BUCKET[:PREFIX]")]
+    pub source: String,
+
+    /// An existing, empty directory to mount on
+    pub mountpoint: PathBuf,
+
+    /// S3 endpoint, for S3-compatible servers (default: AWS, or AWS_ENDPOINT_URL)
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+
+    /// Region (default: from the AWS configuration, else us-east-1)
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// Address the bucket in the path (http://host/bucket), not as a subdomain
+    #[arg(long)]
+    pub force_path_style: bool,
+
+    /// Stay in the foreground (default: go to the background once mounted)
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+
+    /// Mount read-only
+    #[arg(long)]
+    pub read_only: bool,
+
+    /// Directory for staging files and logs [default: $XDG_CACHE_HOME/s3mount or ~/.cache/s3mount]
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// How long attributes and listings are trusted before S3 is asked again
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub metadata_ttl: Duration,
+
+    /// Owner of all files [default: the user who mounts]
+    #[arg(long)]
+    pub uid: Option<u32>,
+
+    /// Group of all files [default: the group of the user who mounts]
+    #[arg(long)]
+    pub gid: Option<u32>,
+
+    /// Permission bits of files, in octal
+    #[arg(long, value_name = "OCTAL", default_value = "0644", value_parser = parse_mode)]
+    pub file_mode: u16,
+
+    /// Permission bits of directories, in octal
+    #[arg(long, value_name = "OCTAL", default_value = "0755", value_parser = parse_mode)]
+    pub dir_mode: u16,
+
+    /// Let other users than the one who mounts use the mount
+    #[arg(long)]
+    pub allow_other: bool,
+
+    /// Log level (error, warn, info, debug, trace); RUST_LOG, if set, wins
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Log file [default: stderr in the foreground, CACHE_DIR/s3mount.log in the background]
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+}
+
+fn parse_mode(s: &str) -> Result<u16, String> {
+    u16::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?} is not an octal mode like 0644"))
+}
+
+/// Bucket and key prefix from `BUCKET[:PREFIX]`; the prefix comes back as `""` or
+/// ending in `/`.
+pub fn parse_source(source: &str) -> Result<(String, String), String> {
+    let (bucket, prefix) = source.split_once(':').unwrap_or((source, ""));
+    if bucket.is_empty() || bucket.contains('/') {
+        return Err(format!("{source:?} is not BUCKET or BUCKET:PREFIX"));
+    }
+    let prefix = prefix.trim_matches('/');
+    let prefix = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}/")
+    };
+    Ok((bucket.to_string(), prefix))
+}
+
+/// The cache directory when none is given.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("s3mount");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".cache").join("s3mount");
+    }
+    std::env::temp_dir().join(format!("s3mount-{}", nix::unistd::geteuid()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_splits_into_bucket_and_prefix() {
+        assert_eq!(parse_source("b").unwrap(), ("b".into(), "".into()));
+        assert_eq!(parse_source("b:").unwrap(), ("b".into(), "".into()));
+        assert_eq!(
+            parse_source("b:/x/y/").unwrap(),
+            ("b".into(), "x/y/".into())
+        );
+        assert!(parse_source(":x").is_err());
+        assert!(parse_source("a/b").is_err());
+    }
+
+    #[test]
+    fn modes_are_octal() {
+        assert_eq!(parse_mode("0644"), Ok(0o644));
+        assert_eq!(parse_mode("755"), Ok(0o755));
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("77777").is_err());
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = Cli::parse_from(["s3mount", "b", "/mnt"]);
+        assert_eq!(cli.metadata_ttl, Duration::from_secs(1));
+        assert_eq!(cli.file_mode, 0o644);
+        assert_eq!(cli.dir_mode, 0o755);
+        assert!(!cli.foreground);
+    }
+}

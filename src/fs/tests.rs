@@ -1,0 +1,380 @@
+//! Unit tests of the filesystem core over the in-memory store.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::store::memory::{MemoryStore, Op};
+
+struct Setup {
+    store: Arc<MemoryStore>,
+    fs: Fs,
+    dir: tempfile::TempDir,
+}
+
+fn setup_with(prefix: &str, read_only: bool) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let fs = Fs::new(
+        store.clone(),
+        FsConfig {
+            prefix: prefix.into(),
+            uid: 1000,
+            gid: 1000,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+            metadata_ttl: Duration::from_secs(60),
+            read_only,
+            staging_dir: dir.path().join("staging"),
+        },
+    )
+    .unwrap();
+    Setup { store, fs, dir }
+}
+
+fn setup() -> Setup {
+    setup_with("", false)
+}
+
+fn name(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+fn staged_files(s: &Setup) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(s.dir.path().join("staging"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+async fn write_file(fs: &Fs, parent: u64, file: &str, data: &[u8]) -> FsResult<u64> {
+    let (attr, fh) = fs.create(parent, name(file), libc::O_WRONLY).await?;
+    fs.write(fh, 0, data.to_vec()).await?;
+    let flushed = fs.flush(fh).await;
+    fs.release(fh).await;
+    flushed.map(|()| attr.ino)
+}
+
+async fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
+    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let chunk = fs.read(fh, out.len() as u64, 65536).await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    fs.release(fh).await;
+    out
+}
+
+#[tokio::test]
+async fn written_file_is_uploaded_on_close_with_content_type() {
+    let s = setup_with("site/", false);
+    let ino = write_file(&s.fs, ROOT_INO, "style.css", b"body {}")
+        .await
+        .unwrap();
+    let o = s.store.object("site/style.css").unwrap();
+    assert_eq!(&o.body[..], b"body {}");
+    assert_eq!(o.content_type.as_deref(), Some("text/css"));
+    assert_eq!(s.fs.getattr(ino).await.unwrap().size, 7);
+    assert_eq!(read_all(&s.fs, ino).await, b"body {}");
+    assert!(staged_files(&s).is_empty(), "staging file left behind");
+}
+
+#[tokio::test]
+async fn nothing_reaches_the_bucket_before_close() {
+    let s = setup();
+    let (_, fh) =
+        s.fs.create(ROOT_INO, name("a"), libc::O_WRONLY)
+            .await
+            .unwrap();
+    s.fs.write(fh, 0, b"partial".to_vec()).await.unwrap();
+    assert!(s.store.object("a").is_none());
+    s.fs.flush(fh).await.unwrap();
+    s.fs.release(fh).await;
+    assert_eq!(&s.store.object("a").unwrap().body[..], b"partial");
+}
+
+#[tokio::test]
+async fn failed_upload_fails_close_and_keeps_the_data() {
+    let s = setup();
+    for _ in 0..2 {
+        s.store
+            .fail_next(Op::Put, StoreError::Unreachable("server down".into()));
+    }
+    let err = write_file(&s.fs, ROOT_INO, "report.txt", b"precious")
+        .await
+        .unwrap_err();
+    assert_eq!(err, Errno::EIO);
+    assert!(s.store.object("report.txt").is_none());
+    let kept = staged_files(&s);
+    assert_eq!(kept.len(), 1);
+    assert_eq!(std::fs::read(&kept[0]).unwrap(), b"precious");
+    assert!(kept[0].to_string_lossy().ends_with("report.txt"));
+    // The failed close is not retried behind the user's back at release.
+    assert_eq!(s.store.calls(Op::Put), 1);
+}
+
+#[tokio::test]
+async fn access_denied_upload_is_eacces() {
+    let s = setup();
+    s.store
+        .fail_next(Op::Put, StoreError::AccessDenied("AccessDenied".into()));
+    let err = write_file(&s.fs, ROOT_INO, "x", b"x").await.unwrap_err();
+    assert_eq!(err, Errno(libc::EACCES));
+}
+
+#[tokio::test]
+async fn objects_written_elsewhere_are_listed_and_looked_up() {
+    let s = setup();
+    s.store.insert("docs/a.txt", "hello");
+    s.store.insert("docs/sub/b.txt", "x");
+    s.store.insert("empty/", "");
+    let docs = s.fs.lookup(ROOT_INO, name("docs")).await.unwrap();
+    assert_eq!(docs.kind, Kind::Dir);
+    assert_eq!(
+        s.fs.lookup(ROOT_INO, name("empty")).await.unwrap().kind,
+        Kind::Dir
+    );
+    let a = s.fs.lookup(docs.ino, name("a.txt")).await.unwrap();
+    assert_eq!((a.kind, a.size), (Kind::File, 5));
+    assert_eq!(
+        s.fs.lookup(docs.ino, name("missing")).await.unwrap_err(),
+        Errno::ENOENT
+    );
+    let fh = s.fs.opendir(docs.ino).unwrap();
+    let names: Vec<String> =
+        s.fs.readdir(docs.ino, fh, 0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+    assert_eq!(names, [".", "..", "sub", "a.txt"]);
+    // Restarting from an offset gives the rest of the same snapshot.
+    let rest = s.fs.readdir(docs.ino, fh, 3, 100).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].name, "a.txt");
+    s.fs.releasedir(fh);
+}
+
+#[tokio::test]
+async fn created_file_is_listed_before_it_is_uploaded() {
+    let s = setup();
+    let (_, fh) =
+        s.fs.create(ROOT_INO, name("new"), libc::O_WRONLY)
+            .await
+            .unwrap();
+    let dh = s.fs.opendir(ROOT_INO).unwrap();
+    let listed = s.fs.readdir(ROOT_INO, dh, 2, 100).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, "new");
+    s.fs.flush(fh).await.unwrap();
+    s.fs.release(fh).await;
+    assert!(s.store.object("new").is_some());
+}
+
+#[tokio::test]
+async fn mkdir_writes_a_marker_and_rmdir_refuses_a_non_empty_directory() {
+    let s = setup();
+    let d = s.fs.mkdir(ROOT_INO, name("d")).await.unwrap();
+    assert!(s.store.object("d/").is_some());
+    assert_eq!(
+        s.fs.mkdir(ROOT_INO, name("d")).await.unwrap_err(),
+        Errno::EEXIST
+    );
+    write_file(&s.fs, d.ino, "f", b"1").await.unwrap();
+    assert_eq!(
+        s.fs.rmdir(ROOT_INO, name("d")).await.unwrap_err(),
+        Errno::ENOTEMPTY
+    );
+    s.fs.unlink(d.ino, name("f")).await.unwrap();
+    s.fs.rmdir(ROOT_INO, name("d")).await.unwrap();
+    assert!(s.store.keys().is_empty(), "{:?}", s.store.keys());
+}
+
+#[tokio::test]
+async fn rmdir_refuses_a_directory_with_a_file_not_yet_uploaded() {
+    let s = setup();
+    let d = s.fs.mkdir(ROOT_INO, name("d")).await.unwrap();
+    let (_, fh) = s.fs.create(d.ino, name("f"), libc::O_WRONLY).await.unwrap();
+    assert_eq!(
+        s.fs.rmdir(ROOT_INO, name("d")).await.unwrap_err(),
+        Errno::ENOTEMPTY
+    );
+    s.fs.release(fh).await;
+}
+
+#[tokio::test]
+async fn unlinked_open_file_is_never_uploaded() {
+    let s = setup();
+    let (_, fh) =
+        s.fs.create(ROOT_INO, name("tmp"), libc::O_RDWR)
+            .await
+            .unwrap();
+    s.fs.write(fh, 0, b"scratch".to_vec()).await.unwrap();
+    s.fs.unlink(ROOT_INO, name("tmp")).await.unwrap();
+    // The handle still works.
+    assert_eq!(&s.fs.read(fh, 0, 100).await.unwrap()[..], b"scratch");
+    s.fs.flush(fh).await.unwrap();
+    s.fs.release(fh).await;
+    assert!(s.store.keys().is_empty());
+    assert!(staged_files(&s).is_empty());
+}
+
+#[tokio::test]
+async fn rename_copies_then_deletes() {
+    let s = setup();
+    s.store.insert("a.txt", "data");
+    s.fs.mkdir(ROOT_INO, name("d")).await.unwrap();
+    let d = s.fs.lookup(ROOT_INO, name("d")).await.unwrap();
+    s.fs.rename(ROOT_INO, name("a.txt"), d.ino, name("b.txt"), 0)
+        .await
+        .unwrap();
+    assert_eq!(s.store.keys(), ["d/", "d/b.txt"]);
+    assert_eq!(
+        s.fs.lookup(ROOT_INO, name("a.txt")).await.unwrap_err(),
+        Errno::ENOENT
+    );
+}
+
+#[tokio::test]
+async fn renamed_file_with_unsaved_writes_is_uploaded_under_the_new_name() {
+    let s = setup();
+    let (_, fh) =
+        s.fs.create(ROOT_INO, name("draft"), libc::O_WRONLY)
+            .await
+            .unwrap();
+    s.fs.write(fh, 0, b"v1".to_vec()).await.unwrap();
+    s.fs.rename(ROOT_INO, name("draft"), ROOT_INO, name("final"), 0)
+        .await
+        .unwrap();
+    s.fs.flush(fh).await.unwrap();
+    s.fs.release(fh).await;
+    assert_eq!(s.store.keys(), ["final"]);
+}
+
+#[tokio::test]
+async fn truncate_and_overwrite_existing_object() {
+    let s = setup();
+    s.store.insert("f", "hello world");
+    let f = s.fs.lookup(ROOT_INO, name("f")).await.unwrap();
+    s.fs.setattr(f.ino, Some(5), None, None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(&s.store.object("f").unwrap().body[..], b"hello");
+    let fh = s.fs.open(f.ino, libc::O_WRONLY).await.unwrap();
+    s.fs.write(fh, 4, b"O!".to_vec()).await.unwrap();
+    s.fs.flush(fh).await.unwrap();
+    s.fs.release(fh).await;
+    assert_eq!(&s.store.object("f").unwrap().body[..], b"hellO!");
+}
+
+#[tokio::test]
+async fn names_s3_cannot_store_are_refused() {
+    let s = setup();
+    let long = "x".repeat(256);
+    assert_eq!(
+        s.fs.create(ROOT_INO, name(&long), 0).await.unwrap_err(),
+        Errno::ENAMETOOLONG
+    );
+    let mut parent = ROOT_INO;
+    for _ in 0..5 {
+        parent =
+            s.fs.mkdir(parent, name(&"d".repeat(200)))
+                .await
+                .unwrap()
+                .ino;
+    }
+    // 5 × 201 bytes of directories plus a 30-byte name is over S3's 1,024.
+    assert_eq!(
+        s.fs.create(parent, name(&"f".repeat(30)), 0)
+            .await
+            .unwrap_err(),
+        Errno::ENAMETOOLONG
+    );
+    assert!(s.fs.create(parent, name("f"), 0).await.is_ok());
+}
+
+#[tokio::test]
+async fn read_only_mount_refuses_changes() {
+    let s = setup_with("", true);
+    s.store.insert("f", "x");
+    let f = s.fs.lookup(ROOT_INO, name("f")).await.unwrap();
+    assert_eq!(
+        s.fs.open(f.ino, libc::O_WRONLY).await.unwrap_err(),
+        Errno::EROFS
+    );
+    assert_eq!(
+        s.fs.create(ROOT_INO, name("g"), 0).await.unwrap_err(),
+        Errno::EROFS
+    );
+    assert_eq!(
+        s.fs.unlink(ROOT_INO, name("f")).await.unwrap_err(),
+        Errno::EROFS
+    );
+    assert_eq!(
+        s.fs.mkdir(ROOT_INO, name("d")).await.unwrap_err(),
+        Errno::EROFS
+    );
+    assert_eq!(read_all(&s.fs, f.ino).await, b"x");
+}
+
+#[tokio::test]
+async fn large_file_is_uploaded_as_multipart() {
+    let s = setup();
+    let data: Vec<u8> = (0..20 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
+    let (_, fh) =
+        s.fs.create(ROOT_INO, name("big.bin"), libc::O_WRONLY)
+            .await
+            .unwrap();
+    for (i, chunk) in data.chunks(1 << 20).enumerate() {
+        s.fs.write(fh, (i << 20) as u64, chunk.to_vec())
+            .await
+            .unwrap();
+    }
+    s.fs.flush(fh).await.unwrap();
+    s.fs.release(fh).await;
+    assert_eq!(s.store.object("big.bin").unwrap().body, data);
+    assert_eq!(s.store.calls(Op::UploadPart), 3);
+}
+
+#[tokio::test]
+async fn shutdown_uploads_files_still_open() {
+    let s = setup();
+    let (_, fh) =
+        s.fs.create(ROOT_INO, name("open"), libc::O_WRONLY)
+            .await
+            .unwrap();
+    s.fs.write(fh, 0, b"pending".to_vec()).await.unwrap();
+    s.fs.shutdown().await;
+    assert_eq!(&s.store.object("open").unwrap().body[..], b"pending");
+}
+
+#[tokio::test]
+async fn changed_object_is_seen_after_the_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let fs = Fs::new(
+        store.clone(),
+        FsConfig {
+            prefix: String::new(),
+            uid: 0,
+            gid: 0,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+            metadata_ttl: Duration::ZERO,
+            read_only: false,
+            staging_dir: dir.path().to_path_buf(),
+        },
+    )
+    .unwrap();
+    store.insert("f", "old");
+    let f = fs.lookup(ROOT_INO, name("f")).await.unwrap();
+    assert_eq!(read_all(&fs, f.ino).await, b"old");
+    store.insert("f", "newer");
+    assert_eq!(read_all(&fs, f.ino).await, b"newer");
+}

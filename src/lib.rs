@@ -1,0 +1,15 @@
+//! s3mount: mount an S3 bucket as a filesystem with FUSE.
+//!
+//! Data flows one way: [`fuse`] decodes kernel requests and hands them to the
+//! filesystem core [`fs`], which reads through [`read`], writes through [`write`],
+//! and reaches S3 only through the [`store::ObjectStore`] trait.
+
+pub mod config;
+pub mod daemon;
+pub mod fs;
+pub mod fuse;
+pub mod mount;
+pub mod mountpoint;
+pub mod read;
+pub mod store;
+pub mod write;

@@ -1,0 +1,219 @@
+//! Mounting: connect to S3, check the bucket, mount, serve until unmounted.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{MountOption, SessionACL};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Cli, default_cache_dir, parse_source};
+use crate::daemon::Readiness;
+use crate::fs::{Fs, FsConfig};
+use crate::fuse::S3Fuse;
+use crate::store::s3::{S3Settings, S3Store};
+use crate::store::{ListRequest, ObjectStore, StoreError};
+
+/// How long the mount waits for S3 to answer its first request.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Threads reading requests from the kernel (each holds a 16 MiB buffer); the work
+/// itself runs on tokio.
+const FUSE_THREADS: usize = 2;
+
+/// Everything a mount needs, checked.
+pub struct MountConfig {
+    pub settings: S3Settings,
+    pub prefix: String,
+    pub mountpoint: PathBuf,
+    pub cache_dir: PathBuf,
+    pub fs: FsConfig,
+    pub allow_other: bool,
+    pub foreground: bool,
+    pub log_level: String,
+    pub log_file: Option<PathBuf>,
+}
+
+impl MountConfig {
+    /// Check the command line; `mountpoint` is the already checked, canonical path.
+    pub fn new(cli: Cli, mountpoint: PathBuf) -> Result<Self, String> {
+        let (bucket, prefix) = parse_source(&cli.source)?;
+        let cache_dir = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
+        std::fs::create_dir_all(&cache_dir)
+            .map_err(|e| format!("cache directory {}: {e}", cache_dir.display()))?;
+        // The background process changes directory; keep paths absolute.
+        let cache_dir = cache_dir
+            .canonicalize()
+            .map_err(|e| format!("cache directory {}: {e}", cache_dir.display()))?;
+        let log_file = cli
+            .log_file
+            .clone()
+            .or_else(|| (!cli.foreground).then(|| cache_dir.join("s3mount.log")));
+        Ok(Self {
+            settings: S3Settings {
+                bucket,
+                endpoint_url: cli.endpoint_url.clone(),
+                region: cli.region.clone(),
+                force_path_style: cli.force_path_style,
+            },
+            fs: FsConfig {
+                prefix: prefix.clone(),
+                uid: cli.uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw()),
+                gid: cli.gid.unwrap_or_else(|| nix::unistd::getegid().as_raw()),
+                file_mode: cli.file_mode,
+                dir_mode: cli.dir_mode,
+                metadata_ttl: cli.metadata_ttl,
+                read_only: cli.read_only,
+                staging_dir: cache_dir.join("staging"),
+            },
+            prefix,
+            mountpoint,
+            cache_dir,
+            allow_other: cli.allow_other,
+            foreground: cli.foreground,
+            log_level: cli.log_level,
+            log_file,
+        })
+    }
+}
+
+fn init_logging(config: &MountConfig) -> Result<(), String> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(format!("warn,s3mount={}", config.log_level)))
+        .map_err(|e| format!("--log-level {}: {e}", config.log_level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match &config.log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("log file {}: {e}", path.display()))?;
+            builder.with_ansi(false).with_writer(Arc::new(file)).init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}
+
+/// Ask S3 for one key of the mount, so that a wrong bucket, wrong credentials or an
+/// endpoint that does not answer fail the mount with a clear reason.
+async fn check_bucket(store: &dyn ObjectStore, config: &MountConfig) -> Result<(), String> {
+    let bucket = &config.settings.bucket;
+    let endpoint = config
+        .settings
+        .endpoint_url
+        .clone()
+        .unwrap_or_else(|| "the S3 endpoint".into());
+    let request = store.list(ListRequest {
+        prefix: &config.prefix,
+        delimiter: Some("/"),
+        continuation: None,
+        max_keys: Some(1),
+    });
+    match tokio::time::timeout(CONNECT_TIMEOUT, request).await {
+        Err(_) => Err(format!(
+            "no answer from {endpoint} within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        )),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(StoreError::NoSuchBucket)) => Err(format!("bucket {bucket} does not exist")),
+        Ok(Err(StoreError::AccessDenied(why))) => Err(format!(
+            "access denied to bucket {bucket} ({why}); check the credentials"
+        )),
+        Ok(Err(StoreError::Unreachable(why))) => Err(format!("cannot reach {endpoint}: {why}")),
+        Ok(Err(e)) => Err(format!("cannot list bucket {bucket}: {e}")),
+    }
+}
+
+/// Mount and serve until unmounted (or SIGINT/SIGTERM). Errors before the mount is
+/// ready come back as one line for the user.
+pub fn run(config: MountConfig, readiness: &mut Readiness) -> Result<(), String> {
+    init_logging(&config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("s3mount")
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let store: Arc<dyn ObjectStore> = rt.block_on(async {
+        let store = S3Store::new(&config.settings)
+            .await
+            .map_err(|e| e.to_string())?;
+        check_bucket(&store, &config).await?;
+        Ok::<_, String>(Arc::new(store))
+    })?;
+    let fs = Arc::new(
+        Fs::new(store, config.fs.clone())
+            .map_err(|e| format!("staging directory {}: {e}", config.fs.staging_dir.display()))?,
+    );
+
+    let mut options = fuser::Config::default();
+    options.mount_options = vec![
+        MountOption::FSName(format!("s3mount:{}", config.settings.bucket)),
+        MountOption::Subtype("s3mount".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        if config.fs.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
+    ];
+    if config.allow_other {
+        options.acl = SessionACL::All;
+    }
+    options.n_threads = Some(FUSE_THREADS);
+    let mut session = fuser::Session::new(
+        S3Fuse::new(fs, rt.handle().clone()),
+        &config.mountpoint,
+        &options,
+    )
+    .map_err(|e| format!("cannot mount on {}: {e}", config.mountpoint.display()))?;
+    tracing::info!(
+        "mounted s3://{}/{} on {}",
+        config.settings.bucket,
+        config.prefix,
+        config.mountpoint.display()
+    );
+    readiness.ready();
+
+    let mut unmounter = session.unmount_callable();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let serving = std::thread::spawn(move || {
+        let result = session.run();
+        let _ = done_tx.send(());
+        result
+    });
+    rt.block_on(async {
+        tokio::select! {
+            _ = done_rx => {}
+            signal = shutdown_signal() => {
+                tracing::info!("{signal}: unmounting {}", config.mountpoint.display());
+                if let Err(e) = unmounter.unmount() {
+                    tracing::error!("cannot unmount {}: {e}", config.mountpoint.display());
+                }
+            }
+        }
+    });
+    let result = serving
+        .join()
+        .map_err(|_| "the FUSE session panicked".to_string())?;
+    tracing::info!("unmounted {}", config.mountpoint.display());
+    result.map_err(|e| format!("FUSE session ended with an error: {e}"))
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without signal handlers, wait for the unmount instead.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}

@@ -1,0 +1,34 @@
+//! Errors of the object store and their errno.
+
+/// An error from the object store, already sorted into what the filesystem cares about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("no such key")]
+    NotFound,
+    #[error("the bucket does not exist")]
+    NoSuchBucket,
+    #[error("access denied ({0})")]
+    AccessDenied(String),
+    #[error("the object changed (precondition failed)")]
+    PreconditionFailed,
+    #[error("the key is too long for S3")]
+    KeyTooLong,
+    #[error("cannot reach the S3 endpoint: {0}")]
+    Unreachable(String),
+    #[error("S3 error: {0}")]
+    Other(String),
+}
+
+impl StoreError {
+    /// The errno a filesystem call answers with when this error ends it.
+    pub fn errno(&self) -> i32 {
+        match self {
+            StoreError::NotFound | StoreError::NoSuchBucket => libc::ENOENT,
+            StoreError::AccessDenied(_) => libc::EACCES,
+            StoreError::PreconditionFailed => libc::ESTALE,
+            StoreError::KeyTooLong => libc::ENAMETOOLONG,
+            StoreError::Unreachable(_) | StoreError::Other(_) => libc::EIO,
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! An in-memory [`ObjectStore`] with fault injection, for unit tests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+
+use super::{
+    CompletedPart, ListPage, ListRequest, ObjectMeta, ObjectStore, PutOptions, StoreError,
+    StoreResult,
+};
+
+/// The operations a fault can be injected into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Head,
+    Get,
+    List,
+    Put,
+    Copy,
+    Delete,
+    CreateMultipart,
+    UploadPart,
+    CompleteMultipart,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    pub body: Bytes,
+    pub etag: String,
+    pub last_modified: SystemTime,
+    pub content_type: Option<String>,
+}
+
+#[derive(Default)]
+struct Upload {
+    key: String,
+    content_type: Option<String>,
+    parts: BTreeMap<i32, Bytes>,
+}
+
+#[derive(Default)]
+pub struct MemoryStore {
+    objects: Mutex<BTreeMap<String, StoredObject>>,
+    uploads: Mutex<HashMap<String, Upload>>,
+    faults: Mutex<HashMap<Op, Vec<StoreError>>>,
+    counter: AtomicU64,
+    calls: Mutex<HashMap<Op, u64>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Make the next call of `op` fail with `error` (queued: several calls fail in turn).
+    pub fn fail_next(&self, op: Op, error: StoreError) {
+        lock(&self.faults).entry(op).or_default().push(error);
+    }
+
+    /// How many times `op` was called (failed calls included).
+    pub fn calls(&self, op: Op) -> u64 {
+        lock(&self.calls).get(&op).copied().unwrap_or(0)
+    }
+
+    pub fn object(&self, key: &str) -> Option<StoredObject> {
+        lock(&self.objects).get(key).cloned()
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        lock(&self.objects).keys().cloned().collect()
+    }
+
+    /// Number of multipart uploads started and neither completed nor aborted.
+    pub fn open_uploads(&self) -> usize {
+        lock(&self.uploads).len()
+    }
+
+    /// Put an object as another S3 client would.
+    pub fn insert(&self, key: &str, body: impl Into<Bytes>) {
+        let etag = self.next_etag();
+        lock(&self.objects).insert(
+            key.to_string(),
+            StoredObject {
+                body: body.into(),
+                etag,
+                last_modified: SystemTime::now(),
+                content_type: None,
+            },
+        );
+    }
+
+    fn enter(&self, op: Op) -> StoreResult<()> {
+        *lock(&self.calls).entry(op).or_default() += 1;
+        let mut faults = lock(&self.faults);
+        match faults.get_mut(&op) {
+            Some(queue) if !queue.is_empty() => Err(queue.remove(0)),
+            _ => Ok(()),
+        }
+    }
+
+    fn next_etag(&self) -> String {
+        format!("\"{}\"", self.counter.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// A poisoned lock only means another test thread panicked; the data is still usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[async_trait]
+impl ObjectStore for MemoryStore {
+    async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
+        self.enter(Op::Head)?;
+        let objects = lock(&self.objects);
+        let o = objects.get(key).ok_or(StoreError::NotFound)?;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: o.body.len() as u64,
+            etag: Some(o.etag.clone()),
+            last_modified: Some(o.last_modified),
+        })
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<Bytes> {
+        self.enter(Op::Get)?;
+        let objects = lock(&self.objects);
+        let o = objects.get(key).ok_or(StoreError::NotFound)?;
+        if if_match.is_some_and(|etag| etag != o.etag) {
+            return Err(StoreError::PreconditionFailed);
+        }
+        let len = o.body.len() as u64;
+        let start = range.start.min(len) as usize;
+        let end = range.end.min(len) as usize;
+        Ok(o.body.slice(start..end))
+    }
+
+    async fn list(&self, request: ListRequest<'_>) -> StoreResult<ListPage> {
+        self.enter(Op::List)?;
+        let max = request.max_keys.unwrap_or(1000).max(1) as usize;
+        let objects = lock(&self.objects);
+        let mut page = ListPage::default();
+        let mut count = 0;
+        // Continuation tokens are simply the last key or prefix returned.
+        let start = request.continuation.clone().unwrap_or_default();
+        let mut last = None;
+        for (key, o) in objects.range(request.prefix.to_string()..) {
+            if !key.starts_with(request.prefix) {
+                break;
+            }
+            if !start.is_empty() && key.as_str() <= start.as_str() {
+                continue;
+            }
+            let rest = &key[request.prefix.len()..];
+            let entry = match request.delimiter.and_then(|d| rest.find(d).map(|i| (d, i))) {
+                Some((d, i)) => {
+                    let prefix = format!("{}{}", request.prefix, &rest[..i + d.len()]);
+                    if page.prefixes.last() == Some(&prefix) || prefix.as_str() <= start.as_str() {
+                        continue;
+                    }
+                    page.prefixes.push(prefix.clone());
+                    prefix
+                }
+                None => {
+                    page.objects.push(ObjectMeta {
+                        key: key.clone(),
+                        size: o.body.len() as u64,
+                        etag: Some(o.etag.clone()),
+                        last_modified: Some(o.last_modified),
+                    });
+                    key.clone()
+                }
+            };
+            count += 1;
+            last = Some(entry);
+            if count == max {
+                break;
+            }
+        }
+        if count == max {
+            // Only a page that is full can have a next page.
+            let last = last.unwrap_or_default();
+            let more = objects
+                .range(last.clone()..)
+                .any(|(k, _)| k.starts_with(request.prefix) && !k.starts_with(&last));
+            if more {
+                page.next_token = Some(last);
+            }
+        }
+        Ok(page)
+    }
+
+    async fn put(&self, key: &str, body: Bytes, options: &PutOptions) -> StoreResult<String> {
+        self.enter(Op::Put)?;
+        let etag = self.next_etag();
+        lock(&self.objects).insert(
+            key.to_string(),
+            StoredObject {
+                body,
+                etag: etag.clone(),
+                last_modified: SystemTime::now(),
+                content_type: options.content_type.clone(),
+            },
+        );
+        Ok(etag)
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> StoreResult<()> {
+        self.enter(Op::Copy)?;
+        let etag = self.next_etag();
+        let mut objects = lock(&self.objects);
+        let mut o = objects.get(from).cloned().ok_or(StoreError::NotFound)?;
+        o.etag = etag;
+        objects.insert(to.to_string(), o);
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.enter(Op::Delete)?;
+        lock(&self.objects).remove(key);
+        Ok(())
+    }
+
+    async fn create_multipart(&self, key: &str, options: &PutOptions) -> StoreResult<String> {
+        self.enter(Op::CreateMultipart)?;
+        let id = format!("upload-{}", self.counter.fetch_add(1, Ordering::Relaxed));
+        lock(&self.uploads).insert(
+            id.clone(),
+            Upload {
+                key: key.to_string(),
+                content_type: options.content_type.clone(),
+                parts: BTreeMap::new(),
+            },
+        );
+        Ok(id)
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> StoreResult<String> {
+        self.enter(Op::UploadPart)?;
+        let mut uploads = lock(&self.uploads);
+        let upload = uploads
+            .get_mut(upload_id)
+            .filter(|u| u.key == key)
+            .ok_or(StoreError::NotFound)?;
+        upload.parts.insert(number, body);
+        Ok(format!("\"part-{number}\""))
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> StoreResult<String> {
+        self.enter(Op::CompleteMultipart)?;
+        let upload = lock(&self.uploads)
+            .remove(upload_id)
+            .filter(|u| u.key == key)
+            .ok_or(StoreError::NotFound)?;
+        let mut body = BytesMut::new();
+        for part in &parts {
+            let data = upload
+                .parts
+                .get(&part.number)
+                .ok_or_else(|| StoreError::Other(format!("part {} missing", part.number)))?;
+            body.extend_from_slice(data);
+        }
+        let etag = format!(
+            "\"{}-{}\"",
+            self.counter.fetch_add(1, Ordering::Relaxed),
+            parts.len()
+        );
+        lock(&self.objects).insert(
+            key.to_string(),
+            StoredObject {
+                body: body.freeze(),
+                etag: etag.clone(),
+                last_modified: SystemTime::now(),
+                content_type: upload.content_type,
+            },
+        );
+        Ok(etag)
+    }
+
+    async fn abort_multipart(&self, _key: &str, upload_id: &str) -> StoreResult<()> {
+        lock(&self.uploads).remove(upload_id);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn list_all(store: &MemoryStore, prefix: &str, max: i32) -> (Vec<String>, Vec<String>) {
+        let (mut keys, mut prefixes) = (Vec::new(), Vec::new());
+        let mut token = None;
+        loop {
+            let page = store
+                .list(ListRequest {
+                    prefix,
+                    delimiter: Some("/"),
+                    continuation: token,
+                    max_keys: Some(max),
+                })
+                .await
+                .unwrap();
+            keys.extend(page.objects.into_iter().map(|o| o.key));
+            prefixes.extend(page.prefixes);
+            token = page.next_token;
+            if token.is_none() {
+                return (keys, prefixes);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn listing_with_delimiter_pages_through_keys_and_prefixes() {
+        let store = MemoryStore::new();
+        for key in ["a", "b/1", "b/2", "b/c/3", "c", "d/", "e/x"] {
+            store.insert(key, "x");
+        }
+        for max in [1, 2, 1000] {
+            let (keys, prefixes) = list_all(&store, "", max).await;
+            assert_eq!(keys, ["a", "c"], "page size {max}");
+            assert_eq!(prefixes, ["b/", "d/", "e/"], "page size {max}");
+        }
+        let (keys, prefixes) = list_all(&store, "b/", 1).await;
+        assert_eq!(keys, ["b/1", "b/2"]);
+        assert_eq!(prefixes, ["b/c/"]);
+    }
+
+    #[tokio::test]
+    async fn injected_faults_fail_calls_in_turn() {
+        let store = MemoryStore::new();
+        store.insert("k", "v");
+        store.fail_next(Op::Head, StoreError::Unreachable("down".into()));
+        assert!(matches!(
+            store.head("k").await,
+            Err(StoreError::Unreachable(_))
+        ));
+        assert_eq!(store.head("k").await.unwrap().size, 1);
+        assert_eq!(store.calls(Op::Head), 2);
+    }
+}

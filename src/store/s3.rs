@@ -1,0 +1,383 @@
+//! [`ObjectStore`] over aws-sdk-s3.
+
+use std::ops::Range;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as SdkCompletedPart};
+use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
+use aws_smithy_types::error::display::DisplayErrorContext;
+use bytes::Bytes;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use super::{
+    CompletedPart, ListPage, ListRequest, ObjectMeta, ObjectStore, PutOptions, StoreError,
+    StoreResult,
+};
+
+/// Where and how to reach the bucket.
+#[derive(Debug, Clone, Default)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: bool,
+}
+
+/// Region used when neither the command line nor the AWS configuration names one.
+const DEFAULT_REGION: &str = "us-east-1";
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+}
+
+impl S3Store {
+    /// Build a client from the standard AWS configuration chain (environment,
+    /// profile, web identity, instance metadata) plus the settings given.
+    pub async fn new(settings: &S3Settings) -> Result<Self, StoreError> {
+        let region =
+            RegionProviderChain::first_try(settings.region.clone().map(aws_config::Region::new))
+                .or_default_provider()
+                .or_else(DEFAULT_REGION);
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(region)
+            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .read_timeout(Duration::from_secs(60))
+                    .build(),
+            );
+        if let Some(client) = http_client_with_ca_bundle()? {
+            loader = loader.http_client(client);
+        }
+        let sdk_config = loader.load().await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&sdk_config)
+            .force_path_style(settings.force_path_style)
+            // S3-compatible servers differ in their support of flexible checksums:
+            // send and check them only where the API requires them.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if let Some(url) = &settings.endpoint_url {
+            builder = builder.endpoint_url(url);
+        }
+        Ok(Self {
+            client: Client::from_conf(builder.build()),
+            bucket: settings.bucket.clone(),
+        })
+    }
+}
+
+/// Users behind TLS-intercepting proxies point `AWS_CA_BUNDLE` at their CA file, as
+/// with the AWS CLI. The SDK does not read it itself, so trust its certificates in
+/// addition to the system roots. Plain-http endpoints are unaffected.
+fn http_client_with_ca_bundle() -> Result<Option<aws_sdk_s3::config::SharedHttpClient>, StoreError>
+{
+    let Some(path) = std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(&path).map_err(|e| {
+        StoreError::Other(format!(
+            "cannot read AWS_CA_BUNDLE {}: {e}",
+            std::path::Path::new(&path).display()
+        ))
+    })?;
+    let context = TlsContext::builder()
+        .with_trust_store(TrustStore::default().with_pem_certificate(pem))
+        .build()
+        .map_err(|e| StoreError::Other(format!("AWS_CA_BUNDLE: {e}")))?;
+    let client = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https();
+    Ok(Some(client))
+}
+
+/// Characters escaped in the `x-amz-copy-source` header: everything but unreserved
+/// characters and the `/` between key segments.
+const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Sort an SDK error into a [`StoreError`].
+fn classify<E>(err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::ServiceError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            let code = ctx.err().code();
+            let message = ctx.err().message().unwrap_or_default();
+            match (code, status) {
+                (Some("NoSuchBucket"), _) => StoreError::NoSuchBucket,
+                (Some("NoSuchKey" | "NotFound" | "NoSuchUpload"), _) | (None, 404) => {
+                    StoreError::NotFound
+                }
+                (
+                    Some(
+                        "AccessDenied"
+                        | "InvalidAccessKeyId"
+                        | "SignatureDoesNotMatch"
+                        | "InvalidToken"
+                        | "ExpiredToken"
+                        | "AllAccessDisabled",
+                    ),
+                    _,
+                )
+                | (None, 401 | 403) => StoreError::AccessDenied(
+                    [code.unwrap_or("HTTP 403"), message]
+                        .iter()
+                        .filter(|s| !s.is_empty())
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(": "),
+                ),
+                (Some("PreconditionFailed"), _) | (None, 412) => StoreError::PreconditionFailed,
+                (Some("KeyTooLongError"), _) => StoreError::KeyTooLong,
+                _ => StoreError::Other(format!(
+                    "{} {message} (HTTP {status})",
+                    code.unwrap_or("error")
+                )),
+            }
+        }
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            StoreError::Unreachable(one_line(&err))
+        }
+        _ => StoreError::Other(one_line(&err)),
+    }
+}
+
+fn one_line(err: &dyn std::error::Error) -> String {
+    DisplayErrorContext(err).to_string().replace('\n', " ")
+}
+
+fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<SystemTime> {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+}
+
+fn size_of(len: Option<i64>) -> u64 {
+    len.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: size_of(out.content_length()),
+            etag: out.e_tag().map(str::to_string),
+            last_modified: to_system_time(out.last_modified()),
+        })
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<Bytes> {
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_if_match(if_match.map(str::to_string))
+            .send()
+            .await
+            .map_err(classify)?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Unreachable(one_line(&e)))?;
+        Ok(data.into_bytes())
+    }
+
+    async fn list(&self, request: ListRequest<'_>) -> StoreResult<ListPage> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(request.prefix)
+            .set_delimiter(request.delimiter.map(str::to_string))
+            .set_continuation_token(request.continuation)
+            .set_max_keys(request.max_keys)
+            .send()
+            .await
+            .map_err(classify)?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(ObjectMeta {
+                    key: o.key()?.to_string(),
+                    size: size_of(o.size()),
+                    etag: o.e_tag().map(str::to_string),
+                    last_modified: to_system_time(o.last_modified()),
+                })
+            })
+            .collect();
+        let prefixes = out
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix().map(str::to_string))
+            .collect();
+        let next_token = if out.is_truncated().unwrap_or(false) {
+            out.next_continuation_token().map(str::to_string)
+        } else {
+            None
+        };
+        Ok(ListPage {
+            objects,
+            prefixes,
+            next_token,
+        })
+    }
+
+    async fn put(&self, key: &str, body: Bytes, options: &PutOptions) -> StoreResult<String> {
+        let out = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body))
+            .set_content_type(options.content_type.clone())
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(out.e_tag().unwrap_or_default().to_string())
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> StoreResult<()> {
+        let source = format!("{}/{}", self.bucket, utf8_percent_encode(from, COPY_SOURCE));
+        self.client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(to)
+            .copy_source(source)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn create_multipart(&self, key: &str, options: &PutOptions) -> StoreResult<String> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_content_type(options.content_type.clone())
+            .send()
+            .await
+            .map_err(classify)?;
+        out.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::Other("CreateMultipartUpload returned no upload id".into()))
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> StoreResult<String> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(classify)?;
+        out.e_tag()
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::Other(format!("UploadPart {number} returned no ETag")))
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> StoreResult<String> {
+        let parts = parts
+            .into_iter()
+            .map(|p| {
+                SdkCompletedPart::builder()
+                    .part_number(p.number)
+                    .e_tag(p.etag)
+                    .build()
+            })
+            .collect();
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(out.e_tag().unwrap_or_default().to_string())
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+}

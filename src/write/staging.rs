@@ -1,0 +1,158 @@
+//! Staging files: where writes land before they are uploaded.
+//!
+//! A staging file is a plain file in `<cache-dir>/staging/`. Its name carries the
+//! key's last segment so that a person looking for data that failed to upload can
+//! recognise it. It is deleted only after a successful upload (or when the file it
+//! stages was deleted); otherwise it stays, and its path is logged.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+pub struct StagingDir {
+    dir: PathBuf,
+    counter: AtomicU64,
+}
+
+impl StagingDir {
+    pub fn new(dir: PathBuf) -> io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            dir,
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A new, empty staging file for `key`.
+    pub fn create(&self, key: &str) -> io::Result<StagingFile> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let base: String = key
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || ".-_".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(100)
+            .collect();
+        let path = self.dir.join(format!("{}-{n}-{base}", std::process::id()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(StagingFile {
+            path,
+            file: Arc::new(file),
+        })
+    }
+}
+
+/// One staging file. Reads and writes run on tokio's blocking pool.
+pub struct StagingFile {
+    path: PathBuf,
+    file: Arc<File>,
+}
+
+impl StagingFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub async fn write_at(&self, offset: u64, data: Vec<u8>) -> io::Result<()> {
+        let file = self.file.clone();
+        blocking(move || file.write_all_at(&data, offset)).await
+    }
+
+    /// Up to `len` bytes at `offset` (fewer at the end of the file).
+    pub async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        let file = self.file.clone();
+        blocking(move || {
+            let mut buf = vec![0; len];
+            let mut filled = 0;
+            while filled < len {
+                match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            buf.truncate(filled);
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    pub async fn set_len(&self, len: u64) -> io::Result<()> {
+        let file = self.file.clone();
+        blocking(move || file.set_len(len)).await
+    }
+
+    pub async fn len(&self) -> io::Result<u64> {
+        let file = self.file.clone();
+        blocking(move || Ok(file.metadata()?.len())).await
+    }
+
+    /// Flush to disk, so that data kept after a failed upload survives a crash.
+    pub async fn sync(&self) -> io::Result<()> {
+        let file = self.file.clone();
+        blocking(move || file.sync_data()).await
+    }
+
+    /// Delete the file (its data reached S3, or is no longer wanted).
+    pub fn remove(self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!("cannot remove staging file {}: {e}", self.path.display());
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn write_read_truncate_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = StagingDir::new(dir.path().join("staging")).unwrap();
+        let f = staging.create("a/b/report 1.txt").unwrap();
+        assert!(
+            f.path()
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .ends_with("report_1.txt")
+        );
+        f.write_at(3, b"xyz".to_vec()).await.unwrap();
+        assert_eq!(&f.read_at(0, 10).await.unwrap()[..], b"\0\0\0xyz");
+        f.set_len(4).await.unwrap();
+        assert_eq!(f.len().await.unwrap(), 4);
+        let path = f.path().to_path_buf();
+        f.remove();
+        assert!(!path.exists());
+    }
+}
