@@ -7,6 +7,7 @@
 #                                      B.. (the key may also create buckets); writes the
 #                                      settings to DIR/env and prints them
 #   scripts/garage.sh stop DIR         stop the server started in DIR (by its process id)
+#   scripts/garage.sh resume DIR       start a stopped server of DIR again, same ports and data
 #
 # Garage is built once per machine with cargo (about 10 minutes on 2 cores) into
 # $S3MOUNT_TOOLS (default ~/.cache/s3mount-tools).
@@ -56,18 +57,9 @@ root_domain = ".s3.garage.localhost"
 [admin]
 api_bind_addr = "127.0.0.1:$admin"
 TOML
+  echo "$s3" > "$dir/s3.port"
   local g=("$GARAGE" -c "$dir/garage.toml")
-  RUST_LOG=warn "${g[@]}" server > "$dir/garage.log" 2>&1 &
-  echo $! > "$dir/garage.pid"
-  # Wait (bounded) until the node answers.
-  local i
-  for i in $(seq 1 100); do
-    if "${g[@]}" status > /dev/null 2>&1; then break; fi
-    if ! kill -0 "$(cat "$dir/garage.pid")" 2>/dev/null; then
-      echo "garage exited; see $dir/garage.log" >&2; tail -n 20 "$dir/garage.log" >&2; return 1
-    fi
-    sleep 0.2
-  done
+  run_server "$dir"
   local node
   node=$("${g[@]}" node id -q | cut -d@ -f1)
   "${g[@]}" layout assign -z dc1 -c 10G "$node" > /dev/null
@@ -79,14 +71,7 @@ TOML
     "${g[@]}" bucket create "$b" > /dev/null
     "${g[@]}" bucket allow --read --write --owner "$b" --key s3mount-test > /dev/null
   done
-  # The S3 listener comes up with the layout; wait until it answers HTTP.
-  for i in $(seq 1 100); do
-    if python3 -c "import urllib.request,sys
-try: urllib.request.urlopen('http://127.0.0.1:$s3/', timeout=1)
-except urllib.error.HTTPError: sys.exit(0)
-except Exception: sys.exit(1)" 2>/dev/null; then break; fi
-    sleep 0.2
-  done
+  wait_s3 "$s3"
   cat > "$dir/env" <<ENV
 export AWS_ACCESS_KEY_ID=$KEY_ID
 export AWS_SECRET_ACCESS_KEY=$KEY_SECRET
@@ -97,6 +82,47 @@ export GARAGE_DIR=$dir
 export GARAGE_PID=$(cat "$dir/garage.pid")
 ENV
   cat "$dir/env"
+}
+
+# Start the server of DIR in the background and wait (bounded) until the node answers.
+run_server() {
+  local dir=$1 i
+  local g=("$GARAGE" -c "$dir/garage.toml")
+  RUST_LOG=warn "${g[@]}" server >> "$dir/garage.log" 2>&1 &
+  echo $! > "$dir/garage.pid"
+  for i in $(seq 1 150); do
+    if "${g[@]}" status > /dev/null 2>&1; then return 0; fi
+    if ! kill -0 "$(cat "$dir/garage.pid")" 2>/dev/null; then
+      echo "garage exited; see $dir/garage.log" >&2; tail -n 20 "$dir/garage.log" >&2; return 1
+    fi
+    sleep 0.2
+  done
+  echo "garage did not answer within 30 s; see $dir/garage.log" >&2; return 1
+}
+
+# Wait (bounded) until the S3 API on PORT answers HTTP (any status).
+wait_s3() {
+  local port=$1 i
+  for i in $(seq 1 150); do
+    if python3 - "$port" 2>/dev/null <<'PY'
+import sys, urllib.request, urllib.error
+try:
+    urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/", timeout=1)
+except urllib.error.HTTPError:
+    sys.exit(0)
+except Exception:
+    sys.exit(1)
+PY
+    then return 0; fi
+    sleep 0.2
+  done
+  echo "the S3 API on port $port did not answer within 30 s" >&2; return 1
+}
+
+resume() {
+  local dir=$1
+  run_server "$dir"
+  wait_s3 "$(cat "$dir/s3.port")"
 }
 
 stop() {
@@ -114,5 +140,6 @@ case "${1:-}" in
   install) install ;;
   start) shift; [ $# -ge 1 ] || { echo "usage: $0 start DIR [BUCKET...]" >&2; exit 2; }; start "$@" ;;
   stop) [ $# -eq 2 ] || { echo "usage: $0 stop DIR" >&2; exit 2; }; stop "$2" ;;
-  *) echo "usage: $0 install | start DIR [BUCKET...] | stop DIR" >&2; exit 2 ;;
+  resume) [ $# -eq 2 ] || { echo "usage: $0 resume DIR" >&2; exit 2; }; resume "$2" ;;
+  *) echo "usage: $0 install | start DIR [BUCKET...] | stop DIR | resume DIR" >&2; exit 2 ;;
 esac

@@ -9,7 +9,8 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 
-use nix::unistd::{ForkResult, dup2_stderr, dup2_stdin, dup2_stdout, fork, pipe, setsid};
+use nix::fcntl::OFlag;
+use nix::unistd::{ForkResult, dup2_stderr, dup2_stdin, dup2_stdout, fork, pipe2, setsid};
 
 /// The child's end of the pipe: say once whether the mount came up.
 pub struct Readiness {
@@ -39,7 +40,8 @@ impl Readiness {
 
 /// Fork; run `child` in the background process, and in this one wait for its report.
 pub fn background(child: impl FnOnce(Readiness) -> ExitCode) -> ExitCode {
-    let (read_end, write_end) = match pipe() {
+    // Close-on-exec: a helper the child runs (fusermount3) must not keep the pipe open.
+    let (read_end, write_end) = match pipe2(OFlag::O_CLOEXEC) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("s3mount: cannot create a pipe: {e}");

@@ -77,10 +77,10 @@ impl RemoteReader {
                 let last_chunk = (self.size - 1) / CHUNK_SIZE;
                 let ahead = (last + WINDOW).min(last_chunk);
                 for idx in first..=ahead {
-                    if !state.chunks.contains_key(&idx) {
-                        let chunk = Chunk::default();
-                        state.chunks.insert(idx, chunk.clone());
-                        self.spawn_fetch(idx, chunk);
+                    if let std::collections::btree_map::Entry::Vacant(slot) =
+                        state.chunks.entry(idx)
+                    {
+                        self.spawn_fetch(idx, slot.insert(Chunk::default()).clone());
                     }
                 }
                 // Chunks behind the reader are done with (one is kept for reads that

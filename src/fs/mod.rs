@@ -78,6 +78,9 @@ struct OpenFile {
     staging: Option<StagingFile>,
     /// The last upload failed; the staging file is kept for the user.
     upload_failed: bool,
+    /// A write failed (a full disk): what was staged is incomplete, so it is never
+    /// uploaded, and close() reports this error.
+    write_error: Option<Errno>,
 }
 
 #[derive(Default)]
@@ -545,9 +548,17 @@ impl Fs {
         let len = data.len();
         let of = self.open_state(handle.ino)?;
         let mut of = of.lock().await;
-        self.ensure_staging(handle.ino, &mut of, true).await?;
-        if let Some(staging) = &of.staging {
-            staging.write_at(offset, data).await?;
+        let written = async {
+            self.ensure_staging(handle.ino, &mut of, true).await?;
+            if let Some(staging) = &of.staging {
+                staging.write_at(offset, data).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = written {
+            of.write_error = Some(e);
+            return Err(e);
         }
         self.mark_written(handle.ino, offset + len as u64, false);
         u32::try_from(len).map_err(|_| Errno::EINVAL)
@@ -574,6 +585,16 @@ impl Fs {
         let inode = self.state().inodes.get(ino).cloned().ok_or(Errno::ENOENT)?;
         if !inode.dirty || !inode.is_linked() {
             return Ok(());
+        }
+        if let Some(e) = of.write_error {
+            if let Some(staging) = &of.staging {
+                tracing::error!(
+                    "{}: not uploaded because a write failed ({e:?}); what was written is kept in {}",
+                    self.key(&inode.path),
+                    staging.path().display()
+                );
+            }
+            return Err(e);
         }
         self.ensure_staging(ino, of, true).await?;
         let Some(staging) = &of.staging else {
@@ -641,7 +662,7 @@ impl Fs {
             .inodes
             .get(ino)
             .map_or((false, false), |i| (i.dirty, i.is_linked()));
-        if dirty && linked && !of.upload_failed {
+        if dirty && linked && !of.upload_failed && of.write_error.is_none() {
             // Errors are logged there; release cannot report them.
             let _ = self.upload_locked(ino, &mut of).await;
         }

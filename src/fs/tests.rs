@@ -378,3 +378,22 @@ async fn changed_object_is_seen_after_the_ttl() {
     store.insert("f", "newer");
     assert_eq!(read_all(&fs, f.ino).await, b"newer");
 }
+
+#[tokio::test]
+async fn failed_write_is_never_uploaded_half_done() {
+    let s = setup();
+    let (_, fh) =
+        s.fs.create(ROOT_INO, name("f"), libc::O_WRONLY)
+            .await
+            .unwrap();
+    s.fs.write(fh, 0, b"first half".to_vec()).await.unwrap();
+    // A write far past what a file may hold fails like a full disk would.
+    let err =
+        s.fs.write(fh, u64::MAX - 1, b"xx".to_vec())
+            .await
+            .unwrap_err();
+    assert_eq!(s.fs.flush(fh).await.unwrap_err(), err);
+    s.fs.release(fh).await;
+    assert!(s.store.keys().is_empty());
+    assert_eq!(staged_files(&s).len(), 1);
+}

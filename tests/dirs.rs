@@ -1,0 +1,105 @@
+//! Directories as key prefixes through a real mount.
+
+mod common;
+
+use common::{Mount, TestBucket, sh, sh_output};
+
+#[test]
+fn ten_thousand_objects_list_completely() {
+    let bucket = TestBucket::new("tenk");
+    bucket.put_many((0..10_000).map(|i| format!("logs/host1/app-{i:05}.log")));
+    bucket.put_many((0..20).map(|i| format!("logs/host1/sub{}/x", i % 4)));
+    let mount = Mount::new(&bucket, &[]);
+    let m = mount.path.display();
+    assert_eq!(sh(&format!("ls {m}/logs/host1 | wc -l")).trim(), "10004");
+    assert_eq!(
+        sh(&format!("ls {m}/logs/host1/*.log | wc -l")).trim(),
+        "10000"
+    );
+    // A rewinding reader (ls -l) sees the same entries.
+    let long = sh(&format!("ls -l {m}/logs/host1 | grep -c '^-'"));
+    assert_eq!(long.trim(), "10000");
+    mount.unmount();
+}
+
+#[test]
+fn find_walks_nested_prefixes() {
+    let bucket = TestBucket::new("find");
+    for key in [
+        "a/b/c/d.txt",
+        "a/b/e.txt",
+        "a/f/",
+        "g.txt",
+        "s3fs_$folder$",
+        "s3fs/inner",
+    ] {
+        bucket.put(key, "x");
+    }
+    let mount = Mount::new(&bucket, &[]);
+    let out = sh(&format!("cd {} && find . | sort", mount.path.display()));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            ".",
+            "./a",
+            "./a/b",
+            "./a/b/c",
+            "./a/b/c/d.txt",
+            "./a/b/e.txt",
+            "./a/f",
+            "./g.txt",
+            "./s3fs",
+            "./s3fs/inner"
+        ]
+    );
+    let files = sh(&format!("find {} -type f | wc -l", mount.path.display()));
+    assert_eq!(files.trim(), "4");
+    mount.unmount();
+}
+
+#[test]
+fn file_and_directory_of_the_same_name_show_the_directory() {
+    let bucket = TestBucket::new("clash");
+    bucket.put("same", "file");
+    bucket.put("same/inside", "x");
+    let mount = Mount::new(&bucket, &[]);
+    let m = mount.path.display();
+    assert_eq!(sh(&format!("ls {m}")).trim(), "same");
+    assert!(mount.join("same").is_dir());
+    assert_eq!(sh(&format!("ls {m}/same")).trim(), "inside");
+    mount.unmount();
+}
+
+#[test]
+fn mkdir_rmdir_and_rm_survive_a_remount() {
+    let bucket = TestBucket::new("remount");
+    let mount = Mount::new(&bucket, &[]);
+    let m = mount.path.display();
+    sh(&format!(
+        "mkdir -p {m}/empty {m}/full/deeper && echo data > {m}/full/deeper/f && echo gone > {m}/gone"
+    ));
+    let out = sh_output(&format!("rmdir {m}/full"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Directory not empty"));
+    sh(&format!("rm {m}/gone"));
+    mount.unmount();
+
+    assert_eq!(
+        bucket.keys(),
+        ["empty/", "full/", "full/deeper/", "full/deeper/f"]
+    );
+    let mount = Mount::new(&bucket, &[]);
+    let m = mount.path.display();
+    // The empty directory survived; the removed file did not come back.
+    assert_eq!(
+        sh(&format!("ls {m}"))
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["empty", "full"]
+    );
+    assert_eq!(sh(&format!("cat {m}/full/deeper/f")), "data\n");
+    sh(&format!("rmdir {m}/empty && rm -r {m}/full"));
+    assert_eq!(sh(&format!("ls -A {m} | wc -l")).trim(), "0");
+    mount.unmount();
+    assert!(bucket.keys().is_empty(), "{:?}", bucket.keys());
+}

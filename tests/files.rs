@@ -1,0 +1,187 @@
+//! Files through a real mount: cp in and out, rm, mv, fsync, objects written by
+//! other tools, and what close() says when an upload fails.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::time::Instant;
+
+use common::{Mount, TestBucket, sh};
+
+#[test]
+fn cp_in_and_out_keeps_bytes_and_sets_content_type() {
+    let bucket = TestBucket::new("cp");
+    let mount = Mount::new(&bucket, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let (w, m) = (work.path().display(), mount.path.display());
+    sh(&format!(
+        "head -c 3000000 /dev/urandom > {w}/photo.jpg; printf 'body {{}}' > {w}/style.css
+         mkdir {m}/site
+         cp {w}/photo.jpg {w}/style.css {m}/site/
+         cp {m}/site/photo.jpg {w}/back.jpg
+         cmp {w}/photo.jpg {w}/back.jpg"
+    ));
+    assert_eq!(bucket.get("site/style.css").unwrap(), b"body {}");
+    assert_eq!(
+        bucket.content_type("site/style.css").as_deref(),
+        Some("text/css")
+    );
+    assert_eq!(
+        bucket.content_type("site/photo.jpg").as_deref(),
+        Some("image/jpeg")
+    );
+    assert_eq!(
+        bucket.get("site/photo.jpg").unwrap(),
+        std::fs::read(work.path().join("photo.jpg")).unwrap()
+    );
+    assert_eq!(
+        std::fs::metadata(mount.join("site/photo.jpg"))
+            .unwrap()
+            .len(),
+        3_000_000
+    );
+    // sha256sum through the mount agrees with the local copy.
+    let sums = sh(&format!(
+        "cd {w} && sha256sum photo.jpg; cd {m}/site && sha256sum photo.jpg"
+    ));
+    let lines: Vec<&str> = sums.lines().collect();
+    assert_eq!(lines[0], lines[1]);
+    mount.unmount();
+}
+
+#[test]
+fn one_gib_round_trip() {
+    let bucket = TestBucket::new("gib");
+    let mount = Mount::new(&bucket, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let (w, m) = (work.path().display(), mount.path.display());
+    sh(&format!("head -c 1G /dev/urandom > {w}/big"));
+    let t = Instant::now();
+    sh(&format!("cp {w}/big {m}/big"));
+    let cp_in = t.elapsed();
+    let t = Instant::now();
+    sh(&format!("cp {m}/big {w}/back"));
+    let cp_out = t.elapsed();
+    sh(&format!("cmp {w}/big {w}/back"));
+    // Figures for the record; the benchmark script does the timing comparisons.
+    eprintln!(
+        "1 GiB cp in: {:.1} s, cp out: {:.1} s",
+        cp_in.as_secs_f64(),
+        cp_out.as_secs_f64()
+    );
+    assert_eq!(bucket.keys(), ["big"]);
+    mount.unmount();
+}
+
+#[test]
+fn rm_and_mv_change_the_bucket() {
+    let bucket = TestBucket::new("rmmv");
+    bucket.put("a.txt", "alpha");
+    bucket.put("dir/b.txt", "beta");
+    let mount = Mount::new(&bucket, &[]);
+    let m = mount.path.display();
+    sh(&format!("mv {m}/a.txt {m}/dir/a2.txt && rm {m}/dir/b.txt"));
+    assert_eq!(bucket.keys(), ["dir/a2.txt"]);
+    assert_eq!(bucket.get("dir/a2.txt").unwrap(), b"alpha");
+    // A directory moves too (copied and deleted by mv for now).
+    sh(&format!("mkdir {m}/new && mv {m}/dir {m}/new/"));
+    assert_eq!(bucket.keys(), ["new/", "new/dir/", "new/dir/a2.txt"]);
+    assert!(sh(&format!("ls {m}")).split_whitespace().eq(["new"]));
+    mount.unmount();
+}
+
+#[test]
+fn objects_from_other_tools_appear_and_changes_are_seen() {
+    let bucket = TestBucket::new("other");
+    bucket.put("report.txt", "version 1");
+    // TTL 0: every open asks S3, so no waiting is needed to see a change.
+    let mount = Mount::new(&bucket, &["--metadata-ttl", "0s"]);
+    let f = mount.join("report.txt");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "version 1");
+    bucket.put("report.txt", "version 2, longer");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "version 2, longer");
+    bucket.put("later.txt", "new");
+    assert_eq!(
+        std::fs::read_to_string(mount.join("later.txt")).unwrap(),
+        "new"
+    );
+    mount.unmount();
+}
+
+#[test]
+fn fsync_uploads_before_close() {
+    let bucket = TestBucket::new("fsync");
+    let mount = Mount::new(&bucket, &[]);
+    let mut f = std::fs::File::create(mount.join("log.txt")).unwrap();
+    f.write_all(b"line 1\n").unwrap();
+    assert_eq!(
+        bucket.get("log.txt"),
+        None,
+        "uploaded before fsync or close"
+    );
+    f.sync_all().unwrap();
+    assert_eq!(bucket.get("log.txt").unwrap(), b"line 1\n");
+    drop(f);
+    mount.unmount();
+}
+
+#[test]
+fn stat_shows_size_mode_and_owner() {
+    let bucket = TestBucket::new("stat");
+    bucket.put("x/y.bin", vec![1u8; 12345]);
+    let mount = Mount::new(
+        &bucket,
+        &["--uid", "1234", "--gid", "2345", "--file-mode", "0640"],
+    );
+    let md = std::fs::metadata(mount.join("x/y.bin")).unwrap();
+    assert_eq!(md.len(), 12345);
+    assert_eq!(md.mode() & 0o7777, 0o640);
+    assert_eq!((md.uid(), md.gid()), (1234, 2345));
+    let dir = std::fs::metadata(mount.join("x")).unwrap();
+    assert!(dir.is_dir());
+    assert_eq!(dir.mode() & 0o7777, 0o755);
+    let df = sh(&format!("df -P {}", mount.path.display()));
+    assert!(df.contains("s3mount:"), "{df}");
+    mount.unmount();
+}
+
+#[test]
+fn prefix_mount_sees_only_its_keys() {
+    let bucket = TestBucket::new("prefix");
+    bucket.put("site/index.html", "<html>");
+    bucket.put("other/secret", "no");
+    let env = bucket.env.clone();
+    let mount = Mount::source(&env, &format!("{}:site", bucket.name), &[]);
+    let m = mount.path.display();
+    assert_eq!(sh(&format!("ls {m}")).trim(), "index.html");
+    sh(&format!("echo hi > {m}/new.txt"));
+    assert_eq!(bucket.get("site/new.txt").unwrap(), b"hi\n");
+    mount.unmount();
+}
+
+#[test]
+fn read_only_mount_refuses_writes() {
+    let bucket = TestBucket::new("ro");
+    bucket.put("f", "x");
+    let mount = Mount::new(&bucket, &["--read-only"]);
+    let err = std::fs::write(mount.join("g"), "y").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    assert_eq!(std::fs::read_to_string(mount.join("f")).unwrap(), "x");
+    mount.unmount();
+}
+
+#[test]
+fn names_s3_cannot_store_get_the_right_errno() {
+    let bucket = TestBucket::new("names");
+    let mount = Mount::new(&bucket, &[]);
+    let long = "n".repeat(256);
+    let err = std::fs::write(mount.join(&long), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG));
+    // Spaces, unicode and URL-special characters are fine.
+    let odd = "a b ü #?%+&.txt";
+    std::fs::write(mount.join(odd), "ok").unwrap();
+    assert_eq!(bucket.get(odd).unwrap(), b"ok");
+    assert_eq!(std::fs::read_to_string(mount.join(odd)).unwrap(), "ok");
+    mount.unmount();
+}

@@ -1,0 +1,113 @@
+//! Nothing written is lost silently: failed uploads, a full disk, unmounting with
+//! files still open.
+
+mod common;
+
+use std::io::Write;
+use std::process::Command;
+
+use common::{Mount, Noise, PrivateGarage, TestBucket, close, sh};
+use sha2::{Digest, Sha256};
+
+fn staged_files(cache: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(cache.join("staging"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn server_stopped_while_writing_fails_close_and_keeps_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let garage = PrivateGarage::start(dir.path(), "backups");
+    let mount = Mount::source(&garage.env, "backups", &[]);
+    let mut file = std::fs::File::create(mount.join("db.dump")).unwrap();
+    let mut noise = Noise::new(7);
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for i in 0..24 {
+        if i == 20 {
+            garage.stop();
+        }
+        noise.fill(&mut buf);
+        hash.update(&buf);
+        file.write_all(&buf).unwrap();
+    }
+    let err = close(file).expect_err("close must report the failed upload");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+
+    // The data is still on disk, complete, where the log says.
+    let staged = staged_files(&mount.cache);
+    assert_eq!(staged.len(), 1, "{staged:?}");
+    let kept = std::fs::read(&staged[0]).unwrap();
+    assert_eq!(Sha256::digest(&kept), hash.finalize());
+    let log = mount.log_text();
+    assert!(
+        log.contains(&format!("the data is kept in {}", staged[0].display())),
+        "{log}"
+    );
+
+    // Nothing half-written reached the bucket.
+    garage.resume();
+    let bucket = TestBucket::existing(garage.env.clone(), "backups");
+    assert!(bucket.keys().is_empty(), "{:?}", bucket.keys());
+    mount.unmount();
+    assert!(staged[0].exists(), "the kept data must survive the unmount");
+}
+
+/// A tmpfs of a few MiB as the cache directory, unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn new(path: std::path::PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&path).unwrap();
+        sh(&format!(
+            "mount -t tmpfs -o size={size} tmpfs '{}'",
+            path.display()
+        ));
+        Self(path)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_disk_is_enospc_and_nothing_half_written_is_uploaded() {
+    let bucket = TestBucket::new("full");
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::new(dir.path().join("cache"), "4m");
+    let cache = disk.0.display().to_string();
+    let mount = Mount::new(&bucket, &["--cache-dir", &cache]);
+    let mut file = std::fs::File::create(mount.join("big")).unwrap();
+    let buf = vec![1u8; 1 << 20];
+    let err = (0..8)
+        .find_map(|_| file.write_all(&buf).err())
+        .expect("a write must fail on a full disk");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    let err = close(file).expect_err("close must fail too");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+    assert!(bucket.keys().is_empty(), "{:?}", bucket.keys());
+    mount.unmount();
+}
+
+#[test]
+fn sigterm_unmounts_after_open_files_are_written() {
+    let bucket = TestBucket::new("sigterm");
+    let mut mount = Mount::new(&bucket, &[]);
+    let mut file = std::fs::File::create(mount.join("late.txt")).unwrap();
+    file.write_all(b"written before the signal\n").unwrap();
+    sh(&format!("kill -TERM {}", mount.pid()));
+    // The open file keeps the (detached) mount alive until it is closed.
+    file.write_all(b"and after it\n").unwrap();
+    close(file).unwrap();
+    let status = mount.wait_exit();
+    assert!(status.success(), "{status}\n{}", mount.log_text());
+    assert!(!common::is_mounted(&mount.path));
+    assert_eq!(
+        bucket.get("late.txt").unwrap(),
+        b"written before the signal\nand after it\n"
+    );
+}
