@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     BsdFileFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
-    WriteFlags,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -79,6 +79,22 @@ fn file_type(kind: Kind) -> FileType {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
     }
+}
+
+/// The process (thread group) behind a request. The kernel sends the id of the
+/// calling thread; a file opened by one thread and closed by another is still one
+/// process's file.
+fn process_of(req: &Request) -> u32 {
+    let tid = req.pid();
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(tid)
 }
 
 fn time_of(t: TimeOrNow) -> SystemTime {
@@ -157,7 +173,7 @@ impl Filesystem for S3Fuse {
 
     fn mknod(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -172,9 +188,10 @@ impl Filesystem for S3Fuse {
         }
         let name = name.to_owned();
         let ttl = self.ttl;
+        let process = process_of(req);
         self.spawn(|fs| async move {
             match fs
-                .create(parent.0, &name, libc::O_WRONLY | libc::O_EXCL)
+                .create(parent.0, &name, libc::O_WRONLY | libc::O_EXCL, process)
                 .await
             {
                 Ok((a, fh)) => {
@@ -270,9 +287,10 @@ impl Filesystem for S3Fuse {
         reply.error(fuser::Errno::EPERM);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let process = process_of(req);
         self.spawn(|fs| async move {
-            match fs.open(ino.0, flags.0).await {
+            match fs.open(ino.0, flags.0, process).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(e)),
             }
@@ -321,14 +339,15 @@ impl Filesystem for S3Fuse {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let process = process_of(req);
         self.spawn(|fs| async move {
-            match fs.flush(fh.0).await {
+            match fs.flush(fh.0, process).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(e)),
             }
@@ -409,6 +428,40 @@ impl Filesystem for S3Fuse {
         reply.ok();
     }
 
+    // No extended attributes are stored; say so without the log noise of the default
+    // implementations (the kernel asks for security.capability on every write).
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(fuser::Errno::NO_XATTR);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(fuser::Errno::ENOTSUP);
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let s = self.fs.statfs();
         reply.statfs(
@@ -418,7 +471,7 @@ impl Filesystem for S3Fuse {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         _mode: u32,
@@ -428,8 +481,9 @@ impl Filesystem for S3Fuse {
     ) {
         let name = name.to_owned();
         let ttl = self.ttl;
+        let process = process_of(req);
         self.spawn(|fs| async move {
-            match fs.create(parent.0, &name, flags).await {
+            match fs.create(parent.0, &name, flags, process).await {
                 Ok((a, fh)) => reply.created(
                     &ttl,
                     &file_attr(&a),

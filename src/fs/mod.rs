@@ -68,6 +68,8 @@ pub struct StatFs {
 struct FileHandle {
     ino: u64,
     writable: bool,
+    /// The process (thread group) that opened the handle: only its close() uploads.
+    opener: u32,
     /// Built on the first read that goes to S3, for the ETag current then.
     reader: tokio::sync::Mutex<Option<Arc<RemoteReader>>>,
 }
@@ -403,7 +405,8 @@ impl Fs {
         }
     }
 
-    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+    /// Open a file for `process` (a thread group id), whose close() will upload it.
+    pub async fn open(&self, ino: u64, flags: i32, process: u32) -> FsResult<u64> {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if writable {
             self.check_writable()?;
@@ -434,14 +437,15 @@ impl Fs {
             }
             self.mark_written(ino, 0, true);
         }
-        Ok(self.new_handle(ino, writable))
+        Ok(self.new_handle(ino, writable, process))
     }
 
-    fn new_handle(&self, ino: u64, writable: bool) -> u64 {
+    fn new_handle(&self, ino: u64, writable: bool, opener: u32) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let handle = FileHandle {
             ino,
             writable,
+            opener,
             reader: tokio::sync::Mutex::new(None),
         };
         self.state().handles.files.insert(fh, Arc::new(handle));
@@ -449,7 +453,13 @@ impl Fs {
     }
 
     /// Create and open a file (open with O_CREAT).
-    pub async fn create(&self, parent: u64, name: &OsStr, flags: i32) -> FsResult<(Attr, u64)> {
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        flags: i32,
+        process: u32,
+    ) -> FsResult<(Attr, u64)> {
         self.check_writable()?;
         let path = self.child_path(parent, name)?;
         match self.kind_at(&path).await? {
@@ -457,7 +467,7 @@ impl Fs {
             Some(Kind::Dir) => return Err(Errno::EISDIR),
             Some(Kind::File) => {
                 let attr = self.lookup(parent, name).await?;
-                let fh = self.open(attr.ino, flags).await?;
+                let fh = self.open(attr.ino, flags, process).await?;
                 let attr = self.getattr(attr.ino).await?;
                 return Ok((attr, fh));
             }
@@ -483,7 +493,7 @@ impl Fs {
             self.state().inodes.unlink(&path);
             return Err(e);
         }
-        let fh = self.new_handle(ino, true);
+        let fh = self.new_handle(ino, true, process);
         let inode = self.state().inodes.get(ino).cloned().ok_or(Errno::ENOENT)?;
         Ok((self.attr(&inode), fh))
     }
@@ -564,8 +574,23 @@ impl Fs {
         u32::try_from(len).map_err(|_| Errno::EINVAL)
     }
 
-    /// close(): upload what was written. The error, if any, is what close() returns.
-    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+    /// close() by `process`: upload what was written. The error, if any, is what
+    /// close() returns.
+    ///
+    /// The kernel sends a flush for every close of every copy of the descriptor,
+    /// including the copies a child inherits across fork() and closes at exec(). Only
+    /// the opener's close uploads, so a program that forks while writing does not
+    /// publish its file half-written; the last release uploads what is left.
+    pub async fn flush(&self, fh: u64, process: u32) -> FsResult<()> {
+        let handle = self.handle(fh)?;
+        if handle.opener != process {
+            return Ok(());
+        }
+        self.fsync(fh).await
+    }
+
+    /// fsync(): upload what was written, whoever asks.
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let handle = self.handle(fh)?;
         if !handle.writable {
             return Ok(());
@@ -573,10 +598,6 @@ impl Fs {
         let of = self.open_state(handle.ino)?;
         let mut of = of.lock().await;
         self.upload_locked(handle.ino, &mut of).await
-    }
-
-    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
-        self.flush(fh).await
     }
 
     /// Upload the staging file of a dirty file. On failure the staging file stays

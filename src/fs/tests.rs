@@ -7,6 +7,9 @@ use std::time::Duration;
 use super::*;
 use crate::store::memory::{MemoryStore, Op};
 
+/// The process that opens files in these tests.
+const ME: u32 = 100;
+
 struct Setup {
     store: Arc<MemoryStore>,
     fs: Fs,
@@ -49,15 +52,15 @@ fn staged_files(s: &Setup) -> Vec<std::path::PathBuf> {
 }
 
 async fn write_file(fs: &Fs, parent: u64, file: &str, data: &[u8]) -> FsResult<u64> {
-    let (attr, fh) = fs.create(parent, name(file), libc::O_WRONLY).await?;
+    let (attr, fh) = fs.create(parent, name(file), libc::O_WRONLY, ME).await?;
     fs.write(fh, 0, data.to_vec()).await?;
-    let flushed = fs.flush(fh).await;
+    let flushed = fs.flush(fh, ME).await;
     fs.release(fh).await;
     flushed.map(|()| attr.ino)
 }
 
 async fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
-    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let fh = fs.open(ino, libc::O_RDONLY, ME).await.unwrap();
     let mut out = Vec::new();
     loop {
         let chunk = fs.read(fh, out.len() as u64, 65536).await.unwrap();
@@ -88,14 +91,34 @@ async fn written_file_is_uploaded_on_close_with_content_type() {
 async fn nothing_reaches_the_bucket_before_close() {
     let s = setup();
     let (_, fh) =
-        s.fs.create(ROOT_INO, name("a"), libc::O_WRONLY)
+        s.fs.create(ROOT_INO, name("a"), libc::O_WRONLY, ME)
             .await
             .unwrap();
     s.fs.write(fh, 0, b"partial".to_vec()).await.unwrap();
     assert!(s.store.object("a").is_none());
-    s.fs.flush(fh).await.unwrap();
+    s.fs.flush(fh, ME).await.unwrap();
     s.fs.release(fh).await;
     assert_eq!(&s.store.object("a").unwrap().body[..], b"partial");
+}
+
+#[tokio::test]
+async fn only_the_openers_close_uploads() {
+    let s = setup();
+    let (_, fh) =
+        s.fs.create(ROOT_INO, name("dump"), libc::O_WRONLY, ME)
+            .await
+            .unwrap();
+    s.fs.write(fh, 0, b"first half".to_vec()).await.unwrap();
+    // A child that inherited the descriptor closes its copy (fork, then exec).
+    s.fs.flush(fh, ME + 1).await.unwrap();
+    assert!(s.store.object("dump").is_none(), "uploaded half-written");
+    s.fs.write(fh, 10, b", second half".to_vec()).await.unwrap();
+    s.fs.flush(fh, ME).await.unwrap();
+    assert_eq!(
+        &s.store.object("dump").unwrap().body[..],
+        b"first half, second half"
+    );
+    s.fs.release(fh).await;
 }
 
 #[tokio::test]
@@ -165,14 +188,14 @@ async fn objects_written_elsewhere_are_listed_and_looked_up() {
 async fn created_file_is_listed_before_it_is_uploaded() {
     let s = setup();
     let (_, fh) =
-        s.fs.create(ROOT_INO, name("new"), libc::O_WRONLY)
+        s.fs.create(ROOT_INO, name("new"), libc::O_WRONLY, ME)
             .await
             .unwrap();
     let dh = s.fs.opendir(ROOT_INO).unwrap();
     let listed = s.fs.readdir(ROOT_INO, dh, 2, 100).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].name, "new");
-    s.fs.flush(fh).await.unwrap();
+    s.fs.flush(fh, ME).await.unwrap();
     s.fs.release(fh).await;
     assert!(s.store.object("new").is_some());
 }
@@ -200,7 +223,10 @@ async fn mkdir_writes_a_marker_and_rmdir_refuses_a_non_empty_directory() {
 async fn rmdir_refuses_a_directory_with_a_file_not_yet_uploaded() {
     let s = setup();
     let d = s.fs.mkdir(ROOT_INO, name("d")).await.unwrap();
-    let (_, fh) = s.fs.create(d.ino, name("f"), libc::O_WRONLY).await.unwrap();
+    let (_, fh) =
+        s.fs.create(d.ino, name("f"), libc::O_WRONLY, ME)
+            .await
+            .unwrap();
     assert_eq!(
         s.fs.rmdir(ROOT_INO, name("d")).await.unwrap_err(),
         Errno::ENOTEMPTY
@@ -212,14 +238,14 @@ async fn rmdir_refuses_a_directory_with_a_file_not_yet_uploaded() {
 async fn unlinked_open_file_is_never_uploaded() {
     let s = setup();
     let (_, fh) =
-        s.fs.create(ROOT_INO, name("tmp"), libc::O_RDWR)
+        s.fs.create(ROOT_INO, name("tmp"), libc::O_RDWR, ME)
             .await
             .unwrap();
     s.fs.write(fh, 0, b"scratch".to_vec()).await.unwrap();
     s.fs.unlink(ROOT_INO, name("tmp")).await.unwrap();
     // The handle still works.
     assert_eq!(&s.fs.read(fh, 0, 100).await.unwrap()[..], b"scratch");
-    s.fs.flush(fh).await.unwrap();
+    s.fs.flush(fh, ME).await.unwrap();
     s.fs.release(fh).await;
     assert!(s.store.keys().is_empty());
     assert!(staged_files(&s).is_empty());
@@ -245,14 +271,14 @@ async fn rename_copies_then_deletes() {
 async fn renamed_file_with_unsaved_writes_is_uploaded_under_the_new_name() {
     let s = setup();
     let (_, fh) =
-        s.fs.create(ROOT_INO, name("draft"), libc::O_WRONLY)
+        s.fs.create(ROOT_INO, name("draft"), libc::O_WRONLY, ME)
             .await
             .unwrap();
     s.fs.write(fh, 0, b"v1".to_vec()).await.unwrap();
     s.fs.rename(ROOT_INO, name("draft"), ROOT_INO, name("final"), 0)
         .await
         .unwrap();
-    s.fs.flush(fh).await.unwrap();
+    s.fs.flush(fh, ME).await.unwrap();
     s.fs.release(fh).await;
     assert_eq!(s.store.keys(), ["final"]);
 }
@@ -266,9 +292,9 @@ async fn truncate_and_overwrite_existing_object() {
         .await
         .unwrap();
     assert_eq!(&s.store.object("f").unwrap().body[..], b"hello");
-    let fh = s.fs.open(f.ino, libc::O_WRONLY).await.unwrap();
+    let fh = s.fs.open(f.ino, libc::O_WRONLY, ME).await.unwrap();
     s.fs.write(fh, 4, b"O!".to_vec()).await.unwrap();
-    s.fs.flush(fh).await.unwrap();
+    s.fs.flush(fh, ME).await.unwrap();
     s.fs.release(fh).await;
     assert_eq!(&s.store.object("f").unwrap().body[..], b"hellO!");
 }
@@ -278,7 +304,7 @@ async fn names_s3_cannot_store_are_refused() {
     let s = setup();
     let long = "x".repeat(256);
     assert_eq!(
-        s.fs.create(ROOT_INO, name(&long), 0).await.unwrap_err(),
+        s.fs.create(ROOT_INO, name(&long), 0, ME).await.unwrap_err(),
         Errno::ENAMETOOLONG
     );
     let mut parent = ROOT_INO;
@@ -291,12 +317,12 @@ async fn names_s3_cannot_store_are_refused() {
     }
     // 5 × 201 bytes of directories plus a 30-byte name is over S3's 1,024.
     assert_eq!(
-        s.fs.create(parent, name(&"f".repeat(30)), 0)
+        s.fs.create(parent, name(&"f".repeat(30)), 0, ME)
             .await
             .unwrap_err(),
         Errno::ENAMETOOLONG
     );
-    assert!(s.fs.create(parent, name("f"), 0).await.is_ok());
+    assert!(s.fs.create(parent, name("f"), 0, ME).await.is_ok());
 }
 
 #[tokio::test]
@@ -305,11 +331,11 @@ async fn read_only_mount_refuses_changes() {
     s.store.insert("f", "x");
     let f = s.fs.lookup(ROOT_INO, name("f")).await.unwrap();
     assert_eq!(
-        s.fs.open(f.ino, libc::O_WRONLY).await.unwrap_err(),
+        s.fs.open(f.ino, libc::O_WRONLY, ME).await.unwrap_err(),
         Errno::EROFS
     );
     assert_eq!(
-        s.fs.create(ROOT_INO, name("g"), 0).await.unwrap_err(),
+        s.fs.create(ROOT_INO, name("g"), 0, ME).await.unwrap_err(),
         Errno::EROFS
     );
     assert_eq!(
@@ -328,7 +354,7 @@ async fn large_file_is_uploaded_as_multipart() {
     let s = setup();
     let data: Vec<u8> = (0..20 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
     let (_, fh) =
-        s.fs.create(ROOT_INO, name("big.bin"), libc::O_WRONLY)
+        s.fs.create(ROOT_INO, name("big.bin"), libc::O_WRONLY, ME)
             .await
             .unwrap();
     for (i, chunk) in data.chunks(1 << 20).enumerate() {
@@ -336,7 +362,7 @@ async fn large_file_is_uploaded_as_multipart() {
             .await
             .unwrap();
     }
-    s.fs.flush(fh).await.unwrap();
+    s.fs.flush(fh, ME).await.unwrap();
     s.fs.release(fh).await;
     assert_eq!(s.store.object("big.bin").unwrap().body, data);
     assert_eq!(s.store.calls(Op::UploadPart), 3);
@@ -346,7 +372,7 @@ async fn large_file_is_uploaded_as_multipart() {
 async fn shutdown_uploads_files_still_open() {
     let s = setup();
     let (_, fh) =
-        s.fs.create(ROOT_INO, name("open"), libc::O_WRONLY)
+        s.fs.create(ROOT_INO, name("open"), libc::O_WRONLY, ME)
             .await
             .unwrap();
     s.fs.write(fh, 0, b"pending".to_vec()).await.unwrap();
@@ -383,7 +409,7 @@ async fn changed_object_is_seen_after_the_ttl() {
 async fn failed_write_is_never_uploaded_half_done() {
     let s = setup();
     let (_, fh) =
-        s.fs.create(ROOT_INO, name("f"), libc::O_WRONLY)
+        s.fs.create(ROOT_INO, name("f"), libc::O_WRONLY, ME)
             .await
             .unwrap();
     s.fs.write(fh, 0, b"first half".to_vec()).await.unwrap();
@@ -392,7 +418,7 @@ async fn failed_write_is_never_uploaded_half_done() {
         s.fs.write(fh, u64::MAX - 1, b"xx".to_vec())
             .await
             .unwrap_err();
-    assert_eq!(s.fs.flush(fh).await.unwrap_err(), err);
+    assert_eq!(s.fs.flush(fh, ME).await.unwrap_err(), err);
     s.fs.release(fh).await;
     assert!(s.store.keys().is_empty());
     assert_eq!(staged_files(&s).len(), 1);
