@@ -1,10 +1,11 @@
 //! Mounting: connect to S3, check the bucket, mount, serve until unmounted.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{MountOption, SessionACL};
+use nix::mount::MntFlags;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Cli, default_cache_dir, parse_source};
@@ -164,7 +165,7 @@ pub fn run(config: MountConfig, readiness: &mut Readiness) -> Result<(), String>
         options.acl = SessionACL::All;
     }
     options.n_threads = Some(FUSE_THREADS);
-    let mut session = fuser::Session::new(
+    let session = fuser::Session::new(
         S3Fuse::new(fs, rt.handle().clone()),
         &config.mountpoint,
         &options,
@@ -178,7 +179,6 @@ pub fn run(config: MountConfig, readiness: &mut Readiness) -> Result<(), String>
     );
     readiness.ready();
 
-    let mut unmounter = session.unmount_callable();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let serving = std::thread::spawn(move || {
         let result = session.run();
@@ -190,7 +190,7 @@ pub fn run(config: MountConfig, readiness: &mut Readiness) -> Result<(), String>
             _ = done_rx => {}
             signal = shutdown_signal() => {
                 tracing::info!("{signal}: unmounting {}", config.mountpoint.display());
-                if let Err(e) = unmounter.unmount() {
+                if let Err(e) = detach(&config.mountpoint) {
                     tracing::error!("cannot unmount {}: {e}", config.mountpoint.display());
                 }
             }
@@ -201,6 +201,29 @@ pub fn run(config: MountConfig, readiness: &mut Readiness) -> Result<(), String>
         .map_err(|_| "the FUSE session panicked".to_string())?;
     tracing::info!("unmounted {}", config.mountpoint.display());
     result.map_err(|e| format!("FUSE session ended with an error: {e}"))
+}
+
+/// Lazy unmount: the mount leaves the directory tree at once, files still open keep
+/// working, and the FUSE session ends (uploading what is left) when the last of them
+/// is closed. Only root may unmount directly; others go through fusermount3.
+fn detach(mountpoint: &Path) -> std::io::Result<()> {
+    match nix::mount::umount2(mountpoint, MntFlags::MNT_DETACH) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EPERM) => {
+            let out = std::process::Command::new("fusermount3")
+                .args(["-u", "-z", "--"])
+                .arg(mountpoint)
+                .output()?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(
+                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                ))
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn shutdown_signal() -> &'static str {
