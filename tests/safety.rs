@@ -19,7 +19,10 @@ fn staged_files(cache: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn server_stopped_while_writing_fails_close_and_keeps_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let garage = PrivateGarage::start(dir.path(), "backups");
-    let mount = Mount::source(&garage.env, "backups", &[]);
+    // A cache directory of the test's own, to look into after the unmount.
+    let cache = dir.path().join("cache");
+    let cache_arg = cache.display().to_string();
+    let mount = Mount::source(&garage.env, "backups", &["--cache-dir", &cache_arg]);
     let mut file = std::fs::File::create(mount.join("db.dump")).unwrap();
     let mut noise = Noise::new(7);
     let mut hash = Sha256::new();

@@ -309,17 +309,30 @@ impl Mount {
     }
 
     /// Unmount as a user would and wait for s3mount to finish its uploads and exit.
+    ///
+    /// The tests of one binary run in parallel threads of one process, so a program
+    /// another test spawns at the wrong moment inherits this test's open descriptors
+    /// until its exec() closes them: the mount can stay busy a moment after the test
+    /// closed its files. A busy mount is retried until it is free (bounded); any
+    /// other failure fails the test.
     pub fn unmount(mut self) -> ExitStatus {
-        let out = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&self.path)
-            .output()
-            .expect("fusermount3");
-        assert!(
-            out.status.success(),
-            "fusermount3 -u: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.path)
+                .output()
+                .expect("fusermount3");
+            if out.status.success() {
+                break;
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("Device or resource busy") && Instant::now() < deadline,
+                "fusermount3 -u: {stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         self.wait_exit()
     }
 
