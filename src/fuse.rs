@@ -17,7 +17,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::fs::inode::{Attr, Kind};
-use crate::fs::{Errno, Fs};
+use crate::fs::{Caller, Errno, Fs, SetAttr};
 
 /// Largest write the kernel sends in one request.
 const MAX_WRITE: u32 = 1024 * 1024;
@@ -51,21 +51,17 @@ fn errno(e: Errno) -> fuser::Errno {
 }
 
 fn file_attr(a: &Attr) -> FileAttr {
-    let (kind, nlink) = match a.kind {
-        Kind::File => (FileType::RegularFile, 1),
-        Kind::Dir => (FileType::Directory, 2),
-    };
     FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
         blocks: a.size.div_ceil(512),
-        atime: a.mtime,
+        atime: a.atime,
         mtime: a.mtime,
-        ctime: a.mtime,
+        ctime: a.ctime,
         crtime: a.mtime,
-        kind,
+        kind: file_type(a.kind),
         perm: a.perm,
-        nlink,
+        nlink: if a.kind == Kind::Dir { 2 } else { 1 },
         uid: a.uid,
         gid: a.gid,
         rdev: 0,
@@ -78,6 +74,7 @@ fn file_type(kind: Kind) -> FileType {
     match kind {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
     }
 }
 
@@ -95,6 +92,14 @@ fn process_of(req: &Request) -> u32 {
                 .and_then(|v| v.trim().parse().ok())
         })
         .unwrap_or(tid)
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        process: process_of(req),
+        uid: req.uid(),
+        gid: req.gid(),
+    }
 }
 
 fn time_of(t: TimeOrNow) -> SystemTime {
@@ -151,7 +156,7 @@ impl Filesystem for S3Fuse {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
@@ -162,9 +167,16 @@ impl Filesystem for S3Fuse {
         reply: ReplyAttr,
     ) {
         let ttl = self.ttl;
-        let mtime = mtime.map(time_of);
+        let changes = SetAttr {
+            size,
+            mode,
+            uid,
+            gid,
+            atime: atime.map(time_of),
+            mtime: mtime.map(time_of),
+        };
         self.spawn(|fs| async move {
-            match fs.setattr(ino.0, size, mode, uid, gid, mtime).await {
+            match fs.setattr(ino.0, changes).await {
                 Ok(a) => reply.attr(&ttl, &file_attr(&a)),
                 Err(e) => reply.error(errno(e)),
             }
@@ -188,10 +200,10 @@ impl Filesystem for S3Fuse {
         }
         let name = name.to_owned();
         let ttl = self.ttl;
-        let process = process_of(req);
+        let caller = caller(req);
         self.spawn(|fs| async move {
             match fs
-                .create(parent.0, &name, libc::O_WRONLY | libc::O_EXCL, process)
+                .create(parent.0, &name, mode, libc::O_WRONLY | libc::O_EXCL, caller)
                 .await
             {
                 Ok((a, fh)) => {
@@ -205,17 +217,18 @@ impl Filesystem for S3Fuse {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
+        mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
         let name = name.to_owned();
         let ttl = self.ttl;
+        let caller = caller(req);
         self.spawn(|fs| async move {
-            match fs.mkdir(parent.0, &name).await {
+            match fs.mkdir(parent.0, &name, mode, caller).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(e)),
             }
@@ -244,13 +257,30 @@ impl Filesystem for S3Fuse {
 
     fn symlink(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &Path,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(fuser::Errno::EPERM);
+        let (name, target) = (link_name.to_owned(), target.as_os_str().to_owned());
+        let ttl = self.ttl;
+        let caller = caller(req);
+        self.spawn(|fs| async move {
+            match fs.symlink(parent.0, &name, &target, caller).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.spawn(|fs| async move {
+            match fs.readlink(ino.0).await {
+                Ok(target) => reply.data(target.as_bytes()),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn rename(
@@ -284,13 +314,14 @@ impl Filesystem for S3Fuse {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        // Two names for one object cannot be stored in S3.
         reply.error(fuser::Errno::EPERM);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let process = process_of(req);
+        let caller = caller(req);
         self.spawn(|fs| async move {
-            match fs.open(ino.0, flags.0, process).await {
+            match fs.open(ino.0, flags.0, caller).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(e)),
             }
@@ -462,6 +493,24 @@ impl Filesystem for S3Fuse {
         reply.error(fuser::Errno::ENOTSUP);
     }
 
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|fs| async move {
+            match fs.fallocate(fh.0, offset, length, mode).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let s = self.fs.statfs();
         reply.statfs(
@@ -474,16 +523,16 @@ impl Filesystem for S3Fuse {
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
+        mode: u32,
         _umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let name = name.to_owned();
         let ttl = self.ttl;
-        let process = process_of(req);
+        let caller = caller(req);
         self.spawn(|fs| async move {
-            match fs.create(parent.0, &name, flags, process).await {
+            match fs.create(parent.0, &name, mode, flags, caller).await {
                 Ok((a, fh)) => reply.created(
                     &ttl,
                     &file_attr(&a),

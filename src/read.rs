@@ -46,6 +46,10 @@ impl RemoteReader {
         }
     }
 
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// The version of the object this reader reads.
     pub fn etag(&self) -> Option<&str> {
         self.etag.as_deref()

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use crate::store::StoreError;
+use crate::write::WriteError;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Errno(pub i32);
@@ -23,6 +24,9 @@ impl Errno {
     pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
     pub const EPERM: Errno = Errno(libc::EPERM);
     pub const ENOSYS: Errno = Errno(libc::ENOSYS);
+    pub const ELOOP: Errno = Errno(libc::ELOOP);
+    pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
+    pub const EFBIG: Errno = Errno(libc::EFBIG);
 }
 
 impl fmt::Debug for Errno {
@@ -33,6 +37,12 @@ impl fmt::Debug for Errno {
 
 impl From<StoreError> for Errno {
     fn from(e: StoreError) -> Self {
+        Errno(e.errno())
+    }
+}
+
+impl From<WriteError> for Errno {
+    fn from(e: WriteError) -> Self {
         Errno(e.errno())
     }
 }

@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
 
-use crate::store::ObjectMeta;
+use super::meta::FileMeta;
+use crate::store::{ObjectHeaders, ObjectMeta};
 
 pub const ROOT_INO: u64 = 1;
 
@@ -15,6 +16,17 @@ pub const ROOT_INO: u64 = 1;
 pub enum Kind {
     File,
     Dir,
+    Symlink,
+}
+
+impl Kind {
+    /// The kind an object's metadata gives it (a file unless its mode says symlink).
+    pub fn of_object(meta: &FileMeta) -> Kind {
+        match meta.file_type() {
+            Some(libc::S_IFLNK) => Kind::Symlink,
+            _ => Kind::File,
+        }
+    }
 }
 
 /// What a stat call shows.
@@ -23,7 +35,9 @@ pub struct Attr {
     pub ino: u64,
     pub kind: Kind,
     pub size: u64,
+    pub atime: SystemTime,
     pub mtime: SystemTime,
+    pub ctime: SystemTime,
     pub perm: u16,
     pub uid: u32,
     pub gid: u32,
@@ -35,33 +49,83 @@ pub struct Inode {
     pub path: String,
     pub kind: Kind,
     pub size: u64,
-    pub mtime: SystemTime,
     pub etag: Option<String>,
+    /// Last-Modified in S3, or when this mount last changed the file: the time
+    /// shown where the metadata gives none.
+    pub modified: SystemTime,
+    /// POSIX attributes from the object's metadata, or set here.
+    pub meta: FileMeta,
+    /// Content-Type and user metadata as the last HEAD saw them; `None` until a
+    /// HEAD was made (a listing does not have them).
+    pub headers: Option<ObjectHeaders>,
+    /// A symlink's target, once read.
+    pub target: Option<String>,
     /// When S3 last confirmed these attributes; `None` if it never did or they
     /// must be checked again.
     pub validated: Option<Instant>,
     /// Created here and not uploaded yet: S3 does not know this file.
     pub local: bool,
-    /// Written here since the last upload: the table, not S3, has the truth.
+    /// Changed here since the last upload: the table, not S3, has the truth.
     pub dirty: bool,
-    /// Permission bits changed with chmod, if any (else the mount's default).
-    pub perm: Option<u16>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
     lookups: u64,
     /// False once unlinked or renamed away: the path no longer names this inode.
     linked: bool,
 }
 
 impl Inode {
-    /// Take the attributes of a HEAD or a listing.
-    pub fn set_meta(&mut self, meta: &ObjectMeta) {
+    fn new(ino: u64, path: &str, kind: Kind, modified: SystemTime, lookups: u64) -> Self {
+        Self {
+            ino,
+            path: path.to_string(),
+            kind,
+            size: 0,
+            etag: None,
+            modified,
+            meta: FileMeta::default(),
+            headers: None,
+            target: None,
+            validated: None,
+            local: false,
+            dirty: false,
+            lookups,
+            linked: true,
+        }
+    }
+
+    /// An inode outside the table: what a new entry will look like before S3 has it.
+    pub fn detached(path: &str, kind: Kind, modified: SystemTime) -> Self {
+        Self::new(0, path, kind, modified, 0)
+    }
+
+    /// Take what a HEAD says about the object.
+    pub fn set_head(&mut self, meta: &ObjectMeta) {
+        if self.etag != meta.etag {
+            self.target = None;
+        }
         self.size = meta.size;
         self.etag = meta.etag.clone();
         if let Some(t) = meta.last_modified {
-            self.mtime = t;
+            self.modified = t;
+        }
+        if let Some(headers) = &meta.headers {
+            self.meta = FileMeta::from_metadata(&headers.metadata);
+            self.headers = Some(headers.clone());
         }
         self.validated = Some(Instant::now());
+    }
+
+    /// Take what a listing says: if the object changed, its metadata is unknown
+    /// until the next HEAD.
+    pub fn set_listed(&mut self, meta: &ObjectMeta) {
+        if self.etag != meta.etag {
+            self.size = meta.size;
+            self.etag = meta.etag.clone();
+            if let Some(t) = meta.last_modified {
+                self.modified = t;
+            }
+            self.target = None;
+            self.validated = None;
+        }
     }
 
     pub fn is_linked(&self) -> bool {
@@ -77,22 +141,8 @@ pub struct InodeTable {
 
 impl InodeTable {
     pub fn new(mount_time: SystemTime) -> Self {
-        let root = Inode {
-            ino: ROOT_INO,
-            path: String::new(),
-            kind: Kind::Dir,
-            size: 0,
-            mtime: mount_time,
-            etag: None,
-            validated: Some(Instant::now()),
-            local: false,
-            dirty: false,
-            perm: None,
-            uid: None,
-            gid: None,
-            lookups: 1,
-            linked: true,
-        };
+        let mut root = Inode::new(ROOT_INO, "", Kind::Dir, mount_time, 1);
+        root.validated = Some(Instant::now());
         Self {
             by_ino: HashMap::from([(ROOT_INO, root)]),
             by_path: HashMap::from([(String::new(), ROOT_INO)]),
@@ -120,6 +170,14 @@ impl InodeTable {
     /// The inode for `path`, created if needed, with one more kernel reference.
     /// An existing inode of another kind is replaced (the object changed behind us).
     pub fn lookup(&mut self, path: &str, kind: Kind, mtime: SystemTime) -> &mut Inode {
+        let inode = self.entry(path, kind, mtime);
+        inode.lookups += 1;
+        inode
+    }
+
+    /// The inode for `path`, created if needed, without a kernel reference (it
+    /// goes with [`Self::remove_if_unreferenced`]).
+    pub fn entry(&mut self, path: &str, kind: Kind, mtime: SystemTime) -> &mut Inode {
         let existing = self
             .by_path
             .get(path)
@@ -131,35 +189,15 @@ impl InodeTable {
                 self.unlink(path);
                 let ino = self.next_ino;
                 self.next_ino += 1;
-                self.by_ino.insert(
-                    ino,
-                    Inode {
-                        ino,
-                        path: path.to_string(),
-                        kind,
-                        size: 0,
-                        mtime,
-                        etag: None,
-                        validated: None,
-                        local: false,
-                        dirty: false,
-                        perm: None,
-                        uid: None,
-                        gid: None,
-                        lookups: 0,
-                        linked: true,
-                    },
-                );
+                self.by_ino
+                    .insert(ino, Inode::new(ino, path, kind, mtime, 0));
                 self.by_path.insert(path.to_string(), ino);
                 ino
             }
         };
-        let inode = self
-            .by_ino
+        self.by_ino
             .entry(ino)
-            .or_insert_with(|| unreachable_inode(ino));
-        inode.lookups += 1;
-        inode
+            .or_insert_with(|| Inode::new(ino, path, kind, mtime, 0))
     }
 
     /// Drop `n` kernel references; the inode goes when none are left and `keep`
@@ -215,6 +253,37 @@ impl InodeTable {
         }
     }
 
+    /// A directory moved from `from` to `to`: every inode at or below it takes its
+    /// new path (what was at `to` is unlinked first).
+    pub fn rename_tree(&mut self, from: &str, to: &str) {
+        self.unlink(to);
+        let below = format!("{from}/");
+        let moved: Vec<(String, u64)> = self
+            .by_path
+            .iter()
+            .filter(|(p, _)| p.as_str() == from || p.starts_with(&below))
+            .map(|(p, ino)| (p.clone(), *ino))
+            .collect();
+        for (old, ino) in moved {
+            let new = format!("{to}{}", old.strip_prefix(from).unwrap_or_default());
+            self.by_path.remove(&old);
+            if let Some(inode) = self.by_ino.get_mut(&ino) {
+                inode.path = new.clone();
+            }
+            self.by_path.insert(new, ino);
+        }
+    }
+
+    /// Inodes at or below directory `dir` (the inodes a directory rename moves).
+    pub fn tree(&self, dir: &str) -> Vec<u64> {
+        let below = format!("{dir}/");
+        self.by_path
+            .iter()
+            .filter(|(p, _)| p.as_str() == dir || p.starts_with(&below))
+            .map(|(_, ino)| *ino)
+            .collect()
+    }
+
     /// Inodes directly under directory `path` that exist only locally.
     pub fn local_children(&self, dir: &str) -> Vec<(String, u64)> {
         self.by_ino
@@ -222,27 +291,6 @@ impl InodeTable {
             .filter(|i| i.linked && i.local && parent_of(&i.path) == dir)
             .map(|i| (name_of(&i.path).to_string(), i.ino))
             .collect()
-    }
-}
-
-/// Only reachable if the map and the index disagree, which `lookup` rules out; kept
-/// total so that no request path can panic.
-fn unreachable_inode(ino: u64) -> Inode {
-    Inode {
-        ino,
-        path: String::new(),
-        kind: Kind::File,
-        size: 0,
-        mtime: SystemTime::UNIX_EPOCH,
-        etag: None,
-        validated: None,
-        local: false,
-        dirty: false,
-        perm: None,
-        uid: None,
-        gid: None,
-        lookups: 0,
-        linked: false,
     }
 }
 
@@ -290,6 +338,23 @@ mod tests {
         // Forgetting the replaced inode must not drop the new owner of the path.
         t.forget(b, 1, false);
         assert_eq!(t.ino_of("b"), Some(a));
+    }
+
+    #[test]
+    fn a_directory_rename_moves_everything_below_it() {
+        let mut t = InodeTable::new(SystemTime::UNIX_EPOCH);
+        let d = t.lookup("a/d", Kind::Dir, SystemTime::UNIX_EPOCH).ino;
+        let f = t.lookup("a/d/x/f", Kind::File, SystemTime::UNIX_EPOCH).ino;
+        let other = t.lookup("a/dd", Kind::File, SystemTime::UNIX_EPOCH).ino;
+        let mut tree = t.tree("a/d");
+        tree.sort();
+        assert_eq!(tree, [d, f]);
+        t.rename_tree("a/d", "b");
+        assert_eq!(t.ino_of("b"), Some(d));
+        assert_eq!(t.ino_of("b/x/f"), Some(f));
+        assert_eq!(t.get(f).unwrap().path, "b/x/f");
+        assert_eq!(t.ino_of("a/dd"), Some(other));
+        assert_eq!(t.ino_of("a/d"), None);
     }
 
     #[test]

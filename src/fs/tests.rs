@@ -2,13 +2,21 @@
 
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use super::inode::ROOT_INO;
 use super::*;
+use crate::store::StoreError;
 use crate::store::memory::{MemoryStore, Op};
 
-/// The process that opens files in these tests.
-const ME: u32 = 100;
+/// Who makes the requests of these tests.
+const ME: Caller = Caller {
+    process: 100,
+    uid: 1000,
+    gid: 1000,
+};
+const FILE_MODE: u32 = libc::S_IFREG | 0o644;
+const DIR_MODE: u32 = 0o755;
 
 struct Setup {
     store: Arc<MemoryStore>,
@@ -52,9 +60,11 @@ fn staged_files(s: &Setup) -> Vec<std::path::PathBuf> {
 }
 
 async fn write_file(fs: &Fs, parent: u64, file: &str, data: &[u8]) -> FsResult<u64> {
-    let (attr, fh) = fs.create(parent, name(file), libc::O_WRONLY, ME).await?;
+    let (attr, fh) = fs
+        .create(parent, name(file), FILE_MODE, libc::O_WRONLY, ME)
+        .await?;
     fs.write(fh, 0, data.to_vec()).await?;
-    let flushed = fs.flush(fh, ME).await;
+    let flushed = fs.flush(fh, ME.process).await;
     fs.release(fh).await;
     flushed.map(|()| attr.ino)
 }
@@ -91,12 +101,12 @@ async fn written_file_is_uploaded_on_close_with_content_type() {
 async fn nothing_reaches_the_bucket_before_close() {
     let s = setup();
     let (_, fh) =
-        s.fs.create(ROOT_INO, name("a"), libc::O_WRONLY, ME)
+        s.fs.create(ROOT_INO, name("a"), FILE_MODE, libc::O_WRONLY, ME)
             .await
             .unwrap();
     s.fs.write(fh, 0, b"partial".to_vec()).await.unwrap();
     assert!(s.store.object("a").is_none());
-    s.fs.flush(fh, ME).await.unwrap();
+    s.fs.flush(fh, ME.process).await.unwrap();
     s.fs.release(fh).await;
     assert_eq!(&s.store.object("a").unwrap().body[..], b"partial");
 }
@@ -105,15 +115,15 @@ async fn nothing_reaches_the_bucket_before_close() {
 async fn only_the_openers_close_uploads() {
     let s = setup();
     let (_, fh) =
-        s.fs.create(ROOT_INO, name("dump"), libc::O_WRONLY, ME)
+        s.fs.create(ROOT_INO, name("dump"), FILE_MODE, libc::O_WRONLY, ME)
             .await
             .unwrap();
     s.fs.write(fh, 0, b"first half".to_vec()).await.unwrap();
     // A child that inherited the descriptor closes its copy (fork, then exec).
-    s.fs.flush(fh, ME + 1).await.unwrap();
+    s.fs.flush(fh, ME.process + 1).await.unwrap();
     assert!(s.store.object("dump").is_none(), "uploaded half-written");
     s.fs.write(fh, 10, b", second half".to_vec()).await.unwrap();
-    s.fs.flush(fh, ME).await.unwrap();
+    s.fs.flush(fh, ME.process).await.unwrap();
     assert_eq!(
         &s.store.object("dump").unwrap().body[..],
         b"first half, second half"
@@ -188,14 +198,14 @@ async fn objects_written_elsewhere_are_listed_and_looked_up() {
 async fn created_file_is_listed_before_it_is_uploaded() {
     let s = setup();
     let (_, fh) =
-        s.fs.create(ROOT_INO, name("new"), libc::O_WRONLY, ME)
+        s.fs.create(ROOT_INO, name("new"), FILE_MODE, libc::O_WRONLY, ME)
             .await
             .unwrap();
     let dh = s.fs.opendir(ROOT_INO).unwrap();
     let listed = s.fs.readdir(ROOT_INO, dh, 2, 100).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].name, "new");
-    s.fs.flush(fh, ME).await.unwrap();
+    s.fs.flush(fh, ME.process).await.unwrap();
     s.fs.release(fh).await;
     assert!(s.store.object("new").is_some());
 }
@@ -203,10 +213,12 @@ async fn created_file_is_listed_before_it_is_uploaded() {
 #[tokio::test]
 async fn mkdir_writes_a_marker_and_rmdir_refuses_a_non_empty_directory() {
     let s = setup();
-    let d = s.fs.mkdir(ROOT_INO, name("d")).await.unwrap();
+    let d = s.fs.mkdir(ROOT_INO, name("d"), DIR_MODE, ME).await.unwrap();
     assert!(s.store.object("d/").is_some());
     assert_eq!(
-        s.fs.mkdir(ROOT_INO, name("d")).await.unwrap_err(),
+        s.fs.mkdir(ROOT_INO, name("d"), DIR_MODE, ME)
+            .await
+            .unwrap_err(),
         Errno::EEXIST
     );
     write_file(&s.fs, d.ino, "f", b"1").await.unwrap();
@@ -222,9 +234,9 @@ async fn mkdir_writes_a_marker_and_rmdir_refuses_a_non_empty_directory() {
 #[tokio::test]
 async fn rmdir_refuses_a_directory_with_a_file_not_yet_uploaded() {
     let s = setup();
-    let d = s.fs.mkdir(ROOT_INO, name("d")).await.unwrap();
+    let d = s.fs.mkdir(ROOT_INO, name("d"), DIR_MODE, ME).await.unwrap();
     let (_, fh) =
-        s.fs.create(d.ino, name("f"), libc::O_WRONLY, ME)
+        s.fs.create(d.ino, name("f"), FILE_MODE, libc::O_WRONLY, ME)
             .await
             .unwrap();
     assert_eq!(
@@ -238,14 +250,14 @@ async fn rmdir_refuses_a_directory_with_a_file_not_yet_uploaded() {
 async fn unlinked_open_file_is_never_uploaded() {
     let s = setup();
     let (_, fh) =
-        s.fs.create(ROOT_INO, name("tmp"), libc::O_RDWR, ME)
+        s.fs.create(ROOT_INO, name("tmp"), FILE_MODE, libc::O_RDWR, ME)
             .await
             .unwrap();
     s.fs.write(fh, 0, b"scratch".to_vec()).await.unwrap();
     s.fs.unlink(ROOT_INO, name("tmp")).await.unwrap();
     // The handle still works.
     assert_eq!(&s.fs.read(fh, 0, 100).await.unwrap()[..], b"scratch");
-    s.fs.flush(fh, ME).await.unwrap();
+    s.fs.flush(fh, ME.process).await.unwrap();
     s.fs.release(fh).await;
     assert!(s.store.keys().is_empty());
     assert!(staged_files(&s).is_empty());
@@ -255,7 +267,7 @@ async fn unlinked_open_file_is_never_uploaded() {
 async fn rename_copies_then_deletes() {
     let s = setup();
     s.store.insert("a.txt", "data");
-    s.fs.mkdir(ROOT_INO, name("d")).await.unwrap();
+    s.fs.mkdir(ROOT_INO, name("d"), DIR_MODE, ME).await.unwrap();
     let d = s.fs.lookup(ROOT_INO, name("d")).await.unwrap();
     s.fs.rename(ROOT_INO, name("a.txt"), d.ino, name("b.txt"), 0)
         .await
@@ -271,14 +283,14 @@ async fn rename_copies_then_deletes() {
 async fn renamed_file_with_unsaved_writes_is_uploaded_under_the_new_name() {
     let s = setup();
     let (_, fh) =
-        s.fs.create(ROOT_INO, name("draft"), libc::O_WRONLY, ME)
+        s.fs.create(ROOT_INO, name("draft"), FILE_MODE, libc::O_WRONLY, ME)
             .await
             .unwrap();
     s.fs.write(fh, 0, b"v1".to_vec()).await.unwrap();
     s.fs.rename(ROOT_INO, name("draft"), ROOT_INO, name("final"), 0)
         .await
         .unwrap();
-    s.fs.flush(fh, ME).await.unwrap();
+    s.fs.flush(fh, ME.process).await.unwrap();
     s.fs.release(fh).await;
     assert_eq!(s.store.keys(), ["final"]);
 }
@@ -288,13 +300,19 @@ async fn truncate_and_overwrite_existing_object() {
     let s = setup();
     s.store.insert("f", "hello world");
     let f = s.fs.lookup(ROOT_INO, name("f")).await.unwrap();
-    s.fs.setattr(f.ino, Some(5), None, None, None, None)
-        .await
-        .unwrap();
+    s.fs.setattr(
+        f.ino,
+        SetAttr {
+            size: Some(5),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(&s.store.object("f").unwrap().body[..], b"hello");
     let fh = s.fs.open(f.ino, libc::O_WRONLY, ME).await.unwrap();
     s.fs.write(fh, 4, b"O!".to_vec()).await.unwrap();
-    s.fs.flush(fh, ME).await.unwrap();
+    s.fs.flush(fh, ME.process).await.unwrap();
     s.fs.release(fh).await;
     assert_eq!(&s.store.object("f").unwrap().body[..], b"hellO!");
 }
@@ -304,25 +322,31 @@ async fn names_s3_cannot_store_are_refused() {
     let s = setup();
     let long = "x".repeat(256);
     assert_eq!(
-        s.fs.create(ROOT_INO, name(&long), 0, ME).await.unwrap_err(),
+        s.fs.create(ROOT_INO, name(&long), FILE_MODE, 0, ME)
+            .await
+            .unwrap_err(),
         Errno::ENAMETOOLONG
     );
     let mut parent = ROOT_INO;
     for _ in 0..5 {
         parent =
-            s.fs.mkdir(parent, name(&"d".repeat(200)))
+            s.fs.mkdir(parent, name(&"d".repeat(200)), DIR_MODE, ME)
                 .await
                 .unwrap()
                 .ino;
     }
     // 5 × 201 bytes of directories plus a 30-byte name is over S3's 1,024.
     assert_eq!(
-        s.fs.create(parent, name(&"f".repeat(30)), 0, ME)
+        s.fs.create(parent, name(&"f".repeat(30)), FILE_MODE, 0, ME)
             .await
             .unwrap_err(),
         Errno::ENAMETOOLONG
     );
-    assert!(s.fs.create(parent, name("f"), 0, ME).await.is_ok());
+    assert!(
+        s.fs.create(parent, name("f"), FILE_MODE, 0, ME)
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -335,7 +359,9 @@ async fn read_only_mount_refuses_changes() {
         Errno::EROFS
     );
     assert_eq!(
-        s.fs.create(ROOT_INO, name("g"), 0, ME).await.unwrap_err(),
+        s.fs.create(ROOT_INO, name("g"), FILE_MODE, 0, ME)
+            .await
+            .unwrap_err(),
         Errno::EROFS
     );
     assert_eq!(
@@ -343,7 +369,9 @@ async fn read_only_mount_refuses_changes() {
         Errno::EROFS
     );
     assert_eq!(
-        s.fs.mkdir(ROOT_INO, name("d")).await.unwrap_err(),
+        s.fs.mkdir(ROOT_INO, name("d"), DIR_MODE, ME)
+            .await
+            .unwrap_err(),
         Errno::EROFS
     );
     assert_eq!(read_all(&s.fs, f.ino).await, b"x");
@@ -354,7 +382,7 @@ async fn large_file_is_uploaded_as_multipart() {
     let s = setup();
     let data: Vec<u8> = (0..20 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
     let (_, fh) =
-        s.fs.create(ROOT_INO, name("big.bin"), libc::O_WRONLY, ME)
+        s.fs.create(ROOT_INO, name("big.bin"), FILE_MODE, libc::O_WRONLY, ME)
             .await
             .unwrap();
     for (i, chunk) in data.chunks(1 << 20).enumerate() {
@@ -362,7 +390,7 @@ async fn large_file_is_uploaded_as_multipart() {
             .await
             .unwrap();
     }
-    s.fs.flush(fh, ME).await.unwrap();
+    s.fs.flush(fh, ME.process).await.unwrap();
     s.fs.release(fh).await;
     assert_eq!(s.store.object("big.bin").unwrap().body, data);
     assert_eq!(s.store.calls(Op::UploadPart), 3);
@@ -372,7 +400,7 @@ async fn large_file_is_uploaded_as_multipart() {
 async fn shutdown_uploads_files_still_open() {
     let s = setup();
     let (_, fh) =
-        s.fs.create(ROOT_INO, name("open"), libc::O_WRONLY, ME)
+        s.fs.create(ROOT_INO, name("open"), FILE_MODE, libc::O_WRONLY, ME)
             .await
             .unwrap();
     s.fs.write(fh, 0, b"pending".to_vec()).await.unwrap();
@@ -409,7 +437,7 @@ async fn changed_object_is_seen_after_the_ttl() {
 async fn failed_write_is_never_uploaded_half_done() {
     let s = setup();
     let (_, fh) =
-        s.fs.create(ROOT_INO, name("f"), libc::O_WRONLY, ME)
+        s.fs.create(ROOT_INO, name("f"), FILE_MODE, libc::O_WRONLY, ME)
             .await
             .unwrap();
     s.fs.write(fh, 0, b"first half".to_vec()).await.unwrap();
@@ -418,8 +446,308 @@ async fn failed_write_is_never_uploaded_half_done() {
         s.fs.write(fh, u64::MAX - 1, b"xx".to_vec())
             .await
             .unwrap_err();
-    assert_eq!(s.fs.flush(fh, ME).await.unwrap_err(), err);
+    assert_eq!(s.fs.flush(fh, ME.process).await.unwrap_err(), err);
     s.fs.release(fh).await;
     assert!(s.store.keys().is_empty());
     assert_eq!(staged_files(&s).len(), 1);
+}
+
+const MIB: usize = 1 << 20;
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// A second mount of the same bucket (what a remount sees).
+fn remount(s: &Setup) -> Fs {
+    Fs::new(
+        s.store.clone(),
+        FsConfig {
+            prefix: String::new(),
+            uid: 1000,
+            gid: 1000,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+            metadata_ttl: Duration::from_secs(60),
+            read_only: false,
+            staging_dir: s.dir.path().join("staging2"),
+        },
+    )
+    .unwrap()
+}
+
+fn meta_of(s: &Setup, key: &str) -> meta::FileMeta {
+    meta::FileMeta::from_metadata(&s.store.object(key).unwrap().metadata)
+}
+
+#[tokio::test]
+async fn a_small_change_to_a_large_object_moves_little_data() {
+    let s = setup();
+    let mut body = pattern(40 * MIB);
+    s.store.insert("big.bin", body.clone());
+    let f = s.fs.lookup(ROOT_INO, name("big.bin")).await.unwrap();
+    let fh = s.fs.open(f.ino, libc::O_WRONLY, ME).await.unwrap();
+    s.fs.write(fh, (20 * MIB + 3) as u64, b"edit".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(s.store.calls(Op::Get), 0, "a write downloads nothing");
+    s.fs.flush(fh, ME.process).await.unwrap();
+    s.fs.release(fh).await;
+    body[20 * MIB + 3..20 * MIB + 7].copy_from_slice(b"edit");
+    assert_eq!(s.store.object("big.bin").unwrap().body, body);
+    assert_eq!(s.store.calls(Op::UploadPartCopy), 4);
+    assert_eq!(s.store.calls(Op::UploadPart), 1);
+    assert_eq!(
+        s.store.calls(Op::Get),
+        2,
+        "only the changed part's other bytes"
+    );
+    assert!(staged_files(&s).is_empty());
+}
+
+#[tokio::test]
+async fn writes_are_read_back_before_close_through_every_handle() {
+    let s = setup();
+    s.store.insert("log", "line 1\n");
+    let f = s.fs.lookup(ROOT_INO, name("log")).await.unwrap();
+    let writer = s.fs.open(f.ino, libc::O_WRONLY, ME).await.unwrap();
+    let reader = s.fs.open(f.ino, libc::O_RDONLY, ME).await.unwrap();
+    s.fs.write(writer, 7, b"line 2\n".to_vec()).await.unwrap();
+    assert_eq!(
+        &s.fs.read(reader, 0, 100).await.unwrap()[..],
+        b"line 1\nline 2\n"
+    );
+    assert_eq!(s.fs.getattr(f.ino).await.unwrap().size, 14);
+    assert_eq!(&s.store.object("log").unwrap().body[..], b"line 1\n");
+    s.fs.release(reader).await;
+    s.fs.flush(writer, ME.process).await.unwrap();
+    s.fs.release(writer).await;
+    assert_eq!(
+        &s.store.object("log").unwrap().body[..],
+        b"line 1\nline 2\n"
+    );
+}
+
+#[tokio::test]
+async fn truncate_shrinks_and_grows_with_zeros() {
+    let s = setup();
+    s.store.insert("f", "hello world");
+    let f = s.fs.lookup(ROOT_INO, name("f")).await.unwrap();
+    for size in [4, 8] {
+        let changes = SetAttr {
+            size: Some(size),
+            ..SetAttr::default()
+        };
+        s.fs.setattr(f.ino, changes).await.unwrap();
+    }
+    assert_eq!(&s.store.object("f").unwrap().body[..], b"hell\0\0\0\0");
+    assert_eq!(read_all(&s.fs, f.ino).await, b"hell\0\0\0\0");
+}
+
+#[tokio::test]
+async fn fallocate_extends_the_file() {
+    let s = setup();
+    let (attr, fh) =
+        s.fs.create(ROOT_INO, name("f"), FILE_MODE, libc::O_RDWR, ME)
+            .await
+            .unwrap();
+    s.fs.fallocate(fh, 0, 100, 0).await.unwrap();
+    s.fs.fallocate(fh, 0, 10, 0).await.unwrap();
+    assert_eq!(s.fs.getattr(attr.ino).await.unwrap().size, 100);
+    assert_eq!(
+        s.fs.fallocate(fh, 0, 10, 0x02).await.unwrap_err(),
+        Errno::EOPNOTSUPP
+    );
+    s.fs.flush(fh, ME.process).await.unwrap();
+    s.fs.release(fh).await;
+    assert_eq!(s.store.object("f").unwrap().body.len(), 100);
+}
+
+#[tokio::test]
+async fn new_files_carry_mode_owner_and_time_in_s3fs_metadata() {
+    let s = setup();
+    let (_, fh) =
+        s.fs.create(
+            ROOT_INO,
+            name("secret"),
+            libc::S_IFREG | 0o600,
+            libc::O_WRONLY,
+            ME,
+        )
+        .await
+        .unwrap();
+    s.fs.flush(fh, ME.process).await.unwrap();
+    s.fs.release(fh).await;
+    let meta = meta_of(&s, "secret");
+    assert_eq!(meta.mode, Some(libc::S_IFREG | 0o600));
+    assert_eq!((meta.uid, meta.gid), (Some(1000), Some(1000)));
+    assert!(meta.mtime.is_some());
+}
+
+#[tokio::test]
+async fn chmod_chown_and_utimens_rewrite_only_the_metadata_and_survive_a_remount() {
+    let s = setup();
+    s.store.insert("page.html", "<html>");
+    let f = s.fs.lookup(ROOT_INO, name("page.html")).await.unwrap();
+    let when = SystemTime::UNIX_EPOCH + Duration::new(1_600_000_000, 5);
+    let changes = SetAttr {
+        mode: Some(0o600),
+        uid: Some(7),
+        gid: Some(8),
+        mtime: Some(when),
+        ..SetAttr::default()
+    };
+    let attr = s.fs.setattr(f.ino, changes).await.unwrap();
+    assert_eq!(
+        (attr.perm, attr.uid, attr.gid, attr.mtime),
+        (0o600, 7, 8, when)
+    );
+    assert_eq!(s.store.calls(Op::Put), 0);
+    assert_eq!(
+        s.store.calls(Op::Get),
+        0,
+        "no download for a metadata change"
+    );
+    let o = s.store.object("page.html").unwrap();
+    assert_eq!(&o.body[..], b"<html>");
+    assert_eq!(o.content_type.as_deref(), Some("text/html"));
+
+    let again = remount(&s);
+    let attr = again.lookup(ROOT_INO, name("page.html")).await.unwrap();
+    assert_eq!(
+        (attr.perm, attr.uid, attr.gid, attr.mtime),
+        (0o600, 7, 8, when)
+    );
+}
+
+#[tokio::test]
+async fn symlinks_are_stored_as_s3fs_stores_them() {
+    let s = setup();
+    let attr =
+        s.fs.symlink(ROOT_INO, name("current"), OsStr::new("releases/v2"), ME)
+            .await
+            .unwrap();
+    assert_eq!(attr.kind, Kind::Symlink);
+    let o = s.store.object("current").unwrap();
+    assert_eq!(&o.body[..], b"releases/v2");
+    assert_eq!(meta_of(&s, "current").file_type(), Some(libc::S_IFLNK));
+
+    let again = remount(&s);
+    let attr = again.lookup(ROOT_INO, name("current")).await.unwrap();
+    assert_eq!((attr.kind, attr.size), (Kind::Symlink, 11));
+    assert_eq!(again.readlink(attr.ino).await.unwrap(), "releases/v2");
+}
+
+#[tokio::test]
+async fn rename_over_a_file_takes_the_new_names_content_type() {
+    let s = setup();
+    s.store.insert("style.css", "old");
+    write_file(&s.fs, ROOT_INO, "style.css.tmp", b"new")
+        .await
+        .unwrap();
+    s.fs.lookup(ROOT_INO, name("style.css")).await.unwrap();
+    s.fs.rename(
+        ROOT_INO,
+        name("style.css.tmp"),
+        ROOT_INO,
+        name("style.css"),
+        0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.store.keys(), ["style.css"]);
+    let o = s.store.object("style.css").unwrap();
+    assert_eq!(&o.body[..], b"new");
+    assert_eq!(o.content_type.as_deref(), Some("text/css"));
+}
+
+#[tokio::test]
+async fn a_directory_renames_with_everything_under_it() {
+    let s = setup();
+    for k in ["d/", "d/a", "d/sub/b", "other"] {
+        s.store.insert(k, k);
+    }
+    let mut meta = crate::store::UserMetadata::new();
+    meta.insert("mode".into(), (libc::S_IFREG | 0o600).to_string());
+    s.store.insert_with("d/secret", "s", meta);
+    s.fs.lookup(ROOT_INO, name("d")).await.unwrap();
+    s.fs.rename(ROOT_INO, name("d"), ROOT_INO, name("e"), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.store.keys(),
+        ["e/", "e/a", "e/secret", "e/sub/b", "other"]
+    );
+    assert_eq!(&s.store.object("e/sub/b").unwrap().body[..], b"d/sub/b");
+    assert_eq!(meta_of(&s, "e/secret").mode, Some(libc::S_IFREG | 0o600));
+    let e = s.fs.lookup(ROOT_INO, name("e")).await.unwrap();
+    let sub = s.fs.lookup(e.ino, name("sub")).await.unwrap();
+    assert_eq!(sub.kind, Kind::Dir);
+}
+
+#[tokio::test]
+async fn rename_refuses_what_posix_refuses() {
+    let s = setup();
+    for k in ["f", "g", "full/x", "empty/"] {
+        s.store.insert(k, "");
+    }
+    let d = s.fs.lookup(ROOT_INO, name("full")).await.unwrap();
+    let cases = [
+        ("f", "full", 0, Errno::EISDIR),
+        ("full", "f", 0, Errno::ENOTDIR),
+        ("empty", "full", 0, Errno::ENOTEMPTY),
+        ("f", "g", libc::RENAME_NOREPLACE, Errno::EEXIST),
+        ("missing", "h", 0, Errno::ENOENT),
+    ];
+    for (from, to, flags, errno) in cases {
+        assert_eq!(
+            s.fs.rename(ROOT_INO, name(from), ROOT_INO, name(to), flags)
+                .await
+                .unwrap_err(),
+            errno,
+            "{from} -> {to}"
+        );
+    }
+    assert_eq!(
+        s.fs.rename(ROOT_INO, name("full"), d.ino, name("inside"), 0)
+            .await
+            .unwrap_err(),
+        Errno::EINVAL
+    );
+    // An empty directory may be replaced.
+    s.fs.rename(ROOT_INO, name("full"), ROOT_INO, name("empty"), 0)
+        .await
+        .unwrap();
+    assert_eq!(s.store.keys(), ["empty/", "empty/x", "f", "g"]);
+}
+
+#[tokio::test]
+async fn an_open_file_with_unsaved_changes_can_be_renamed() {
+    let s = setup();
+    let mut body = pattern(20 * MIB);
+    s.store.insert("draft.bin", body.clone());
+    let f = s.fs.lookup(ROOT_INO, name("draft.bin")).await.unwrap();
+    let fh = s.fs.open(f.ino, libc::O_RDWR, ME).await.unwrap();
+    s.fs.write(fh, 1, b"xy".to_vec()).await.unwrap();
+    s.fs.rename(ROOT_INO, name("draft.bin"), ROOT_INO, name("final.bin"), 0)
+        .await
+        .unwrap();
+    s.fs.flush(fh, ME.process).await.unwrap();
+    s.fs.release(fh).await;
+    body[1..3].copy_from_slice(b"xy");
+    assert_eq!(s.store.keys(), ["final.bin"]);
+    assert_eq!(s.store.object("final.bin").unwrap().body, body);
+}
+
+#[tokio::test]
+async fn an_unlinked_open_file_keeps_reading() {
+    let s = setup();
+    s.store.insert("f", "still here");
+    let f = s.fs.lookup(ROOT_INO, name("f")).await.unwrap();
+    let fh = s.fs.open(f.ino, libc::O_RDONLY, ME).await.unwrap();
+    s.fs.unlink(ROOT_INO, name("f")).await.unwrap();
+    assert!(s.store.keys().is_empty());
+    assert_eq!(&s.fs.read(fh, 0, 100).await.unwrap()[..], b"still here");
+    s.fs.release(fh).await;
+    assert!(staged_files(&s).is_empty());
 }

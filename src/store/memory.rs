@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 
 use super::{
-    CompletedPart, ListPage, ListRequest, ObjectMeta, ObjectStore, PutOptions, StoreError,
-    StoreResult,
+    CompletedPart, CopyOptions, ListPage, ListRequest, ObjectHeaders, ObjectMeta, ObjectStore,
+    PutOptions, StoreError, StoreResult, UserMetadata,
 };
 
 /// The operations a fault can be injected into.
@@ -25,6 +25,7 @@ pub enum Op {
     Delete,
     CreateMultipart,
     UploadPart,
+    UploadPartCopy,
     CompleteMultipart,
 }
 
@@ -34,12 +35,28 @@ pub struct StoredObject {
     pub etag: String,
     pub last_modified: SystemTime,
     pub content_type: Option<String>,
+    pub metadata: UserMetadata,
+}
+
+impl StoredObject {
+    fn meta(&self, key: &str, headers: bool) -> ObjectMeta {
+        ObjectMeta {
+            key: key.to_string(),
+            size: self.body.len() as u64,
+            etag: Some(self.etag.clone()),
+            last_modified: Some(self.last_modified),
+            headers: headers.then(|| ObjectHeaders {
+                content_type: self.content_type.clone(),
+                metadata: self.metadata.clone(),
+            }),
+        }
+    }
 }
 
 #[derive(Default)]
 struct Upload {
     key: String,
-    content_type: Option<String>,
+    options: PutOptions,
     parts: BTreeMap<i32, Bytes>,
 }
 
@@ -82,14 +99,31 @@ impl MemoryStore {
 
     /// Put an object as another S3 client would.
     pub fn insert(&self, key: &str, body: impl Into<Bytes>) {
+        self.insert_with(key, body, UserMetadata::new());
+    }
+
+    /// Put an object with user metadata, as another S3 client would.
+    pub fn insert_with(&self, key: &str, body: impl Into<Bytes>, metadata: UserMetadata) {
         let etag = self.next_etag();
+        self.store(key, body.into(), etag, None, metadata);
+    }
+
+    fn store(
+        &self,
+        key: &str,
+        body: Bytes,
+        etag: String,
+        content_type: Option<String>,
+        metadata: UserMetadata,
+    ) {
         lock(&self.objects).insert(
             key.to_string(),
             StoredObject {
-                body: body.into(),
+                body,
                 etag,
                 last_modified: SystemTime::now(),
-                content_type: None,
+                content_type,
+                metadata,
             },
         );
     }
@@ -103,8 +137,35 @@ impl MemoryStore {
         }
     }
 
+    /// The object `key`, if it exists and (when asked) still has ETag `if_match`.
+    fn source(&self, key: &str, if_match: Option<&str>) -> StoreResult<StoredObject> {
+        let o = self.object(key).ok_or(StoreError::NotFound)?;
+        if if_match.is_some_and(|etag| etag != o.etag) {
+            return Err(StoreError::PreconditionFailed);
+        }
+        Ok(o)
+    }
+
     fn next_etag(&self) -> String {
         format!("\"{}\"", self.counter.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl MemoryStore {
+    fn add_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> StoreResult<String> {
+        let mut uploads = lock(&self.uploads);
+        let upload = uploads
+            .get_mut(upload_id)
+            .filter(|u| u.key == key)
+            .ok_or(StoreError::NotFound)?;
+        upload.parts.insert(number, body);
+        Ok(format!("\"part-{number}\""))
     }
 }
 
@@ -119,12 +180,7 @@ impl ObjectStore for MemoryStore {
         self.enter(Op::Head)?;
         let objects = lock(&self.objects);
         let o = objects.get(key).ok_or(StoreError::NotFound)?;
-        Ok(ObjectMeta {
-            key: key.to_string(),
-            size: o.body.len() as u64,
-            etag: Some(o.etag.clone()),
-            last_modified: Some(o.last_modified),
-        })
+        Ok(o.meta(key, true))
     }
 
     async fn get_range(
@@ -172,12 +228,7 @@ impl ObjectStore for MemoryStore {
                     prefix
                 }
                 None => {
-                    page.objects.push(ObjectMeta {
-                        key: key.clone(),
-                        size: o.body.len() as u64,
-                        etag: Some(o.etag.clone()),
-                        last_modified: Some(o.last_modified),
-                    });
+                    page.objects.push(o.meta(key, false));
                     key.clone()
                 }
             };
@@ -203,26 +254,26 @@ impl ObjectStore for MemoryStore {
     async fn put(&self, key: &str, body: Bytes, options: &PutOptions) -> StoreResult<String> {
         self.enter(Op::Put)?;
         let etag = self.next_etag();
-        lock(&self.objects).insert(
-            key.to_string(),
-            StoredObject {
-                body,
-                etag: etag.clone(),
-                last_modified: SystemTime::now(),
-                content_type: options.content_type.clone(),
-            },
+        self.store(
+            key,
+            body,
+            etag.clone(),
+            options.content_type.clone(),
+            options.metadata.clone(),
         );
         Ok(etag)
     }
 
-    async fn copy(&self, from: &str, to: &str) -> StoreResult<()> {
+    async fn copy(&self, from: &str, to: &str, options: &CopyOptions) -> StoreResult<String> {
         self.enter(Op::Copy)?;
+        let source = self.source(from, options.if_match.as_deref())?;
+        let (content_type, metadata) = match &options.replace {
+            Some(r) => (r.content_type.clone(), r.metadata.clone()),
+            None => (source.content_type, source.metadata),
+        };
         let etag = self.next_etag();
-        let mut objects = lock(&self.objects);
-        let mut o = objects.get(from).cloned().ok_or(StoreError::NotFound)?;
-        o.etag = etag;
-        objects.insert(to.to_string(), o);
-        Ok(())
+        self.store(to, source.body, etag.clone(), content_type, metadata);
+        Ok(etag)
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
@@ -238,7 +289,7 @@ impl ObjectStore for MemoryStore {
             id.clone(),
             Upload {
                 key: key.to_string(),
-                content_type: options.content_type.clone(),
+                options: options.clone(),
                 parts: BTreeMap::new(),
             },
         );
@@ -253,13 +304,29 @@ impl ObjectStore for MemoryStore {
         body: Bytes,
     ) -> StoreResult<String> {
         self.enter(Op::UploadPart)?;
-        let mut uploads = lock(&self.uploads);
-        let upload = uploads
-            .get_mut(upload_id)
-            .filter(|u| u.key == key)
-            .ok_or(StoreError::NotFound)?;
-        upload.parts.insert(number, body);
-        Ok(format!("\"part-{number}\""))
+        self.add_part(key, upload_id, number, body)
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        source: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<String> {
+        self.enter(Op::UploadPartCopy)?;
+        let body = self.source(source, if_match)?.body;
+        if range.end > body.len() as u64 || range.is_empty() {
+            return Err(StoreError::Other("InvalidRange".into()));
+        }
+        self.add_part(
+            key,
+            upload_id,
+            number,
+            body.slice(range.start as usize..range.end as usize),
+        )
     }
 
     async fn complete_multipart(
@@ -286,14 +353,12 @@ impl ObjectStore for MemoryStore {
             self.counter.fetch_add(1, Ordering::Relaxed),
             parts.len()
         );
-        lock(&self.objects).insert(
-            key.to_string(),
-            StoredObject {
-                body: body.freeze(),
-                etag: etag.clone(),
-                last_modified: SystemTime::now(),
-                content_type: upload.content_type,
-            },
+        self.store(
+            key,
+            body.freeze(),
+            etag.clone(),
+            upload.options.content_type,
+            upload.options.metadata,
         );
         Ok(etag)
     }

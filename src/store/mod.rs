@@ -8,6 +8,7 @@ pub mod error;
 pub mod memory;
 pub mod s3;
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::time::SystemTime;
 
@@ -16,13 +17,26 @@ use bytes::Bytes;
 
 pub use error::StoreError;
 
+/// User metadata of an object: the `x-amz-meta-*` headers, names in lower case
+/// without the prefix.
+pub type UserMetadata = BTreeMap<String, String>;
+
 /// What a HEAD or a listing tells about one object.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ObjectMeta {
     pub key: String,
     pub size: u64,
     pub etag: Option<String>,
     pub last_modified: Option<SystemTime>,
+    /// Only a HEAD has these; a listing leaves them `None` (unknown).
+    pub headers: Option<ObjectHeaders>,
+}
+
+/// The headers a HEAD returns besides size, ETag and time.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObjectHeaders {
+    pub content_type: Option<String>,
+    pub metadata: UserMetadata,
 }
 
 /// One page of a ListObjectsV2 call.
@@ -46,9 +60,21 @@ pub struct ListRequest<'a> {
 }
 
 /// Options of a PutObject or CreateMultipartUpload.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PutOptions {
     pub content_type: Option<String>,
+    pub metadata: UserMetadata,
+}
+
+/// Options of a CopyObject.
+#[derive(Debug, Clone, Default)]
+pub struct CopyOptions {
+    /// New Content-Type and metadata (`MetadataDirective: REPLACE`); `None` keeps the
+    /// source's.
+    pub replace: Option<PutOptions>,
+    /// Copy only if the source still has this ETag, else
+    /// [`StoreError::PreconditionFailed`].
+    pub if_match: Option<String>,
 }
 
 /// A part of a multipart upload, as CompleteMultipartUpload wants it.
@@ -79,8 +105,8 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Store a whole object; returns its ETag.
     async fn put(&self, key: &str, body: Bytes, options: &PutOptions) -> StoreResult<String>;
 
-    /// Server-side copy of a whole object (up to 5 GiB), metadata kept.
-    async fn copy(&self, from: &str, to: &str) -> StoreResult<()>;
+    /// Server-side copy of a whole object (up to 5 GiB); returns the new ETag.
+    async fn copy(&self, from: &str, to: &str, options: &CopyOptions) -> StoreResult<String>;
 
     /// Delete an object; deleting a missing key is not an error (S3 semantics).
     async fn delete(&self, key: &str) -> StoreResult<()>;
@@ -95,6 +121,19 @@ pub trait ObjectStore: Send + Sync + 'static {
         upload_id: &str,
         number: i32,
         body: Bytes,
+    ) -> StoreResult<String>;
+
+    /// Upload part `number` as a server-side copy of bytes `range` of object
+    /// `source` (which must still have the ETag `if_match`, when given); returns the
+    /// part's ETag.
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        source: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
     ) -> StoreResult<String>;
 
     /// Complete a multipart upload; returns the object's ETag.

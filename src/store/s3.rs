@@ -12,15 +12,17 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as SdkCompletedPart};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart as SdkCompletedPart, MetadataDirective,
+};
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
 use aws_smithy_types::error::display::DisplayErrorContext;
 use bytes::Bytes;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::{
-    CompletedPart, ListPage, ListRequest, ObjectMeta, ObjectStore, PutOptions, StoreError,
-    StoreResult,
+    CompletedPart, CopyOptions, ListPage, ListRequest, ObjectHeaders, ObjectMeta, ObjectStore,
+    PutOptions, StoreError, StoreResult,
 };
 
 /// Where and how to reach the bucket.
@@ -174,6 +176,22 @@ fn size_of(len: Option<i64>) -> u64 {
     len.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
 }
 
+/// The `x-amz-copy-source` value for `key` of `bucket`.
+fn copy_source(bucket: &str, key: &str) -> String {
+    format!("{bucket}/{}", utf8_percent_encode(key, COPY_SOURCE))
+}
+
+/// User metadata as the SDK wants it (`None` when empty, so no header is sent).
+fn metadata_of(options: &PutOptions) -> Option<std::collections::HashMap<String, String>> {
+    (!options.metadata.is_empty()).then(|| {
+        options
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    })
+}
+
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
@@ -185,11 +203,23 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(classify)?;
+        let metadata = out
+            .metadata()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(ObjectMeta {
             key: key.to_string(),
             size: size_of(out.content_length()),
             etag: out.e_tag().map(str::to_string),
             last_modified: to_system_time(out.last_modified()),
+            headers: Some(ObjectHeaders {
+                content_type: out.content_type().map(str::to_string),
+                metadata,
+            }),
         })
     }
 
@@ -241,6 +271,7 @@ impl ObjectStore for S3Store {
                     size: size_of(o.size()),
                     etag: o.e_tag().map(str::to_string),
                     last_modified: to_system_time(o.last_modified()),
+                    headers: None,
                 })
             })
             .collect();
@@ -269,23 +300,33 @@ impl ObjectStore for S3Store {
             .key(key)
             .body(ByteStream::from(body))
             .set_content_type(options.content_type.clone())
+            .set_metadata(metadata_of(options))
             .send()
             .await
             .map_err(classify)?;
         Ok(out.e_tag().unwrap_or_default().to_string())
     }
 
-    async fn copy(&self, from: &str, to: &str) -> StoreResult<()> {
-        let source = format!("{}/{}", self.bucket, utf8_percent_encode(from, COPY_SOURCE));
-        self.client
+    async fn copy(&self, from: &str, to: &str, options: &CopyOptions) -> StoreResult<String> {
+        let mut request = self
+            .client
             .copy_object()
             .bucket(&self.bucket)
             .key(to)
-            .copy_source(source)
-            .send()
-            .await
-            .map_err(classify)?;
-        Ok(())
+            .copy_source(copy_source(&self.bucket, from))
+            .set_copy_source_if_match(options.if_match.clone());
+        if let Some(replace) = &options.replace {
+            request = request
+                .metadata_directive(MetadataDirective::Replace)
+                .set_content_type(replace.content_type.clone())
+                .set_metadata(metadata_of(replace));
+        }
+        let out = request.send().await.map_err(classify)?;
+        Ok(out
+            .copy_object_result()
+            .and_then(|r| r.e_tag())
+            .unwrap_or_default()
+            .to_string())
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
@@ -306,6 +347,7 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(key)
             .set_content_type(options.content_type.clone())
+            .set_metadata(metadata_of(options))
             .send()
             .await
             .map_err(classify)?;
@@ -335,6 +377,38 @@ impl ObjectStore for S3Store {
         out.e_tag()
             .map(str::to_string)
             .ok_or_else(|| StoreError::Other(format!("UploadPart {number} returned no ETag")))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        source: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<String> {
+        let out = self
+            .client
+            .upload_part_copy()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .copy_source(copy_source(&self.bucket, source))
+            .copy_source_range(format!(
+                "bytes={}-{}",
+                range.start,
+                range.end.saturating_sub(1)
+            ))
+            .set_copy_source_if_match(if_match.map(str::to_string))
+            .send()
+            .await
+            .map_err(classify)?;
+        out.copy_part_result()
+            .and_then(|r| r.e_tag())
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::Other(format!("UploadPartCopy {number} returned no ETag")))
     }
 
     async fn complete_multipart(

@@ -1,15 +1,16 @@
-//! Uploading a staging file: one PutObject for small files, a multipart upload with
-//! parts sent in parallel for large ones.
+//! Uploads and server-side copies: one PutObject for small files, a multipart upload
+//! with parts sent in parallel for large ones. Parts that nothing changed are copied
+//! from the base object server-side (UploadPartCopy) instead of being sent again.
 
-use std::io;
 use std::ops::Range;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 
-use super::staging::StagingFile;
-use crate::store::{CompletedPart, ObjectStore, PutOptions, StoreError};
+use super::WriteError;
+use super::staged::{Base, PartSource, Staged};
+use crate::store::{CompletedPart, CopyOptions, ObjectStore, PutOptions};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -19,8 +20,12 @@ pub const FIRST_PART_SIZE: u64 = 8 * MIB;
 pub const MAX_PARTS: i32 = 10_000;
 /// Parts keep their size for this many parts, then double.
 const PARTS_PER_SIZE: i32 = 1_000;
-/// S3's limit on the size of one part.
+/// S3's limit on the size of one part, and of one CopyObject.
 const MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
+/// The largest object CopyObject copies in one request.
+pub const MAX_COPY_SIZE: u64 = MAX_PART_SIZE;
+/// Parts of a multipart copy: large, since no data passes through here.
+const COPY_PART_SIZE: u64 = 512 * MIB;
 
 /// Size of part `number` (from 1): 8 MiB for the first 1,000 parts, doubling every
 /// 1,000 parts after that. Small files keep small parts, and 10,000 parts reach past
@@ -47,27 +52,19 @@ pub fn part_ranges(size: u64) -> Option<Vec<(i32, Range<u64>)>> {
     Some(parts)
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum UploadError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("cannot read the staging file: {0}")]
-    Local(#[from] io::Error),
-    #[error("{0} bytes is more than S3 can store in one object")]
-    TooLarge(u64),
+/// One part of a multipart upload and where its bytes come from.
+enum Part {
+    Copy {
+        from: Base,
+        range: Range<u64>,
+    },
+    Local {
+        range: Range<u64>,
+        gaps: Vec<Range<u64>>,
+    },
 }
 
-impl UploadError {
-    pub fn errno(&self) -> i32 {
-        match self {
-            UploadError::Store(e) => e.errno(),
-            UploadError::Local(e) => e.raw_os_error().unwrap_or(libc::EIO),
-            UploadError::TooLarge(_) => libc::EFBIG,
-        }
-    }
-}
-
-/// Uploads staging files, with a bound on the parts held in memory at once across
+/// Uploads staged files, with a bound on the parts held in memory at once across
 /// all uploads.
 pub struct Uploader {
     store: Arc<dyn ObjectStore>,
@@ -90,52 +87,137 @@ impl Uploader {
         }
     }
 
-    /// Upload the first `size` bytes of `file` as `key`; returns the new ETag. On
-    /// failure nothing is left in the bucket: a multipart upload is aborted.
+    /// Upload `staged` as `key`; returns the new ETag. On failure nothing is left in
+    /// the bucket: a multipart upload is aborted.
     pub async fn upload(
         &self,
         key: &str,
-        file: &StagingFile,
-        size: u64,
+        staged: &mut Staged,
         options: &PutOptions,
-    ) -> Result<String, UploadError> {
-        if size <= FIRST_PART_SIZE {
+    ) -> Result<String, WriteError> {
+        let size = staged.size();
+        let etag = if size <= FIRST_PART_SIZE {
             let _slot = self.part_slots.acquire().await;
-            let body = file.read_at(0, size as usize).await?;
-            return Ok(self.store.put(key, body, options).await?);
-        }
-        let parts = part_ranges(size).ok_or(UploadError::TooLarge(size))?;
-        let upload_id = self.store.create_multipart(key, options).await?;
-        match self.upload_parts(key, &upload_id, file, parts).await {
-            Ok(done) => match self.store.complete_multipart(key, &upload_id, done).await {
-                Ok(etag) => Ok(etag),
-                Err(e) => {
-                    self.abort(key, &upload_id).await;
-                    Err(e.into())
-                }
-            },
-            Err(e) => {
-                self.abort(key, &upload_id).await;
-                Err(e)
-            }
-        }
+            staged.fill(&self.store, 0..size).await?;
+            let body = staged.file().read_at(0, size as usize).await?;
+            self.store.put(key, body, options).await?
+        } else {
+            let parts: Vec<(i32, Part)> = part_ranges(size)
+                .ok_or(WriteError::TooLarge(size))?
+                .into_iter()
+                .map(|(n, range)| {
+                    let part = match staged.part_source(range.clone()) {
+                        PartSource::Copy(from) => Part::Copy { from, range },
+                        PartSource::Local { gaps } => Part::Local { range, gaps },
+                    };
+                    (n, part)
+                })
+                .collect();
+            let filled: Vec<Range<u64>> = parts
+                .iter()
+                .flat_map(|(_, p)| match p {
+                    Part::Local { gaps, .. } => gaps.clone(),
+                    Part::Copy { .. } => Vec::new(),
+                })
+                .collect();
+            let etag = self.multipart(key, options, parts, Some(staged)).await?;
+            staged.mark_present(&filled);
+            etag
+        };
+        staged.uploaded(key, etag.clone());
+        Ok(etag)
     }
 
-    async fn upload_parts(
+    /// Server-side copy of `from` (`size` bytes) to `to`: one CopyObject up to
+    /// 5 GiB, a multipart copy above. A multipart copy cannot keep the source's
+    /// metadata, so above 5 GiB `options.replace` must carry it.
+    pub async fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        size: u64,
+        options: &CopyOptions,
+    ) -> Result<String, WriteError> {
+        if size <= MAX_COPY_SIZE {
+            return Ok(self.store.copy(from, to, options).await?);
+        }
+        let part = COPY_PART_SIZE.max(size.div_ceil(MAX_PARTS as u64));
+        if part > MAX_PART_SIZE {
+            return Err(WriteError::TooLarge(size));
+        }
+        let base = Base {
+            key: from.to_string(),
+            etag: options.if_match.clone(),
+            len: size,
+        };
+        let parts = (0..size.div_ceil(part))
+            .map(|i| {
+                let range = i * part..((i + 1) * part).min(size);
+                let from = base.clone();
+                (i as i32 + 1, Part::Copy { from, range })
+            })
+            .collect();
+        let put = options.replace.clone().unwrap_or_default();
+        self.multipart(to, &put, parts, None).await
+    }
+
+    async fn multipart(
+        &self,
+        key: &str,
+        options: &PutOptions,
+        parts: Vec<(i32, Part)>,
+        staged: Option<&Staged>,
+    ) -> Result<String, WriteError> {
+        let upload_id = self.store.create_multipart(key, options).await?;
+        let result = async {
+            let done = self.send_parts(key, &upload_id, parts, staged).await?;
+            Ok::<_, WriteError>(self.store.complete_multipart(key, &upload_id, done).await?)
+        }
+        .await;
+        if result.is_err()
+            && let Err(e) = self.store.abort_multipart(key, &upload_id).await
+        {
+            tracing::warn!("cannot abort multipart upload {upload_id} of {key}: {e}");
+        }
+        result
+    }
+
+    async fn send_parts(
         &self,
         key: &str,
         upload_id: &str,
-        file: &StagingFile,
-        parts: Vec<(i32, Range<u64>)>,
-    ) -> Result<Vec<CompletedPart>, UploadError> {
+        parts: Vec<(i32, Part)>,
+        staged: Option<&Staged>,
+    ) -> Result<Vec<CompletedPart>, WriteError> {
         let mut done: Vec<CompletedPart> = futures::stream::iter(parts)
-            .map(|(number, range)| async move {
-                let _slot = self.part_slots.acquire().await;
-                let body = file
-                    .read_at(range.start, (range.end - range.start) as usize)
-                    .await?;
-                let etag = self.store.upload_part(key, upload_id, number, body).await?;
-                Ok::<_, UploadError>(CompletedPart { number, etag })
+            .map(|(number, part)| async move {
+                let etag = match part {
+                    Part::Copy { from, range } => {
+                        self.store
+                            .upload_part_copy(
+                                key,
+                                upload_id,
+                                number,
+                                &from.key,
+                                range,
+                                from.etag.as_deref(),
+                            )
+                            .await?
+                    }
+                    Part::Local { range, gaps } => {
+                        let staged = staged.ok_or_else(|| {
+                            std::io::Error::other("a part to send without a staged file")
+                        })?;
+                        let _slot = self.part_slots.acquire().await;
+                        staged.fetch(&self.store, &gaps).await?;
+                        let body = staged
+                            .file()
+                            .read_at(range.start, (range.end - range.start) as usize)
+                            .await?;
+                        self.store.upload_part(key, upload_id, number, body).await?
+                    }
+                };
+                Ok::<_, WriteError>(CompletedPart { number, etag })
             })
             .buffer_unordered(self.parallel_parts)
             .try_collect()
@@ -143,17 +225,12 @@ impl Uploader {
         done.sort_by_key(|p| p.number);
         Ok(done)
     }
-
-    async fn abort(&self, key: &str, upload_id: &str) {
-        if let Err(e) = self.store.abort_multipart(key, upload_id).await {
-            tracing::warn!("cannot abort multipart upload {upload_id} of {key}: {e}");
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoreError;
     use crate::store::memory::{MemoryStore, Op};
     use crate::write::staging::StagingDir;
 
@@ -182,23 +259,29 @@ mod tests {
         assert!(part_ranges(0).unwrap().is_empty());
     }
 
-    async fn staged(data: &[u8]) -> (tempfile::TempDir, StagingFile) {
+    async fn staged(data: &[u8], base: Option<Base>) -> (tempfile::TempDir, Staged) {
         let dir = tempfile::tempdir().unwrap();
         let staging = StagingDir::new(dir.path().to_path_buf()).unwrap();
-        let file = staging.create("k").unwrap();
-        file.write_at(0, data.to_vec()).await.unwrap();
+        let len = base.as_ref().map_or(0, |b| b.len);
+        let mut file = Staged::new(staging.create("k").unwrap(), base, len);
+        if !data.is_empty() {
+            file.write(0, data.to_vec()).await.unwrap();
+        }
         (dir, file)
+    }
+
+    fn data(len: u64) -> Vec<u8> {
+        (0..len as usize).map(|i| (i % 251) as u8).collect()
     }
 
     #[tokio::test]
     async fn large_file_goes_up_as_multipart_in_order() {
-        let data: Vec<u8> = (0..(17 * MIB) as usize).map(|i| (i % 251) as u8).collect();
-        let (_dir, file) = staged(&data).await;
+        let data = data(17 * MIB);
+        let (_dir, mut file) = staged(&data, None).await;
         let store = Arc::new(MemoryStore::new());
         let uploader = Uploader::new(store.clone(), 4, 8);
-        let opts = PutOptions::default();
         uploader
-            .upload("big", &file, data.len() as u64, &opts)
+            .upload("big", &mut file, &PutOptions::default())
             .await
             .unwrap();
         assert_eq!(store.object("big").unwrap().body, data);
@@ -207,18 +290,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn small_change_to_a_large_object_copies_the_unchanged_parts() {
+        let store = Arc::new(MemoryStore::new());
+        let mut body = data(40 * MIB);
+        store.insert("big", body.clone());
+        let base = Base {
+            key: "big".into(),
+            etag: Some(store.object("big").unwrap().etag),
+            len: body.len() as u64,
+        };
+        let (_dir, mut file) = staged(&[], Some(base)).await;
+        file.write(20 * MIB + 3, b"edit".to_vec()).await.unwrap();
+        body[(20 * MIB + 3) as usize..(20 * MIB + 7) as usize].copy_from_slice(b"edit");
+        let uploader = Uploader::new(store.clone(), 4, 8);
+        uploader
+            .upload("big", &mut file, &PutOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(store.object("big").unwrap().body, body);
+        // Five 8 MiB parts: four copied server-side, one sent; only that one's
+        // missing bytes were downloaded.
+        assert_eq!(store.calls(Op::UploadPartCopy), 4);
+        assert_eq!(store.calls(Op::UploadPart), 1);
+        assert_eq!(store.calls(Op::Get), 2);
+    }
+
+    #[tokio::test]
     async fn failed_part_aborts_and_leaves_nothing() {
         let data = vec![7u8; (9 * MIB) as usize];
-        let (_dir, file) = staged(&data).await;
+        let (_dir, mut file) = staged(&data, None).await;
         let store = Arc::new(MemoryStore::new());
         store.fail_next(Op::UploadPart, StoreError::Unreachable("down".into()));
         let uploader = Uploader::new(store.clone(), 4, 8);
         let err = uploader
-            .upload("big", &file, data.len() as u64, &PutOptions::default())
+            .upload("big", &mut file, &PutOptions::default())
             .await
             .unwrap_err();
         assert_eq!(err.errno(), libc::EIO);
         assert!(store.object("big").is_none());
         assert_eq!(store.open_uploads(), 0);
+    }
+
+    #[tokio::test]
+    async fn copies_above_five_gib_go_part_by_part_with_the_new_metadata() {
+        // The memory store holds no 5 GiB object; the multipart path is exercised
+        // through its part arithmetic on a small source instead.
+        let store = Arc::new(MemoryStore::new());
+        let uploader = Uploader::new(store.clone(), 4, 8);
+        let err = uploader
+            .copy("missing", "to", 6 * 1024 * MIB, &CopyOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.errno(), libc::ENOENT);
+        assert_eq!(store.calls(Op::CreateMultipart), 1);
+        assert_eq!(store.open_uploads(), 0, "the failed copy was aborted");
     }
 }

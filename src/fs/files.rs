@@ -1,0 +1,444 @@
+//! Files: open, create, read, write, truncate, close (flush and release), fsync.
+//!
+//! Writes land in the file's [`Staged`] view, shared by all handles of the file;
+//! flush (the opener's close) and fsync upload it.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+
+use super::inode::{Attr, Kind};
+use super::{Caller, Errno, FileHandle, Fs, FsResult, OpenFile, SharedOpenFile};
+use crate::read::RemoteReader;
+use crate::store::ObjectHeaders;
+use crate::write::staged::{Base, Staged};
+
+/// FALLOC_FL_KEEP_SIZE: reserve without changing the size (nothing to do here).
+const KEEP_SIZE: i32 = 1;
+
+impl Fs {
+    /// The write state of `ino`, registering one more user of it; `true` if this
+    /// call opened it (and so must close it with [`Self::close_file`]).
+    fn open_file(&self, ino: u64) -> (SharedOpenFile, bool) {
+        let mut state = self.state();
+        let entry = state.handles.open.entry(ino).or_default();
+        entry.0 += 1;
+        (entry.1.clone(), entry.0 == 1)
+    }
+
+    /// Give `of` a staged view of the file, over the object as it is now.
+    async fn ensure_staged<'a>(&self, ino: u64, of: &'a mut OpenFile) -> FsResult<&'a mut Staged> {
+        if of.staged.is_none() {
+            let inode = self.inode(ino)?;
+            let key = self.key(&inode.path);
+            let file = self.staging.create(&key)?;
+            let base = (!inode.local && inode.size > 0).then(|| Base {
+                key,
+                etag: inode.etag.clone(),
+                len: inode.size,
+            });
+            of.staged = Some(Staged::new(file, base, inode.size));
+        }
+        of.staged.as_mut().ok_or(Errno::EIO)
+    }
+
+    /// Record a change of content: the file is dirty, with this size.
+    fn mark_written(&self, ino: u64, size: u64) {
+        let now = SystemTime::now();
+        let mut state = self.state();
+        if let Some(inode) = state.inodes.get_mut(ino) {
+            inode.dirty = true;
+            inode.size = size;
+            inode.modified = now;
+            inode.meta.mtime = Some(now);
+            inode.meta.ctime = Some(now);
+        }
+    }
+
+    /// Open a file for `caller`, whose close() will upload it.
+    pub async fn open(&self, ino: u64, flags: i32, caller: Caller) -> FsResult<u64> {
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        if writable {
+            self.check_writable()?;
+        }
+        let inode = self.inode(ino)?;
+        match inode.kind {
+            Kind::Dir => return Err(Errno::EISDIR),
+            Kind::Symlink => return Err(Errno::ELOOP),
+            Kind::File => {}
+        }
+        // Close-to-open: a file opened after the TTL sees what S3 has now.
+        if !self.is_fresh(&inode) && inode.is_linked() {
+            self.revalidate(ino).await?;
+        }
+        let (open, _) = self.open_file(ino);
+        if writable && flags & libc::O_TRUNC != 0 {
+            let mut of = open.lock().await;
+            let result = async {
+                self.ensure_staged(ino, &mut of).await?.set_len(0).await?;
+                Ok(())
+            }
+            .await;
+            if let Err(e) = result {
+                drop(of);
+                self.close_file(ino).await;
+                return Err(e);
+            }
+            self.mark_written(ino, 0);
+        }
+        Ok(self.new_handle(ino, writable, caller.process))
+    }
+
+    fn new_handle(&self, ino: u64, writable: bool, opener: u32) -> u64 {
+        let fh = self.new_fh();
+        let handle = FileHandle {
+            ino,
+            writable,
+            opener,
+            reader: tokio::sync::Mutex::new(None),
+        };
+        self.state().handles.files.insert(fh, Arc::new(handle));
+        fh
+    }
+
+    /// Create and open a file (open with O_CREAT), owned by `caller`.
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> FsResult<(Attr, u64)> {
+        self.check_writable()?;
+        let path = self.child_path(parent, name)?;
+        match self.kind_at(&path).await? {
+            Some(_) if flags & libc::O_EXCL != 0 => return Err(Errno::EEXIST),
+            Some(Kind::Dir) => return Err(Errno::EISDIR),
+            Some(Kind::File | Kind::Symlink) => {
+                let attr = self.lookup(parent, name).await?;
+                let fh = self.open(attr.ino, flags, caller).await?;
+                let attr = self.getattr(attr.ino).await?;
+                return Ok((attr, fh));
+            }
+            None => {}
+        }
+        let now = SystemTime::now();
+        let ino = {
+            let mut state = self.state();
+            let inode = state.inodes.lookup(&path, Kind::File, now);
+            inode.local = true;
+            inode.dirty = true;
+            inode.size = 0;
+            inode.meta.mode = Some(libc::S_IFREG | (mode & 0o7777));
+            inode.meta.uid = Some(caller.uid);
+            inode.meta.gid = Some(caller.gid);
+            inode.meta.atime = Some(now);
+            inode.meta.mtime = Some(now);
+            inode.meta.ctime = Some(now);
+            inode.ino
+        };
+        self.touch_dir(super::inode::parent_of(&path));
+        let (open, _) = self.open_file(ino);
+        let staged = {
+            let mut of = open.lock().await;
+            self.ensure_staged(ino, &mut of).await.map(|_| ())
+        };
+        if let Err(e) = staged {
+            self.close_file(ino).await;
+            self.state().inodes.unlink(&path);
+            return Err(e);
+        }
+        let fh = self.new_handle(ino, true, caller.process);
+        let inode = self.inode(ino)?;
+        Ok((self.attr(&inode), fh))
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<FileHandle>> {
+        self.state()
+            .handles
+            .files
+            .get(&fh)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let handle = self.handle(fh)?;
+        let open = self.open_state(handle.ino).ok_or(Errno::EBADF)?;
+        {
+            let mut of = open.lock().await;
+            if let Some(staged) = &mut of.staged {
+                return Ok(staged.read(&self.store, offset, u64::from(size)).await?);
+            }
+        }
+        let inode = self.inode(handle.ino)?;
+        let key = self.key(&inode.path);
+        let reader = {
+            let mut slot = handle.reader.lock().await;
+            match &*slot {
+                Some(r)
+                    if r.key() == key
+                        && r.etag() == inode.etag.as_deref()
+                        && r.size() == inode.size =>
+                {
+                    r.clone()
+                }
+                _ => {
+                    let r = Arc::new(RemoteReader::new(
+                        self.store.clone(),
+                        key,
+                        inode.etag.clone(),
+                        inode.size,
+                    ));
+                    *slot = Some(r.clone());
+                    r
+                }
+            }
+        };
+        Ok(reader.read(offset, size).await?)
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> FsResult<u32> {
+        let handle = self.handle(fh)?;
+        if !handle.writable {
+            return Err(Errno::EBADF);
+        }
+        let len = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
+        let open = self.open_state(handle.ino).ok_or(Errno::EBADF)?;
+        let mut of = open.lock().await;
+        let written = async {
+            let staged = self.ensure_staged(handle.ino, &mut of).await?;
+            staged.write(offset, data).await?;
+            Ok(staged.size())
+        }
+        .await;
+        match written {
+            Ok(size) => {
+                self.mark_written(handle.ino, size);
+                Ok(len)
+            }
+            Err(e) => {
+                of.write_error = Some(e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Set the size of a file: through its staged view, uploaded at once if no
+    /// handle has it open.
+    pub(super) async fn truncate(&self, ino: u64, size: u64) -> FsResult<()> {
+        match self.inode(ino)?.kind {
+            Kind::Dir => return Err(Errno::EISDIR),
+            Kind::Symlink => return Err(Errno::EINVAL),
+            Kind::File => {}
+        }
+        self.set_size(ino, size).await
+    }
+
+    /// posix_fallocate: make the file at least `offset + len` bytes long.
+    pub async fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        let handle = self.handle(fh)?;
+        if !handle.writable {
+            return Err(Errno::EBADF);
+        }
+        if mode & !KEEP_SIZE != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let end = offset.checked_add(len).ok_or(Errno::EFBIG)?;
+        if mode & KEEP_SIZE != 0 || end <= self.inode(handle.ino)?.size {
+            return Ok(());
+        }
+        self.set_size(handle.ino, end).await
+    }
+
+    /// Cut or extend the staged view of `ino`; upload at once if the file is not
+    /// open (a truncate of a closed file).
+    async fn set_size(&self, ino: u64, size: u64) -> FsResult<()> {
+        let (open, temporary) = self.open_file(ino);
+        let result = async {
+            let mut of = open.lock().await;
+            self.ensure_staged(ino, &mut of)
+                .await?
+                .set_len(size)
+                .await?;
+            self.mark_written(ino, size);
+            if temporary {
+                self.upload_locked(ino, &mut of).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if temporary {
+            self.close_file(ino).await;
+        }
+        result
+    }
+
+    /// close() by `process`: upload what was written. The error, if any, is what
+    /// close() returns.
+    ///
+    /// The kernel sends a flush for every close of every copy of the descriptor,
+    /// including the copies a child inherits across fork() and closes at exec(). Only
+    /// the opener's close uploads, so a program that forks while writing does not
+    /// publish its file half-written; the last release uploads what is left.
+    pub async fn flush(&self, fh: u64, process: u32) -> FsResult<()> {
+        let handle = self.handle(fh)?;
+        if handle.opener != process {
+            return Ok(());
+        }
+        self.fsync(fh).await
+    }
+
+    /// fsync(): upload what was written, whoever asks.
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        let handle = self.handle(fh)?;
+        if !handle.writable {
+            return Ok(());
+        }
+        let open = self.open_state(handle.ino).ok_or(Errno::EBADF)?;
+        let mut of = open.lock().await;
+        self.upload_locked(handle.ino, &mut of).await
+    }
+
+    /// Upload the staged file of a dirty file. On failure the staging file stays
+    /// on disk and its path is logged.
+    pub(super) async fn upload_locked(&self, ino: u64, of: &mut OpenFile) -> FsResult<()> {
+        let inode = self.inode(ino)?;
+        if !inode.dirty || !inode.is_linked() {
+            return Ok(());
+        }
+        let key = self.key(&inode.path);
+        if let Some(e) = of.write_error {
+            if let Some(staged) = &of.staged {
+                tracing::error!(
+                    "{key}: not uploaded because a write failed ({e:?}); what was written is kept in {}",
+                    staged.file().path().display()
+                );
+            }
+            return Err(e);
+        }
+        let options = self.put_options(&key, &inode);
+        let staged = self.ensure_staged(ino, of).await?;
+        let uploaded = self.uploader.upload(&key, staged, &options).await;
+        if let Err(e) = &uploaded {
+            if let Err(sync) = staged.file().sync().await {
+                tracing::error!("cannot sync {}: {sync}", staged.file().path().display());
+            }
+            let path = staged.file().path().display();
+            if staged.is_complete() {
+                tracing::error!("upload of {key} failed: {e}; the data is kept in {path}");
+            } else {
+                tracing::error!(
+                    "upload of {key} failed: {e}; the changes are kept in {path} \
+                     (a sparse file: the bytes not written are the object's)"
+                );
+            }
+        }
+        of.upload_failed = uploaded.is_err();
+        let etag = uploaded?;
+        let mut state = self.state();
+        if let Some(inode) = state.inodes.get_mut(ino) {
+            inode.dirty = false;
+            inode.local = false;
+            inode.etag = Some(etag);
+            inode.validated = Some(Instant::now());
+            inode.headers = Some(ObjectHeaders {
+                content_type: options.content_type,
+                metadata: options.metadata,
+            });
+        }
+        tracing::debug!("uploaded {key} ({} bytes)", inode.size);
+        Ok(())
+    }
+
+    /// The last close of a handle. Data not uploaded yet is uploaded now; data that
+    /// failed to upload stays in its staging file.
+    pub async fn release(&self, fh: u64) {
+        let ino = match self.state().handles.files.remove(&fh) {
+            Some(h) => h.ino,
+            None => return,
+        };
+        self.close_file(ino).await;
+    }
+
+    pub(super) async fn close_file(&self, ino: u64) {
+        let last = {
+            let mut state = self.state();
+            match state.handles.open.get_mut(&ino) {
+                Some((n, _)) if *n > 1 => {
+                    *n -= 1;
+                    None
+                }
+                Some(_) => state.handles.open.remove(&ino).map(|(_, of)| of),
+                None => None,
+            }
+        };
+        let Some(of) = last else { return };
+        let mut of = of.lock().await;
+        let (dirty, linked) = self
+            .state()
+            .inodes
+            .get(ino)
+            .map_or((false, false), |i| (i.dirty, i.is_linked()));
+        if dirty && linked && !of.upload_failed && of.write_error.is_none() {
+            // Errors are logged there; release cannot report them.
+            let _ = self.upload_locked(ino, &mut of).await;
+        }
+        if let Some(staged) = of.staged.take() {
+            let inode = self.state().inodes.get(ino).cloned();
+            match inode {
+                Some(inode) if inode.dirty && linked => {
+                    tracing::warn!(
+                        "{}: not uploaded; the changes are kept in {}",
+                        self.key(&inode.path),
+                        staged.file().path().display()
+                    );
+                    // What S3 has is what the file shows from now on.
+                    let mut state = self.state();
+                    if let Some(inode) = state.inodes.get_mut(ino) {
+                        inode.dirty = false;
+                        inode.local = false;
+                        inode.validated = None;
+                    }
+                }
+                _ => staged.into_file().remove(),
+            }
+        }
+        self.state().inodes.remove_if_unreferenced(ino);
+    }
+
+    /// Fetch every byte of an open file into its staged view, so that its handles
+    /// keep working after the object is deleted or replaced.
+    pub(super) async fn keep_open_file(&self, ino: u64) -> FsResult<()> {
+        let Some(open) = self.open_state(ino) else {
+            return Ok(());
+        };
+        let mut of = open.lock().await;
+        let staged = self.ensure_staged(ino, &mut of).await?;
+        let size = staged.size();
+        staged.fill(&self.store, 0..size).await?;
+        Ok(())
+    }
+
+    /// At unmount: upload every file that still has unsaved writes.
+    pub async fn shutdown(&self) {
+        let open: Vec<(u64, SharedOpenFile)> = self
+            .state()
+            .handles
+            .open
+            .iter()
+            .map(|(ino, (_, of))| (*ino, of.clone()))
+            .collect();
+        for (ino, of) in open {
+            let mut of = of.lock().await;
+            if self.upload_locked(ino, &mut of).await.is_ok()
+                && let Some(staged) = of.staged.take()
+            {
+                staged.into_file().remove();
+            }
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! rename(2). S3 has no rename: a file is copied server-side (CopyObject, its
+//! metadata kept, its Content-Type that of the new name) and then deleted; a
+//! directory is moved key by key, a page of the listing at a time, with bounded
+//! parallelism. Neither is atomic: another S3 client may see both names, or a
+//! directory half moved, for a moment; a failure part way leaves it half moved.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::time::{Instant, SystemTime};
+
+use futures::{StreamExt, TryStreamExt};
+
+use super::inode::{Kind, parent_of};
+use super::{Errno, Fs, FsResult, PARALLEL_COPIES, SharedOpenFile};
+use crate::store::{CopyOptions, ListRequest, ObjectHeaders, PutOptions};
+use crate::write::upload::MAX_COPY_SIZE;
+
+impl Fs {
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> FsResult<()> {
+        self.check_writable()?;
+        if flags & !libc::RENAME_NOREPLACE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let from = self.child_path(parent, name)?;
+        let to = self.child_path(new_parent, new_name)?;
+        if from == to {
+            return Ok(());
+        }
+        let kind = self.kind_at(&from).await?.ok_or(Errno::ENOENT)?;
+        if kind == Kind::Dir && to.starts_with(&format!("{from}/")) {
+            return Err(Errno::EINVAL);
+        }
+        match (kind, self.kind_at(&to).await?) {
+            (_, Some(_)) if flags & libc::RENAME_NOREPLACE != 0 => return Err(Errno::EEXIST),
+            (Kind::Dir, Some(Kind::File | Kind::Symlink)) => return Err(Errno::ENOTDIR),
+            (Kind::File | Kind::Symlink, Some(Kind::Dir)) => return Err(Errno::EISDIR),
+            (Kind::Dir, Some(Kind::Dir)) => self.check_empty(&to).await?,
+            _ => {}
+        }
+        match kind {
+            Kind::Dir => self.rename_dir(&from, &to).await?,
+            Kind::File | Kind::Symlink => self.rename_file(&from, &to).await?,
+        }
+        self.touch_dir(parent_of(&from));
+        self.touch_dir(parent_of(&to));
+        Ok(())
+    }
+
+    /// The inode at `path`, entered in the table (without a kernel reference) if
+    /// the kernel has not looked it up.
+    async fn inode_at(&self, path: &str) -> FsResult<u64> {
+        if let Some(ino) = self.state().inodes.ino_of(path) {
+            return Ok(ino);
+        }
+        let resolved = self.resolve(path).await?.ok_or(Errno::ENOENT)?;
+        let mut state = self.state();
+        let inode = state.inodes.entry(path, resolved.kind, self.mount_time);
+        if let Some(head) = &resolved.head {
+            inode.set_head(head);
+        }
+        Ok(inode.ino)
+    }
+
+    async fn rename_file(&self, from: &str, to: &str) -> FsResult<()> {
+        let ino = self.inode_at(from).await?;
+        self.ensure_headers(ino).await?;
+        // Handles open on the file being replaced keep reading what they had.
+        let replaced = self.state().inodes.ino_of(to);
+        if let Some(replaced) = replaced {
+            self.keep_open_file(replaced).await?;
+        }
+        // Hold the file's write state so no upload runs under the old name meanwhile.
+        let open = self.open_state(ino);
+        let mut guard = match &open {
+            Some(of) => Some(of.lock().await),
+            None => None,
+        };
+        let inode = self.inode(ino)?;
+        let now = SystemTime::now();
+        let (from_key, to_key) = (self.key(from), self.key(to));
+        let mut moved = inode.clone();
+        moved.path = to.to_string();
+        moved.meta.ctime = Some(now);
+        let mut copied = None;
+        if !inode.local {
+            // A file with unsaved changes moves its last uploaded version, which the
+            // changes are staged over; they go up under the new name at close.
+            let size = if inode.dirty {
+                self.store.head(&from_key).await?.size
+            } else {
+                inode.size
+            };
+            let options = self.put_options(&to_key, &moved);
+            let copy = CopyOptions {
+                replace: Some(options.clone()),
+                if_match: inode.etag.clone(),
+            };
+            let etag = self.uploader.copy(&from_key, &to_key, size, &copy).await?;
+            if let Some(staged) = guard.as_mut().and_then(|of| of.staged.as_mut()) {
+                staged.rebase(&to_key, etag.clone());
+            }
+            self.store.delete(&from_key).await?;
+            copied = Some((etag, options));
+        }
+        let mut state = self.state();
+        state.inodes.rename(ino, to);
+        if let Some(inode) = state.inodes.get_mut(ino) {
+            inode.meta.ctime = Some(now);
+            if let Some((etag, options)) = copied {
+                inode.etag = Some(etag);
+                inode.validated = Some(Instant::now());
+                inode.headers = Some(ObjectHeaders {
+                    content_type: options.content_type,
+                    metadata: options.metadata,
+                });
+            }
+        }
+        if open.is_none() {
+            state.inodes.remove_if_unreferenced(ino);
+        }
+        Ok(())
+    }
+
+    async fn rename_dir(&self, from: &str, to: &str) -> FsResult<()> {
+        let (from_prefix, to_prefix) = (self.dir_prefix(from), self.dir_prefix(to));
+        // Hold every open file below the directory (in inode order, so two renames
+        // cannot deadlock): none uploads under an old name meanwhile.
+        let mut open: Vec<(u64, SharedOpenFile)> = {
+            let state = self.state();
+            state
+                .inodes
+                .tree(from)
+                .into_iter()
+                .filter_map(|ino| {
+                    state
+                        .handles
+                        .open
+                        .get(&ino)
+                        .map(|(_, of)| (ino, of.clone()))
+                })
+                .collect()
+        };
+        open.sort_by_key(|(ino, _)| *ino);
+        let mut guards = Vec::with_capacity(open.len());
+        for (_, of) in &open {
+            guards.push(of.lock().await);
+        }
+        let mut moved_any = false;
+        let mut token = None;
+        loop {
+            let page = self
+                .store
+                .list(ListRequest {
+                    prefix: &from_prefix,
+                    delimiter: None,
+                    continuation: token.take(),
+                    max_keys: None,
+                })
+                .await?;
+            let jobs: Vec<(String, String, u64)> = page
+                .objects
+                .iter()
+                .map(|o| {
+                    let rest = o.key.strip_prefix(from_prefix.as_str()).unwrap_or_default();
+                    (o.key.clone(), format!("{to_prefix}{rest}"), o.size)
+                })
+                .collect();
+            let copied: HashMap<String, String> = futures::stream::iter(jobs)
+                .map(|(from_key, to_key, size)| self.move_key(from_key, to_key, size))
+                .buffer_unordered(PARALLEL_COPIES)
+                .try_collect()
+                .await?;
+            for guard in &mut guards {
+                if let Some(staged) = guard.staged.as_mut()
+                    && let Some(base) = staged.base().map(|b| b.key.clone())
+                    && let Some(etag) = copied.get(&base)
+                {
+                    let rest = base.strip_prefix(from_prefix.as_str()).unwrap_or_default();
+                    staged.rebase(&format!("{to_prefix}{rest}"), etag.clone());
+                }
+            }
+            futures::stream::iter(copied.keys().cloned().collect::<Vec<_>>())
+                .map(|key| self.delete_key(key))
+                .buffer_unordered(PARALLEL_COPIES)
+                .try_collect::<Vec<()>>()
+                .await?;
+            moved_any |= !copied.is_empty();
+            token = page.next_token;
+            if token.is_none() {
+                break;
+            }
+        }
+        // s3fs's marker for the old name goes; an empty directory keeps a marker.
+        self.store
+            .delete(&format!(
+                "{}{}",
+                self.key(from),
+                super::dir::S3FS_DIR_SUFFIX
+            ))
+            .await?;
+        if !moved_any {
+            self.store
+                .put(&to_prefix, bytes::Bytes::new(), &PutOptions::default())
+                .await?;
+        }
+        drop(guards);
+        self.state().inodes.rename_tree(from, to);
+        Ok(())
+    }
+
+    /// First half of moving a key: copy it; returns the old key and the copy's ETag.
+    async fn move_key(&self, from: String, to: String, size: u64) -> FsResult<(String, String)> {
+        let etag = self.copy_keeping_metadata(&from, &to, size).await?;
+        Ok((from, etag))
+    }
+
+    async fn delete_key(&self, key: String) -> FsResult<()> {
+        Ok(self.store.delete(&key).await?)
+    }
+
+    /// Copy an object keeping its metadata: CopyObject does that by itself, but a
+    /// multipart copy (above 5 GiB) must be told it.
+    async fn copy_keeping_metadata(&self, from: &str, to: &str, size: u64) -> FsResult<String> {
+        let replace = if size > MAX_COPY_SIZE {
+            let head = self.store.head(from).await?;
+            let headers = head.headers.unwrap_or_default();
+            Some(PutOptions {
+                content_type: headers.content_type,
+                metadata: headers.metadata,
+            })
+        } else {
+            None
+        };
+        let options = CopyOptions {
+            replace,
+            if_match: None,
+        };
+        Ok(self.uploader.copy(from, to, size, &options).await?)
+    }
+}

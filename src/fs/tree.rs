@@ -1,0 +1,286 @@
+//! Entries of the tree: mkdir, rmdir, unlink, symlink, readlink, and listing
+//! directories.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+
+use super::dir::{DirEntry, DirHandle, S3FS_DIR_SUFFIX};
+use super::inode::{self, Attr, Kind, ROOT_INO, join};
+use super::{Caller, Errno, Fs, FsResult, Listed, synthetic_ino};
+use crate::store::{ListRequest, ObjectHeaders};
+
+/// The longest symlink target accepted (PATH_MAX).
+const MAX_TARGET: usize = 4096;
+
+impl Fs {
+    pub async fn mkdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        self.check_writable()?;
+        let path = self.child_path(parent, name)?;
+        if self.kind_at(&path).await?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let now = SystemTime::now();
+        let mut dir = inode::Inode::detached(&path, Kind::Dir, now);
+        dir.meta.mode = Some(libc::S_IFDIR | (mode & 0o7777));
+        dir.meta.uid = Some(caller.uid);
+        dir.meta.gid = Some(caller.gid);
+        dir.meta.atime = Some(now);
+        dir.meta.mtime = Some(now);
+        dir.meta.ctime = Some(now);
+        let options = self.put_options(&path, &dir);
+        let etag = self
+            .store
+            .put(&self.dir_prefix(&path), Bytes::new(), &options)
+            .await?;
+        self.touch_dir(inode::parent_of(&path));
+        let mut state = self.state();
+        let inode = state.inodes.lookup(&path, Kind::Dir, now);
+        inode.meta = dir.meta;
+        inode.etag = Some(etag);
+        inode.headers = Some(ObjectHeaders {
+            content_type: options.content_type,
+            metadata: options.metadata,
+        });
+        inode.validated = Some(Instant::now());
+        let inode = inode.clone();
+        Ok(self.attr(&inode))
+    }
+
+    /// A symlink is an object whose body is the target and whose mode says S_IFLNK,
+    /// as s3fs stores it.
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        self.check_writable()?;
+        let target = target.to_str().ok_or(Errno::EINVAL)?;
+        if target.len() > MAX_TARGET {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let path = self.child_path(parent, name)?;
+        if self.kind_at(&path).await?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let now = SystemTime::now();
+        let mut link = inode::Inode::detached(&path, Kind::Symlink, now);
+        link.meta.mode = Some(libc::S_IFLNK | 0o777);
+        link.meta.uid = Some(caller.uid);
+        link.meta.gid = Some(caller.gid);
+        link.meta.atime = Some(now);
+        link.meta.mtime = Some(now);
+        link.meta.ctime = Some(now);
+        let key = self.key(&path);
+        let options = self.put_options(&key, &link);
+        let etag = self
+            .store
+            .put(&key, Bytes::copy_from_slice(target.as_bytes()), &options)
+            .await?;
+        self.touch_dir(inode::parent_of(&path));
+        let mut state = self.state();
+        let inode = state.inodes.lookup(&path, Kind::Symlink, now);
+        inode.meta = link.meta;
+        inode.size = target.len() as u64;
+        inode.etag = Some(etag);
+        inode.target = Some(target.to_string());
+        inode.headers = Some(ObjectHeaders {
+            content_type: options.content_type,
+            metadata: options.metadata,
+        });
+        inode.validated = Some(Instant::now());
+        let inode = inode.clone();
+        Ok(self.attr(&inode))
+    }
+
+    pub async fn readlink(&self, ino: u64) -> FsResult<String> {
+        let inode = self.inode(ino)?;
+        if inode.kind != Kind::Symlink {
+            return Err(Errno::EINVAL);
+        }
+        if let Some(target) = inode.target {
+            return Ok(target);
+        }
+        if inode.size as usize > MAX_TARGET {
+            return Err(Errno::EIO);
+        }
+        let body = self
+            .store
+            .get_range(&self.key(&inode.path), 0..inode.size, inode.etag.as_deref())
+            .await?;
+        let target = String::from_utf8(body.to_vec()).map_err(|_| Errno::EIO)?;
+        if let Some(stored) = self.state().inodes.get_mut(ino) {
+            stored.target = Some(target.clone());
+        }
+        Ok(target)
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.check_writable()?;
+        let path = self.child_path(parent, name)?;
+        let known = self.known(&path);
+        let (remote, ino) = match &known {
+            Some(inode) if inode.kind == Kind::Dir => return Err(Errno::EISDIR),
+            Some(inode) => (!inode.local, Some(inode.ino)),
+            None => match self.resolve(&path).await? {
+                None => return Err(Errno::ENOENT),
+                Some(r) if r.kind == Kind::Dir => return Err(Errno::EISDIR),
+                Some(_) => (true, self.state().inodes.ino_of(&path)),
+            },
+        };
+        if remote {
+            // Handles still open on the file keep reading it after the delete.
+            if let Some(ino) = ino {
+                self.keep_open_file(ino).await?;
+            }
+            self.store.delete(&self.key(&path)).await?;
+        }
+        self.state().inodes.unlink(&path);
+        self.touch_dir(inode::parent_of(&path));
+        Ok(())
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.check_writable()?;
+        let path = self.child_path(parent, name)?;
+        match self.kind_at(&path).await? {
+            None => return Err(Errno::ENOENT),
+            Some(Kind::File | Kind::Symlink) => return Err(Errno::ENOTDIR),
+            Some(Kind::Dir) => {}
+        }
+        self.check_empty(&path).await?;
+        let marker = self.dir_prefix(&path);
+        self.store.delete(&marker).await?;
+        self.store
+            .delete(&format!("{}{S3FS_DIR_SUFFIX}", self.key(&path)))
+            .await?;
+        self.state().inodes.unlink(&path);
+        self.touch_dir(inode::parent_of(&path));
+        Ok(())
+    }
+
+    /// ENOTEMPTY unless directory `path` holds nothing but its own marker.
+    pub(super) async fn check_empty(&self, path: &str) -> FsResult<()> {
+        if !self.state().inodes.local_children(path).is_empty() {
+            return Err(Errno::ENOTEMPTY);
+        }
+        let marker = self.dir_prefix(path);
+        let page = self
+            .store
+            .list(ListRequest {
+                prefix: &marker,
+                delimiter: None,
+                continuation: None,
+                max_keys: Some(2),
+            })
+            .await?;
+        if page.objects.iter().any(|o| o.key != marker) || !page.prefixes.is_empty() {
+            return Err(Errno::ENOTEMPTY);
+        }
+        Ok(())
+    }
+
+    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let mut state = self.state();
+        let dir = state.inodes.get(ino).ok_or(Errno::ENOENT)?;
+        if dir.kind != Kind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        let path = dir.path.clone();
+        let local = state
+            .inodes
+            .local_children(&path)
+            .into_iter()
+            .map(|(name, _)| DirEntry {
+                name,
+                kind: Kind::File,
+                meta: None,
+            })
+            .collect();
+        let handle = DirHandle::new(self.dir_prefix(&path), local);
+        let fh = self.new_fh();
+        state
+            .handles
+            .dirs
+            .insert(fh, Arc::new(tokio::sync::Mutex::new(handle)));
+        Ok(fh)
+    }
+
+    /// Up to `max` entries from `offset` on (0 and 1 are `.` and `..`).
+    pub async fn readdir(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        max: usize,
+    ) -> FsResult<Vec<Listed>> {
+        let handle = self
+            .state()
+            .handles
+            .dirs
+            .get(&fh)
+            .cloned()
+            .ok_or(Errno::EBADF)?;
+        let (dir_path, parent_ino) = {
+            let state = self.state();
+            let dir = state.inodes.get(ino).ok_or(Errno::ENOENT)?;
+            let parent = state
+                .inodes
+                .ino_of(inode::parent_of(&dir.path))
+                .unwrap_or(ROOT_INO);
+            (dir.path.clone(), parent)
+        };
+        let mut out = Vec::new();
+        for (i, name, ino) in [(0, ".", ino), (1, "..", parent_ino)] {
+            if offset <= i && out.len() < max {
+                out.push(Listed {
+                    ino,
+                    next_offset: i + 1,
+                    kind: Kind::Dir,
+                    name: name.into(),
+                });
+            }
+        }
+        let from = offset.saturating_sub(2) as usize;
+        let mut handle = handle.lock().await;
+        let entries = handle
+            .entries_from(&self.store, from, max - out.len())
+            .await?;
+        let mut state = self.state();
+        for (i, e) in entries.iter().enumerate() {
+            let path = join(&dir_path, &e.name);
+            let (ino, kind) = match state.inodes.by_path_mut(&path) {
+                Some(inode) => {
+                    if let (Some(meta), false, Kind::File | Kind::Symlink) =
+                        (&e.meta, inode.dirty, inode.kind)
+                    {
+                        inode.set_listed(meta);
+                    }
+                    (inode.ino, inode.kind)
+                }
+                None => (synthetic_ino(&path), e.kind),
+            };
+            out.push(Listed {
+                ino,
+                next_offset: (from + i + 3) as u64,
+                kind,
+                name: e.name.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.state().handles.dirs.remove(&fh);
+    }
+}
