@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
-# Install what s3mount's tests and demo need from Debian, where missing: FUSE 3.
+# Install from Debian what s3mount needs, where missing.
+#
+#   scripts/install-deps.sh        FUSE 3 (the demo)
+#   scripts/install-deps.sh test   also the programs the integration tests drive
+#                                  (vim, nano, emacs, tmux, rsync) and libacl for
+#                                  building the POSIX conformance suite
 set -euo pipefail
 missing=()
-command -v fusermount3 > /dev/null || missing+=(fuse3)
+need() { command -v "$1" > /dev/null || missing+=("$2"); }
+need fusermount3 fuse3
+if [ "${1:-}" = test ]; then
+  need vim vim
+  need nano nano
+  need emacs emacs-nox
+  need tmux tmux
+  need rsync rsync
+  [ -e /usr/include/sys/acl.h ] || missing+=(libacl1-dev)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "Installing ${missing[*]}..." >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" > /dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
 fi
 if [ ! -e /dev/fuse ]; then
   echo "/dev/fuse is missing: this machine cannot mount FUSE filesystems" >&2

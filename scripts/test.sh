@@ -5,8 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/install-deps.sh
+scripts/install-deps.sh test
 scripts/garage.sh install
+PJDFSTEST=$(scripts/pjdfstest.sh install)
+export PJDFSTEST
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/s3mount-test.XXXXXX")
 cleanup() {

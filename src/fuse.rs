@@ -61,7 +61,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         crtime: a.mtime,
         kind: file_type(a.kind),
         perm: a.perm,
-        nlink: if a.kind == Kind::Dir { 2 } else { 1 },
+        nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
         rdev: 0,
@@ -75,6 +75,8 @@ fn file_type(kind: Kind) -> FileType {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
     }
 }
 
@@ -193,23 +195,12 @@ impl Filesystem for S3Fuse {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        // Only regular files can be objects; devices, fifos and sockets cannot.
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            reply.error(fuser::Errno::EPERM);
-            return;
-        }
         let name = name.to_owned();
         let ttl = self.ttl;
         let caller = caller(req);
         self.spawn(|fs| async move {
-            match fs
-                .create(parent.0, &name, mode, libc::O_WRONLY | libc::O_EXCL, caller)
-                .await
-            {
-                Ok((a, fh)) => {
-                    fs.release(fh).await;
-                    reply.entry(&ttl, &file_attr(&a), Generation(0));
-                }
+            match fs.mknod(parent.0, &name, mode, caller).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(e)),
             }
         });

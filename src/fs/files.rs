@@ -65,9 +65,11 @@ impl Fs {
         }
         let inode = self.inode(ino)?;
         match inode.kind {
+            Kind::File => {}
             Kind::Dir => return Err(Errno::EISDIR),
             Kind::Symlink => return Err(Errno::ELOOP),
-            Kind::File => {}
+            // The kernel opens fifos and sockets itself.
+            Kind::Fifo | Kind::Socket => return Err(Errno::EINVAL),
         }
         // Close-to-open: a file opened after the TTL sees what S3 has now.
         if !self.is_fresh(&inode) && inode.is_linked() {
@@ -117,7 +119,7 @@ impl Fs {
         match self.kind_at(&path).await? {
             Some(_) if flags & libc::O_EXCL != 0 => return Err(Errno::EEXIST),
             Some(Kind::Dir) => return Err(Errno::EISDIR),
-            Some(Kind::File | Kind::Symlink) => {
+            Some(_) => {
                 let attr = self.lookup(parent, name).await?;
                 let fh = self.open(attr.ino, flags, caller).await?;
                 let attr = self.getattr(attr.ino).await?;
@@ -231,9 +233,9 @@ impl Fs {
     /// handle has it open.
     pub(super) async fn truncate(&self, ino: u64, size: u64) -> FsResult<()> {
         match self.inode(ino)?.kind {
-            Kind::Dir => return Err(Errno::EISDIR),
-            Kind::Symlink => return Err(Errno::EINVAL),
             Kind::File => {}
+            Kind::Dir => return Err(Errno::EISDIR),
+            _ => return Err(Errno::EINVAL),
         }
         self.set_size(ino, size).await
     }

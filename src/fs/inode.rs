@@ -17,14 +17,30 @@ pub enum Kind {
     File,
     Dir,
     Symlink,
+    Fifo,
+    Socket,
 }
 
 impl Kind {
-    /// The kind an object's metadata gives it (a file unless its mode says symlink).
+    /// The kind an object's metadata gives it: a file unless its mode says
+    /// otherwise (s3fs stores symlinks, fifos and sockets this way).
     pub fn of_object(meta: &FileMeta) -> Kind {
         match meta.file_type() {
             Some(libc::S_IFLNK) => Kind::Symlink,
+            Some(libc::S_IFIFO) => Kind::Fifo,
+            Some(libc::S_IFSOCK) => Kind::Socket,
             _ => Kind::File,
+        }
+    }
+
+    /// The `st_mode` type bits of this kind.
+    pub fn type_bits(self) -> u32 {
+        match self {
+            Kind::File => libc::S_IFREG,
+            Kind::Dir => libc::S_IFDIR,
+            Kind::Symlink => libc::S_IFLNK,
+            Kind::Fifo => libc::S_IFIFO,
+            Kind::Socket => libc::S_IFSOCK,
         }
     }
 }
@@ -41,6 +57,8 @@ pub struct Attr {
     pub perm: u16,
     pub uid: u32,
     pub gid: u32,
+    /// Names the inode has: 0 once unlinked (while handles keep it open).
+    pub nlink: u32,
 }
 
 #[derive(Debug, Clone)]

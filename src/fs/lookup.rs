@@ -122,10 +122,15 @@ impl Fs {
         if inode.headers.is_some() || inode.local {
             return Ok(());
         }
-        let key = match inode.kind {
-            Kind::Dir => self.dir_prefix(&inode.path),
-            Kind::File | Kind::Symlink => self.key(&inode.path),
+        let key = if inode.kind == Kind::Dir {
+            self.dir_prefix(&inode.path)
+        } else {
+            self.key(&inode.path)
         };
+        if key.is_empty() {
+            // The root of a bucket: no key, so no metadata.
+            return Ok(());
+        }
         let head = match self.store.head(&key).await {
             Ok(head) => head,
             // An implicit directory has no marker and so no metadata.

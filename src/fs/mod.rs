@@ -180,9 +180,9 @@ impl Fs {
 
     fn attr(&self, inode: &Inode) -> Attr {
         let default_perm = match inode.kind {
-            Kind::File => self.config.file_mode,
             Kind::Dir => self.config.dir_mode,
             Kind::Symlink => 0o777,
+            Kind::File | Kind::Fifo | Kind::Socket => self.config.file_mode,
         };
         let mtime = inode.meta.mtime.unwrap_or(inode.modified);
         Attr {
@@ -198,6 +198,11 @@ impl Fs {
                 .map_or(default_perm, |m| (m & 0o7777) as u16),
             uid: inode.meta.uid.unwrap_or(self.config.uid),
             gid: inode.meta.gid.unwrap_or(self.config.gid),
+            nlink: match (inode.is_linked(), inode.kind) {
+                (false, _) => 0,
+                (true, Kind::Dir) => 2,
+                (true, _) => 1,
+            },
         }
     }
 
@@ -273,7 +278,7 @@ impl Fs {
             .meta
             .to_metadata(&existing.map(|h| h.metadata.clone()).unwrap_or_default());
         let content_type = match (inode.kind, mime_guess::from_path(key).first_raw()) {
-            (Kind::Dir | Kind::Symlink, _) => None,
+            (Kind::Dir | Kind::Symlink | Kind::Fifo | Kind::Socket, _) => None,
             (Kind::File, Some(guess)) => Some(guess.to_string()),
             // Nothing to guess from the name: keep what the object had.
             (Kind::File, None) => existing

@@ -39,14 +39,15 @@ impl Fs {
         }
         match (kind, self.kind_at(&to).await?) {
             (_, Some(_)) if flags & libc::RENAME_NOREPLACE != 0 => return Err(Errno::EEXIST),
-            (Kind::Dir, Some(Kind::File | Kind::Symlink)) => return Err(Errno::ENOTDIR),
-            (Kind::File | Kind::Symlink, Some(Kind::Dir)) => return Err(Errno::EISDIR),
             (Kind::Dir, Some(Kind::Dir)) => self.check_empty(&to).await?,
+            (Kind::Dir, Some(_)) => return Err(Errno::ENOTDIR),
+            (_, Some(Kind::Dir)) => return Err(Errno::EISDIR),
             _ => {}
         }
-        match kind {
-            Kind::Dir => self.rename_dir(&from, &to).await?,
-            Kind::File | Kind::Symlink => self.rename_file(&from, &to).await?,
+        if kind == Kind::Dir {
+            self.rename_dir(&from, &to).await?;
+        } else {
+            self.rename_file(&from, &to).await?;
         }
         self.touch_dir(parent_of(&from));
         self.touch_dir(parent_of(&to));
@@ -211,7 +212,11 @@ impl Fs {
                 .await?;
         }
         drop(guards);
-        self.state().inodes.rename_tree(from, to);
+        let mut state = self.state();
+        state.inodes.rename_tree(from, to);
+        if let Some(dir) = state.inodes.by_path_mut(to) {
+            dir.meta.ctime = Some(SystemTime::now());
+        }
         Ok(())
     }
 

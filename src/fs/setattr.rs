@@ -36,13 +36,11 @@ impl SetAttr {
 
     /// `meta` with these changes, for an inode of `kind`.
     fn apply(&self, meta: &FileMeta, kind: Kind, now: SystemTime) -> FileMeta {
-        let type_bits = match kind {
-            Kind::File => libc::S_IFREG,
-            Kind::Dir => libc::S_IFDIR,
-            Kind::Symlink => libc::S_IFLNK,
-        };
         FileMeta {
-            mode: self.mode.map(|m| type_bits | (m & 0o7777)).or(meta.mode),
+            mode: self
+                .mode
+                .map(|m| kind.type_bits() | (m & 0o7777))
+                .or(meta.mode),
             uid: self.uid.or(meta.uid),
             gid: self.gid.or(meta.gid),
             atime: self.atime.or(meta.atime),
@@ -82,9 +80,10 @@ impl Fs {
         if !pending {
             let mut changed = inode.clone();
             changed.meta = meta.clone();
-            match inode.kind {
-                Kind::Dir => self.write_marker(&changed).await?,
-                Kind::File | Kind::Symlink => self.rewrite_metadata(&changed).await?,
+            if inode.kind == Kind::Dir {
+                self.write_marker(&changed).await?;
+            } else {
+                self.rewrite_metadata(&changed).await?;
             }
         }
         let mut state = self.state();

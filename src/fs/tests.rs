@@ -747,6 +747,7 @@ async fn an_unlinked_open_file_keeps_reading() {
     let fh = s.fs.open(f.ino, libc::O_RDONLY, ME).await.unwrap();
     s.fs.unlink(ROOT_INO, name("f")).await.unwrap();
     assert!(s.store.keys().is_empty());
+    assert_eq!(s.fs.getattr(f.ino).await.unwrap().nlink, 0);
     assert_eq!(&s.fs.read(fh, 0, 100).await.unwrap()[..], b"still here");
     s.fs.release(fh).await;
     assert!(staged_files(&s).is_empty());

@@ -64,36 +64,80 @@ impl Fs {
         target: &OsStr,
         caller: Caller,
     ) -> FsResult<Attr> {
-        self.check_writable()?;
         let target = target.to_str().ok_or(Errno::EINVAL)?;
         if target.len() > MAX_TARGET {
             return Err(Errno::ENAMETOOLONG);
         }
+        self.create_special(parent, name, Kind::Symlink, 0o777, target, caller)
+            .await
+    }
+
+    /// mknod of a fifo or a socket: an empty object whose mode says which, as
+    /// s3fs stores them (the kernel gives them their behaviour). Devices cannot be
+    /// made here, and regular files are created like any other.
+    pub async fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFREG => {
+                let flags = libc::O_WRONLY | libc::O_EXCL;
+                let (attr, fh) = self.create(parent, name, mode, flags, caller).await?;
+                let uploaded = self.flush(fh, caller.process).await;
+                self.release(fh).await;
+                uploaded?;
+                return self.getattr(attr.ino).await;
+            }
+            _ => return Err(Errno::EPERM),
+        };
+        self.create_special(parent, name, kind, mode & 0o7777, "", caller)
+            .await
+    }
+
+    /// Create at once an object of `kind` (not a regular file or a directory)
+    /// holding `body`.
+    async fn create_special(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        kind: Kind,
+        perm: u32,
+        body: &str,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        self.check_writable()?;
         let path = self.child_path(parent, name)?;
         if self.kind_at(&path).await?.is_some() {
             return Err(Errno::EEXIST);
         }
         let now = SystemTime::now();
-        let mut link = inode::Inode::detached(&path, Kind::Symlink, now);
-        link.meta.mode = Some(libc::S_IFLNK | 0o777);
-        link.meta.uid = Some(caller.uid);
-        link.meta.gid = Some(caller.gid);
-        link.meta.atime = Some(now);
-        link.meta.mtime = Some(now);
-        link.meta.ctime = Some(now);
+        let mut new = inode::Inode::detached(&path, kind, now);
+        new.meta.mode = Some(kind.type_bits() | perm);
+        new.meta.uid = Some(caller.uid);
+        new.meta.gid = Some(caller.gid);
+        new.meta.atime = Some(now);
+        new.meta.mtime = Some(now);
+        new.meta.ctime = Some(now);
         let key = self.key(&path);
-        let options = self.put_options(&key, &link);
+        let options = self.put_options(&key, &new);
         let etag = self
             .store
-            .put(&key, Bytes::copy_from_slice(target.as_bytes()), &options)
+            .put(&key, Bytes::copy_from_slice(body.as_bytes()), &options)
             .await?;
         self.touch_dir(inode::parent_of(&path));
         let mut state = self.state();
-        let inode = state.inodes.lookup(&path, Kind::Symlink, now);
-        inode.meta = link.meta;
-        inode.size = target.len() as u64;
+        let inode = state.inodes.lookup(&path, kind, now);
+        inode.meta = new.meta;
+        inode.size = body.len() as u64;
         inode.etag = Some(etag);
-        inode.target = Some(target.to_string());
+        if kind == Kind::Symlink {
+            inode.target = Some(body.to_string());
+        }
         inode.headers = Some(ObjectHeaders {
             content_type: options.content_type,
             metadata: options.metadata,
@@ -155,8 +199,8 @@ impl Fs {
         let path = self.child_path(parent, name)?;
         match self.kind_at(&path).await? {
             None => return Err(Errno::ENOENT),
-            Some(Kind::File | Kind::Symlink) => return Err(Errno::ENOTDIR),
             Some(Kind::Dir) => {}
+            Some(_) => return Err(Errno::ENOTDIR),
         }
         self.check_empty(&path).await?;
         let marker = self.dir_prefix(&path);
@@ -261,8 +305,9 @@ impl Fs {
             let path = join(&dir_path, &e.name);
             let (ino, kind) = match state.inodes.by_path_mut(&path) {
                 Some(inode) => {
-                    if let (Some(meta), false, Kind::File | Kind::Symlink) =
-                        (&e.meta, inode.dirty, inode.kind)
+                    if let Some(meta) = &e.meta
+                        && !inode.dirty
+                        && inode.kind != Kind::Dir
                     {
                         inode.set_listed(meta);
                     }
