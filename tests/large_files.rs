@@ -27,8 +27,23 @@ async fn sha256_of(body: ByteStream) -> (u64, Vec<u8>) {
     }
 }
 
+fn sha256_of_object(bucket: &TestBucket, key: &str) -> (u64, Vec<u8>) {
+    let object = bucket
+        .rt
+        .block_on(
+            bucket
+                .client
+                .get_object()
+                .bucket(&bucket.name)
+                .key(key)
+                .send(),
+        )
+        .unwrap();
+    bucket.rt.block_on(sha256_of(object.body))
+}
+
 #[test]
-fn six_gib_file_goes_up_as_multipart() {
+fn six_gib_file_goes_up_as_multipart_and_renames() {
     let bucket = TestBucket::new("six");
     let mount = Mount::new(&bucket, &[]);
     let size = 6 * GIB;
@@ -65,19 +80,31 @@ fn six_gib_file_goes_up_as_multipart() {
         .trim_matches('"')
         .to_string();
     assert!(etag.ends_with("-768"), "8 MiB parts expected, ETag {etag}");
-    let object = bucket
+    assert_eq!(
+        sha256_of_object(&bucket, "backup.tar"),
+        (size, expected.clone())
+    );
+
+    // Above 5 GiB a rename is a multipart copy, and so is a chmod (a copy of the
+    // object onto itself with new metadata).
+    let m = mount.path.display();
+    common::sh(&format!(
+        "mv {m}/backup.tar {m}/backup-1.tar && chmod 600 {m}/backup-1.tar"
+    ));
+    assert_eq!(bucket.keys(), ["backup-1.tar"]);
+    let head = bucket
         .rt
         .block_on(
             bucket
                 .client
-                .get_object()
+                .head_object()
                 .bucket(&bucket.name)
-                .key("backup.tar")
+                .key("backup-1.tar")
                 .send(),
         )
         .unwrap();
-    let (len, sum) = bucket.rt.block_on(sha256_of(object.body));
-    assert_eq!(len, size);
-    assert_eq!(sum, expected, "SHA-256 differs");
+    let mode = head.metadata().and_then(|m| m.get("mode")).cloned();
+    assert_eq!(mode, Some((libc::S_IFREG | 0o600).to_string()));
+    assert_eq!(sha256_of_object(&bucket, "backup-1.tar"), (size, expected));
     mount.unmount();
 }

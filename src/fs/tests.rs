@@ -752,3 +752,31 @@ async fn an_unlinked_open_file_keeps_reading() {
     s.fs.release(fh).await;
     assert!(staged_files(&s).is_empty());
 }
+
+#[tokio::test]
+async fn the_bucket_root_can_be_chmodded() {
+    let s = setup();
+    let changes = SetAttr {
+        mode: Some(0o777),
+        ..SetAttr::default()
+    };
+    assert_eq!(s.fs.setattr(ROOT_INO, changes).await.unwrap().perm, 0o777);
+    assert!(s.store.keys().is_empty(), "the root has no marker to write");
+}
+
+#[tokio::test]
+async fn fifos_and_sockets_are_stored_as_s3fs_stores_them_and_devices_refused() {
+    let s = setup();
+    let fifo =
+        s.fs.mknod(ROOT_INO, name("pipe"), libc::S_IFIFO | 0o640, ME);
+    assert_eq!(fifo.await.unwrap().kind, Kind::Fifo);
+    let sock =
+        s.fs.mknod(ROOT_INO, name("sock"), libc::S_IFSOCK | 0o600, ME);
+    assert_eq!(sock.await.unwrap().kind, Kind::Socket);
+    let dev = s.fs.mknod(ROOT_INO, name("dev"), libc::S_IFCHR | 0o600, ME);
+    assert_eq!(dev.await.unwrap_err(), Errno::EPERM);
+    assert_eq!(meta_of(&s, "pipe").mode, Some(libc::S_IFIFO | 0o640));
+    let again = remount(&s);
+    let attr = again.lookup(ROOT_INO, name("sock")).await.unwrap();
+    assert_eq!((attr.kind, attr.perm), (Kind::Socket, 0o600));
+}

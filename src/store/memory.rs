@@ -178,6 +178,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl ObjectStore for MemoryStore {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
         self.enter(Op::Head)?;
+        if key.is_empty() {
+            // What S3 answers: a HEAD of the bucket itself is not a HeadObject.
+            return Err(StoreError::Other("empty key".into()));
+        }
         let objects = lock(&self.objects);
         let o = objects.get(key).ok_or(StoreError::NotFound)?;
         Ok(o.meta(key, true))
