@@ -154,6 +154,8 @@ impl Fs {
             guards.push(of.lock().await);
         }
         let mut moved_any = false;
+        // New ETags of the moved objects the table knows (a copy may change it).
+        let mut new_etags: Vec<(u64, String)> = Vec::new();
         let mut token = None;
         loop {
             let page = self
@@ -192,6 +194,15 @@ impl Fs {
                 .buffer_unordered(PARALLEL_COPIES)
                 .try_collect::<Vec<()>>()
                 .await?;
+            {
+                let state = self.state();
+                for (key, etag) in &copied {
+                    let path = key.strip_prefix(self.config.prefix.as_str());
+                    if let Some(ino) = path.and_then(|p| state.inodes.ino_of(p)) {
+                        new_etags.push((ino, etag.clone()));
+                    }
+                }
+            }
             moved_any |= !copied.is_empty();
             token = page.next_token;
             if token.is_none() {
@@ -216,6 +227,11 @@ impl Fs {
         state.inodes.rename_tree(from, to);
         if let Some(dir) = state.inodes.by_path_mut(to) {
             dir.meta.ctime = Some(SystemTime::now());
+        }
+        for (ino, etag) in new_etags {
+            if let Some(inode) = state.inodes.get_mut(ino) {
+                inode.etag = Some(etag);
+            }
         }
         Ok(())
     }

@@ -780,3 +780,18 @@ async fn fifos_and_sockets_are_stored_as_s3fs_stores_them_and_devices_refused() 
     let attr = again.lookup(ROOT_INO, name("sock")).await.unwrap();
     assert_eq!((attr.kind, attr.perm), (Kind::Socket, 0o600));
 }
+
+#[tokio::test]
+async fn a_file_open_in_a_renamed_directory_keeps_reading() {
+    let s = setup();
+    s.store.insert("d/f", "contents");
+    let d = s.fs.lookup(ROOT_INO, name("d")).await.unwrap();
+    let f = s.fs.lookup(d.ino, name("f")).await.unwrap();
+    let fh = s.fs.open(f.ino, libc::O_RDONLY, ME).await.unwrap();
+    assert_eq!(&s.fs.read(fh, 0, 4).await.unwrap()[..], b"cont");
+    s.fs.rename(ROOT_INO, name("d"), ROOT_INO, name("e"), 0)
+        .await
+        .unwrap();
+    assert_eq!(&s.fs.read(fh, 4, 100).await.unwrap()[..], b"ents");
+    s.fs.release(fh).await;
+}
