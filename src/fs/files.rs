@@ -29,7 +29,7 @@ impl Fs {
     }
 
     /// Give `of` a staged view of the file, over the object as it is now.
-    async fn ensure_staged<'a>(&self, ino: u64, of: &'a mut OpenFile) -> FsResult<&'a mut Staged> {
+    fn ensure_staged<'a>(&self, ino: u64, of: &'a mut OpenFile) -> FsResult<&'a mut Staged> {
         if of.staged.is_none() {
             let inode = self.inode(ino)?;
             let key = self.key(&inode.path);
@@ -79,7 +79,7 @@ impl Fs {
         if writable && flags & libc::O_TRUNC != 0 {
             let mut of = open.lock().await;
             let result = async {
-                self.ensure_staged(ino, &mut of).await?.set_len(0).await?;
+                self.ensure_staged(ino, &mut of)?.set_len(0).await?;
                 Ok(())
             }
             .await;
@@ -146,7 +146,7 @@ impl Fs {
         let (open, _) = self.open_file(ino);
         let staged = {
             let mut of = open.lock().await;
-            self.ensure_staged(ino, &mut of).await.map(|_| ())
+            self.ensure_staged(ino, &mut of).map(|_| ())
         };
         if let Err(e) = staged {
             self.close_file(ino).await;
@@ -212,7 +212,7 @@ impl Fs {
         let open = self.open_state(handle.ino).ok_or(Errno::EBADF)?;
         let mut of = open.lock().await;
         let written = async {
-            let staged = self.ensure_staged(handle.ino, &mut of).await?;
+            let staged = self.ensure_staged(handle.ino, &mut of)?;
             staged.write(offset, data).await?;
             Ok(staged.size())
         }
@@ -262,10 +262,7 @@ impl Fs {
         let (open, temporary) = self.open_file(ino);
         let result = async {
             let mut of = open.lock().await;
-            self.ensure_staged(ino, &mut of)
-                .await?
-                .set_len(size)
-                .await?;
+            self.ensure_staged(ino, &mut of)?.set_len(size).await?;
             self.mark_written(ino, size);
             if temporary {
                 self.upload_locked(ino, &mut of).await?;
@@ -323,7 +320,7 @@ impl Fs {
             return Err(e);
         }
         let options = self.put_options(&key, &inode);
-        let staged = self.ensure_staged(ino, of).await?;
+        let staged = self.ensure_staged(ino, of)?;
         let uploaded = self.uploader.upload(&key, staged, &options).await;
         if let Err(e) = &uploaded {
             if let Err(sync) = staged.file().sync().await {
@@ -419,7 +416,7 @@ impl Fs {
             return Ok(());
         };
         let mut of = open.lock().await;
-        let staged = self.ensure_staged(ino, &mut of).await?;
+        let staged = self.ensure_staged(ino, &mut of)?;
         let size = staged.size();
         staged.fill(&self.store, 0..size).await?;
         Ok(())
