@@ -79,7 +79,13 @@ impl MountConfig {
 
 fn init_logging(config: &MountConfig) -> Result<(), String> {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(format!("warn,s3mount={}", config.log_level)))
+        .or_else(|_| {
+            EnvFilter::try_new(format!(
+                // fuser warns at every unmount that its own second unmount found nothing.
+                "warn,fuser::session=error,s3mount={}",
+                config.log_level
+            ))
+        })
         .map_err(|e| format!("--log-level {}: {e}", config.log_level))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match &config.log_file {
