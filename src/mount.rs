@@ -12,6 +12,7 @@ use crate::config::{Cli, default_cache_dir, parse_source};
 use crate::daemon::Readiness;
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::S3Fuse;
+use crate::store::counting::CountingStore;
 use crate::store::s3::{S3Settings, S3Store};
 use crate::store::{ListRequest, ObjectStore, StoreError};
 
@@ -141,15 +142,15 @@ pub fn run(config: MountConfig, readiness: &mut Readiness) -> Result<(), String>
         .thread_name("s3mount")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let store: Arc<dyn ObjectStore> = rt.block_on(async {
+    let store = rt.block_on(async {
         let store = S3Store::new(&config.settings)
             .await
             .map_err(|e| e.to_string())?;
         check_bucket(&store, &config).await?;
-        Ok::<_, String>(Arc::new(store))
+        Ok::<_, String>(Arc::new(CountingStore::new(store)))
     })?;
     let fs = Arc::new(
-        Fs::new(store, config.fs.clone())
+        Fs::new(store.clone(), config.fs.clone())
             .map_err(|e| format!("staging directory {}: {e}", config.fs.staging_dir.display()))?,
     );
 
@@ -205,7 +206,11 @@ pub fn run(config: MountConfig, readiness: &mut Readiness) -> Result<(), String>
     let result = serving
         .join()
         .map_err(|_| "the FUSE session panicked".to_string())?;
-    tracing::info!("unmounted {}", config.mountpoint.display());
+    tracing::info!(
+        "unmounted {}; {}",
+        config.mountpoint.display(),
+        store.summary()
+    );
     result.map_err(|e| format!("FUSE session ended with an error: {e}"))
 }
 

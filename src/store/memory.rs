@@ -9,25 +9,11 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 
+pub use super::Op;
 use super::{
     CompletedPart, CopyOptions, ListPage, ListRequest, ObjectHeaders, ObjectMeta, ObjectStore,
     PutOptions, StoreError, StoreResult, UserMetadata,
 };
-
-/// The operations a fault can be injected into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Op {
-    Head,
-    Get,
-    List,
-    Put,
-    Copy,
-    Delete,
-    CreateMultipart,
-    UploadPart,
-    UploadPartCopy,
-    CompleteMultipart,
-}
 
 #[derive(Debug, Clone)]
 pub struct StoredObject {
@@ -368,6 +354,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn abort_multipart(&self, _key: &str, upload_id: &str) -> StoreResult<()> {
+        self.enter(Op::AbortMultipart)?;
         lock(&self.uploads).remove(upload_id);
         Ok(())
     }

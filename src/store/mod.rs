@@ -4,6 +4,7 @@
 //! aws-sdk-s3 implementation lives in [`s3`]; [`memory`] is an in-memory store with
 //! fault injection for unit tests.
 
+pub mod counting;
 pub mod error;
 pub mod memory;
 pub mod s3;
@@ -16,6 +17,55 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use error::StoreError;
+
+/// The requests an object store makes, for counting them and injecting faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Head,
+    Get,
+    List,
+    Put,
+    Copy,
+    Delete,
+    CreateMultipart,
+    UploadPart,
+    UploadPartCopy,
+    CompleteMultipart,
+    AbortMultipart,
+}
+
+impl Op {
+    pub const ALL: [Op; 11] = [
+        Op::Head,
+        Op::Get,
+        Op::List,
+        Op::Put,
+        Op::Copy,
+        Op::Delete,
+        Op::CreateMultipart,
+        Op::UploadPart,
+        Op::UploadPartCopy,
+        Op::CompleteMultipart,
+        Op::AbortMultipart,
+    ];
+
+    /// The S3 API name of the request.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Head => "HeadObject",
+            Op::Get => "GetObject",
+            Op::List => "ListObjectsV2",
+            Op::Put => "PutObject",
+            Op::Copy => "CopyObject",
+            Op::Delete => "DeleteObject",
+            Op::CreateMultipart => "CreateMultipartUpload",
+            Op::UploadPart => "UploadPart",
+            Op::UploadPartCopy => "UploadPartCopy",
+            Op::CompleteMultipart => "CompleteMultipartUpload",
+            Op::AbortMultipart => "AbortMultipartUpload",
+        }
+    }
+}
 
 /// User metadata of an object: the `x-amz-meta-*` headers, names in lower case
 /// without the prefix.
