@@ -48,9 +48,25 @@ pub struct Cli {
     #[arg(long)]
     pub read_only: bool,
 
-    /// Directory for staging files and logs [default: $XDG_CACHE_HOME/s3mount or ~/.cache/s3mount]
+    /// Directory for the block cache, staging files and logs [default: $XDG_CACHE_HOME/s3mount or ~/.cache/s3mount]
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+
+    /// Most disk space the block cache takes (it survives remounts)
+    #[arg(long, value_name = "SIZE", default_value = "5GiB", value_parser = parse_size)]
+    pub cache_size: u64,
+
+    /// Free space the block cache leaves on its filesystem
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
+    pub cache_min_free: u64,
+
+    /// Size of the blocks reads are fetched and cached in
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size)]
+    pub block_size: u64,
+
+    /// Memory for data: cached blocks, reads in flight and parts being uploaded
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
+    pub max_memory: u64,
 
     /// How long attributes and listings are trusted before S3 is asked again
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
@@ -83,6 +99,13 @@ pub struct Cli {
     /// Log file [default: stderr in the foreground, CACHE_DIR/s3mount.log in the background]
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+}
+
+/// A size like `1MiB`, `512KiB` or `10GB`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|_| format!("{s:?} is not a size like 512KiB, 1MiB or 10GiB"))
 }
 
 fn parse_mode(s: &str) -> Result<u16, String> {
@@ -141,6 +164,14 @@ mod tests {
         assert_eq!(parse_mode("755"), Ok(0o755));
         assert!(parse_mode("0999").is_err());
         assert!(parse_mode("77777").is_err());
+    }
+
+    #[test]
+    fn sizes_have_units() {
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("10GB"), Ok(10_000_000_000));
+        assert!(parse_size("lots").is_err());
     }
 
     #[test]

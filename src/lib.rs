@@ -4,6 +4,7 @@
 //! filesystem core [`fs`], which reads through [`read`], writes through [`write`],
 //! and reaches S3 only through the [`store::ObjectStore`] trait.
 
+pub mod cache;
 pub mod config;
 pub mod daemon;
 pub mod fs;

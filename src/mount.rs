@@ -8,6 +8,8 @@ use fuser::{MountOption, SessionACL};
 use nix::mount::MntFlags;
 use tracing_subscriber::EnvFilter;
 
+use crate::cache::CacheConfig;
+use crate::cache::disk::DiskLimits;
 use crate::config::{Cli, default_cache_dir, parse_source};
 use crate::daemon::Readiness;
 use crate::fs::{Fs, FsConfig};
@@ -39,6 +41,12 @@ impl MountConfig {
     /// Check the command line; `mountpoint` is the already checked, canonical path.
     pub fn new(cli: Cli, mountpoint: PathBuf) -> Result<Self, String> {
         let (bucket, prefix) = parse_source(&cli.source)?;
+        if !(64 << 10..=64 << 20).contains(&cli.block_size) {
+            return Err(format!(
+                "--block-size {} is outside 64KiB..64MiB",
+                bytesize::ByteSize(cli.block_size)
+            ));
+        }
         let cache_dir = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
         std::fs::create_dir_all(&cache_dir)
             .map_err(|e| format!("cache directory {}: {e}", cache_dir.display()))?;
@@ -66,6 +74,19 @@ impl MountConfig {
                 metadata_ttl: cli.metadata_ttl,
                 read_only: cli.read_only,
                 staging_dir: cache_dir.join("staging"),
+                cache: CacheConfig {
+                    block_size: cli.block_size,
+                    memory_bytes: cli.max_memory / 4,
+                    in_flight_bytes: cli.max_memory / 4,
+                    disk: Some((
+                        cache_dir.join("blocks"),
+                        DiskLimits {
+                            max_bytes: cli.cache_size,
+                            min_free: cli.cache_min_free,
+                        },
+                    )),
+                },
+                upload_memory: cli.max_memory / 2,
             },
             prefix,
             mountpoint,

@@ -1,208 +1,174 @@
-//! Reading an object through ranged GETs, with prefetch for sequential readers.
+//! Reading one version of an object through the block cache, with prefetch for
+//! sequential readers.
 //!
-//! A reader is tied to one version of an object (its ETag, checked with `If-Match`),
-//! so a file replaced while it is being read fails with ESTALE instead of mixing
-//! two versions. Sequential reads are served from chunks fetched ahead of the reader
-//! in parallel; a read elsewhere is one ranged GET of exactly what was asked.
+//! A reader whose reads follow each other (near where the last one ended: the
+//! kernel's read-ahead sends several at once, out of order) has the blocks ahead of
+//! it fetched in the background. The window ahead grows with the length of the
+//! sequential run, from 4 MiB up to 64 MiB, and is dropped at the first read
+//! elsewhere; a small random read fetches only the blocks it touches.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
-use tokio::sync::{Mutex, OnceCell};
+use bytes::Bytes;
 
-use crate::store::{ObjectStore, StoreError};
+use crate::cache::{BlockCache, ObjectVersion};
+use crate::store::StoreResult;
 
-/// Size of one prefetched chunk.
-pub const CHUNK_SIZE: u64 = 8 * 1024 * 1024;
-/// Chunks fetched ahead of a sequential reader.
-const WINDOW: u64 = 4;
+const MIB: u64 = 1 << 20;
+/// The first window ahead of a sequential reader, and the largest.
+const FIRST_WINDOW: u64 = 4 * MIB;
+const MAX_WINDOW: u64 = 64 * MIB;
+/// How far from the end of the last read a read may start and still be sequential.
+const SLACK: u64 = 2 * MIB;
 
-type Chunk = Arc<OnceCell<Result<Bytes, StoreError>>>;
-
-pub struct RemoteReader {
-    store: Arc<dyn ObjectStore>,
-    key: String,
-    etag: Option<String>,
-    size: u64,
+pub struct Reader {
+    cache: Arc<BlockCache>,
+    obj: ObjectVersion,
     state: Mutex<ReadState>,
 }
 
 #[derive(Default)]
 struct ReadState {
     /// Where a sequential reader reads next.
-    next_offset: u64,
-    chunks: BTreeMap<u64, Chunk>,
+    next: u64,
+    /// Bytes read in the current sequential run.
+    run: u64,
+    /// Blocks before this one have been asked for already.
+    ahead: u64,
 }
 
-impl RemoteReader {
-    pub fn new(store: Arc<dyn ObjectStore>, key: String, etag: Option<String>, size: u64) -> Self {
+impl Reader {
+    pub fn new(cache: Arc<BlockCache>, obj: ObjectVersion) -> Self {
         Self {
-            store,
-            key,
-            etag,
-            size,
+            cache,
+            obj,
             state: Mutex::new(ReadState::default()),
         }
     }
 
-    pub fn key(&self) -> &str {
-        &self.key
+    /// The object version this reader reads.
+    pub fn version(&self) -> &ObjectVersion {
+        &self.obj
     }
 
-    /// The version of the object this reader reads.
-    pub fn etag(&self) -> Option<&str> {
-        self.etag.as_deref()
-    }
-
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    pub async fn read(&self, offset: u64, len: u32) -> Result<Bytes, StoreError> {
-        let end = offset.saturating_add(u64::from(len)).min(self.size);
+    pub async fn read(&self, offset: u64, len: u32) -> StoreResult<Bytes> {
+        let end = offset.saturating_add(u64::from(len)).min(self.obj.size);
         if offset >= end {
             return Ok(Bytes::new());
         }
-        let first = offset / CHUNK_SIZE;
-        let last = (end - 1) / CHUNK_SIZE;
-        let chunks = {
-            let mut state = self.state.lock().await;
-            let expected = state.next_offset / CHUNK_SIZE;
-            // The kernel sends read-ahead requests in parallel, so "sequential" means
-            // near where the last read ended, not exactly there.
-            let sequential = state.chunks.contains_key(&first)
-                || (first + 1 >= expected && first <= expected + 1);
-            state.next_offset = state.next_offset.max(end);
-            if !sequential {
-                state.next_offset = end;
-                None
+        let ahead = {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let sequential = offset <= st.next + SLACK && offset + SLACK >= st.next;
+            if sequential {
+                st.run += end - offset;
+                st.next = st.next.max(end);
             } else {
-                let last_chunk = (self.size - 1) / CHUNK_SIZE;
-                let ahead = (last + WINDOW).min(last_chunk);
-                for idx in first..=ahead {
-                    if let std::collections::btree_map::Entry::Vacant(slot) =
-                        state.chunks.entry(idx)
-                    {
-                        self.spawn_fetch(idx, slot.insert(Chunk::default()).clone());
-                    }
+                st.run = 0;
+                st.ahead = 0;
+                st.next = end;
+            }
+            if sequential {
+                let window = (2 * st.run).clamp(FIRST_WINDOW, MAX_WINDOW);
+                let wanted = self.cache.blocks(&self.obj, end..end + window);
+                let from = wanted.start.max(st.ahead);
+                // Ask in large steps (half a window), so that fetches are few and big,
+                // unless the reader has caught up with what was asked.
+                let step = (window / 2).div_ceil(self.cache.block_size());
+                let due =
+                    from < wanted.end && (wanted.end - from >= step || st.ahead <= wanted.start);
+                if due {
+                    st.ahead = wanted.end;
                 }
-                // Chunks behind the reader are done with (one is kept for reads that
-                // arrive slightly out of order).
-                let keep_from = first.saturating_sub(1);
-                state.chunks = state.chunks.split_off(&keep_from);
-                Some(
-                    (first..=last)
-                        .filter_map(|i| state.chunks.get(&i).map(|c| (i, c.clone())))
-                        .collect::<Vec<_>>(),
-                )
+                due.then_some(from..wanted.end)
+            } else {
+                None
             }
         };
-        let Some(chunks) = chunks else {
-            return self
-                .store
-                .get_range(&self.key, offset..end, self.etag.as_deref())
-                .await;
-        };
-        let mut out = BytesMut::with_capacity((end - offset) as usize);
-        for (idx, chunk) in chunks {
-            let data = match chunk.get_or_init(|| self.fetch(idx)).await {
-                Ok(data) => data.clone(),
-                Err(e) => {
-                    // Forget the failed chunk so that a retry fetches it again.
-                    self.state.lock().await.chunks.remove(&idx);
-                    return Err(e.clone());
-                }
-            };
-            let base = idx * CHUNK_SIZE;
-            let from = offset.max(base) - base;
-            let to = (end.min(base + data.len() as u64) - base).max(from);
-            out.extend_from_slice(&data[from as usize..to as usize]);
+        if let Some(blocks) = ahead {
+            self.cache.prefetch(&self.obj, blocks).await;
         }
-        if (out.len() as u64) < end - offset {
-            return Err(StoreError::Other(format!(
-                "{}: short read (the object is smaller than its listed size)",
-                self.key
-            )));
-        }
-        Ok(out.freeze())
-    }
-
-    fn fetch(&self, idx: u64) -> impl Future<Output = Result<Bytes, StoreError>> + use<> {
-        let store = self.store.clone();
-        let key = self.key.clone();
-        let etag = self.etag.clone();
-        let start = idx * CHUNK_SIZE;
-        let end = (start + CHUNK_SIZE).min(self.size);
-        async move { store.get_range(&key, start..end, etag.as_deref()).await }
-    }
-
-    fn spawn_fetch(&self, idx: u64, chunk: Chunk) {
-        let fetch = self.fetch(idx);
-        tokio::spawn(async move {
-            chunk.get_or_init(|| fetch).await;
-        });
+        self.cache.read(&self.obj, offset..end).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::CacheConfig;
+    use crate::store::StoreError;
     use crate::store::memory::{MemoryStore, Op};
 
-    fn data(len: usize) -> Vec<u8> {
+    fn data(len: u64) -> Vec<u8> {
         (0..len).map(|i| (i * 7 % 256) as u8).collect()
     }
 
+    fn reader(store: &Arc<MemoryStore>, key: &str) -> Reader {
+        let o = store.object(key).unwrap();
+        let cache = BlockCache::new(
+            store.clone(),
+            CacheConfig {
+                block_size: MIB,
+                memory_bytes: 128 * MIB,
+                in_flight_bytes: 128 * MIB,
+                disk: None,
+            },
+        )
+        .unwrap();
+        let obj = ObjectVersion {
+            key: Arc::from(key),
+            etag: Some(Arc::from(o.etag.as_str())),
+            size: o.body.len() as u64,
+        };
+        Reader::new(Arc::new(cache), obj)
+    }
+
     #[tokio::test]
-    async fn sequential_reads_return_the_object() {
-        let body = data((CHUNK_SIZE * 2 + 1000) as usize);
+    async fn sequential_reads_return_the_object_with_few_requests() {
+        let body = data(40 * MIB + 1000);
         let store = Arc::new(MemoryStore::new());
         store.insert("k", body.clone());
-        let etag = store.object("k").unwrap().etag;
-        let r = RemoteReader::new(store.clone(), "k".into(), Some(etag), body.len() as u64);
+        let r = reader(&store, "k");
         let mut got = Vec::new();
-        let mut off = 0;
         loop {
-            let chunk = r.read(off, 128 * 1024).await.unwrap();
+            let chunk = r.read(got.len() as u64, 128 * 1024).await.unwrap();
             if chunk.is_empty() {
                 break;
             }
-            off += chunk.len() as u64;
             got.extend_from_slice(&chunk);
         }
         assert_eq!(got, body);
-        // Three chunks, each fetched once.
+        // Prefetched in large requests, not one per read or per block.
+        let gets = store.calls(Op::Get);
+        assert!((5..=20).contains(&gets), "{gets} GETs");
+    }
+
+    #[tokio::test]
+    async fn a_small_random_read_fetches_only_its_block() {
+        let body = data(64 * MIB);
+        let store = Arc::new(MemoryStore::new());
+        store.insert("k", body.clone());
+        let r = reader(&store, "k");
+        for off in [40 * MIB + 17, 3 * MIB, 60 * MIB + 5] {
+            let got = r.read(off, 4096).await.unwrap();
+            assert_eq!(&got[..], &body[off as usize..off as usize + 4096]);
+        }
         assert_eq!(store.calls(Op::Get), 3);
     }
 
     #[tokio::test]
-    async fn random_read_fetches_only_the_range() {
-        let body = data((CHUNK_SIZE * 3) as usize);
-        let store = Arc::new(MemoryStore::new());
-        store.insert("k", body.clone());
-        let r = RemoteReader::new(store.clone(), "k".into(), None, body.len() as u64);
-        let off = CHUNK_SIZE * 2 + 17;
-        let got = r.read(off, 4096).await.unwrap();
-        assert_eq!(&got[..], &body[off as usize..off as usize + 4096]);
-        assert_eq!(store.calls(Op::Get), 1);
-    }
-
-    #[tokio::test]
-    async fn changed_object_is_stale_not_mixed() {
+    async fn a_changed_object_is_stale_not_mixed() {
         let store = Arc::new(MemoryStore::new());
         store.insert("k", data(1000));
-        let etag = store.object("k").unwrap().etag;
-        let r = RemoteReader::new(store.clone(), "k".into(), Some(etag), 1000);
+        let r = reader(&store, "k");
         store.insert("k", data(1000));
         assert_eq!(r.read(0, 10).await, Err(StoreError::PreconditionFailed));
     }
 
     #[tokio::test]
-    async fn failed_chunk_is_fetched_again_on_retry() {
+    async fn a_failed_block_is_fetched_again_on_retry() {
         let store = Arc::new(MemoryStore::new());
         store.insert("k", data(1000));
-        let r = RemoteReader::new(store.clone(), "k".into(), None, 1000);
+        let r = reader(&store, "k");
         store.fail_next(Op::Get, StoreError::Unreachable("down".into()));
         assert!(r.read(0, 100).await.is_err());
         assert_eq!(&r.read(0, 100).await.unwrap()[..], &data(1000)[..100]);

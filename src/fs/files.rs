@@ -11,7 +11,8 @@ use bytes::Bytes;
 
 use super::inode::{Attr, Kind};
 use super::{Caller, Errno, FileHandle, Fs, FsResult, OpenFile, SharedOpenFile};
-use crate::read::RemoteReader;
+use crate::cache::ObjectVersion;
+use crate::read::Reader;
 use crate::store::ObjectHeaders;
 use crate::write::staged::{Base, Staged};
 
@@ -99,7 +100,7 @@ impl Fs {
             ino,
             writable,
             opener,
-            reader: tokio::sync::Mutex::new(None),
+            reader: std::sync::Mutex::new(None),
         };
         self.state().handles.files.insert(fh, Arc::new(handle));
         fh
@@ -173,28 +174,21 @@ impl Fs {
         {
             let mut of = open.lock().await;
             if let Some(staged) = &mut of.staged {
-                return Ok(staged.read(&self.store, offset, u64::from(size)).await?);
+                return Ok(staged.read(&self.cache, offset, u64::from(size)).await?);
             }
         }
         let inode = self.inode(handle.ino)?;
-        let key = self.key(&inode.path);
+        let version = ObjectVersion {
+            key: Arc::from(self.key(&inode.path)),
+            etag: inode.etag.as_deref().map(Arc::from),
+            size: inode.size,
+        };
         let reader = {
-            let mut slot = handle.reader.lock().await;
+            let mut slot = handle.reader.lock().unwrap_or_else(|e| e.into_inner());
             match &*slot {
-                Some(r)
-                    if r.key() == key
-                        && r.etag() == inode.etag.as_deref()
-                        && r.size() == inode.size =>
-                {
-                    r.clone()
-                }
+                Some(r) if *r.version() == version => r.clone(),
                 _ => {
-                    let r = Arc::new(RemoteReader::new(
-                        self.store.clone(),
-                        key,
-                        inode.etag.clone(),
-                        inode.size,
-                    ));
+                    let r = Arc::new(Reader::new(self.cache.clone(), version));
                     *slot = Some(r.clone());
                     r
                 }
@@ -418,12 +412,14 @@ impl Fs {
         let mut of = open.lock().await;
         let staged = self.ensure_staged(ino, &mut of)?;
         let size = staged.size();
-        staged.fill(&self.store, 0..size).await?;
+        staged.fill(&self.cache, 0..size).await?;
         Ok(())
     }
 
-    /// At unmount: upload every file that still has unsaved writes.
+    /// At unmount: upload every file that still has unsaved writes, and let the
+    /// block fetches in flight reach the disk cache.
     pub async fn shutdown(&self) {
+        self.cache.settle().await;
         let open: Vec<(u64, SharedOpenFile)> = self
             .state()
             .handles

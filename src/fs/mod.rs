@@ -23,7 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use crate::read::RemoteReader;
+use crate::cache::{BlockCache, CacheConfig};
+use crate::read::Reader;
 use crate::store::{ObjectStore, PutOptions};
 use crate::write::staged::Staged;
 use crate::write::staging::StagingDir;
@@ -35,9 +36,8 @@ pub use setattr::SetAttr;
 
 /// Longest key S3 accepts, in bytes.
 const MAX_KEY_LEN: usize = 1024;
-/// Parts one upload sends at once, and parts held in memory across all uploads.
+/// Parts one upload sends at once.
 const PARALLEL_PARTS: usize = 4;
-const MAX_PARTS_IN_MEMORY: usize = 16;
 /// Objects a directory rename copies (and then deletes) at once.
 const PARALLEL_COPIES: usize = 16;
 
@@ -54,6 +54,10 @@ pub struct FsConfig {
     pub read_only: bool,
     /// Where staging files go.
     pub staging_dir: PathBuf,
+    /// The block cache for reads.
+    pub cache: CacheConfig,
+    /// Memory for parts being uploaded, across all uploads.
+    pub upload_memory: u64,
 }
 
 /// Who makes a request.
@@ -93,7 +97,7 @@ struct FileHandle {
     /// The process that opened the handle: only its close() uploads.
     opener: u32,
     /// Built on the first read that goes to S3, for the version current then.
-    reader: tokio::sync::Mutex<Option<Arc<RemoteReader>>>,
+    reader: Mutex<Option<Arc<Reader>>>,
 }
 
 /// Write state of a file that has open handles, shared by all of them.
@@ -125,6 +129,7 @@ struct State {
 
 pub struct Fs {
     store: Arc<dyn ObjectStore>,
+    cache: Arc<BlockCache>,
     config: FsConfig,
     staging: StagingDir,
     uploader: Uploader,
@@ -136,10 +141,19 @@ pub struct Fs {
 impl Fs {
     pub fn new(store: Arc<dyn ObjectStore>, config: FsConfig) -> std::io::Result<Self> {
         let staging = StagingDir::new(config.staging_dir.clone())?;
-        let uploader = Uploader::new(store.clone(), PARALLEL_PARTS, MAX_PARTS_IN_MEMORY);
+        let cache = Arc::new(BlockCache::new(store.clone(), config.cache.clone())?);
+        let parts_in_memory =
+            (config.upload_memory / crate::write::upload::FIRST_PART_SIZE).max(1) as usize;
+        let uploader = Uploader::new(
+            store.clone(),
+            cache.clone(),
+            PARALLEL_PARTS,
+            parts_in_memory,
+        );
         let mount_time = SystemTime::now();
         Ok(Self {
             store,
+            cache,
             config,
             staging,
             uploader,

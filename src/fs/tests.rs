@@ -18,6 +18,16 @@ const ME: Caller = Caller {
 const FILE_MODE: u32 = libc::S_IFREG | 0o644;
 const DIR_MODE: u32 = 0o755;
 
+/// A block cache in memory only.
+fn test_cache() -> crate::cache::CacheConfig {
+    crate::cache::CacheConfig {
+        block_size: 1 << 20,
+        memory_bytes: 64 << 20,
+        in_flight_bytes: 64 << 20,
+        disk: None,
+    }
+}
+
 struct Setup {
     store: Arc<MemoryStore>,
     fs: Fs,
@@ -38,6 +48,8 @@ fn setup_with(prefix: &str, read_only: bool) -> Setup {
             metadata_ttl: Duration::from_secs(60),
             read_only,
             staging_dir: dir.path().join("staging"),
+            cache: test_cache(),
+            upload_memory: 128 << 20,
         },
     )
     .unwrap();
@@ -423,6 +435,8 @@ async fn changed_object_is_seen_after_the_ttl() {
             metadata_ttl: Duration::ZERO,
             read_only: false,
             staging_dir: dir.path().to_path_buf(),
+            cache: test_cache(),
+            upload_memory: 128 << 20,
         },
     )
     .unwrap();
@@ -471,6 +485,8 @@ fn remount(s: &Setup) -> Fs {
             metadata_ttl: Duration::from_secs(60),
             read_only: false,
             staging_dir: s.dir.path().join("staging2"),
+            cache: test_cache(),
+            upload_memory: 128 << 20,
         },
     )
     .unwrap()

@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use super::WriteError;
 use super::staged::{Base, PartSource, Staged};
+use crate::cache::BlockCache;
 use crate::store::{CompletedPart, CopyOptions, ObjectStore, PutOptions};
 
 const MIB: u64 = 1024 * 1024;
@@ -68,6 +69,8 @@ enum Part {
 /// all uploads.
 pub struct Uploader {
     store: Arc<dyn ObjectStore>,
+    /// Where the bytes a staged file lacks are read from.
+    cache: Arc<BlockCache>,
     part_slots: Arc<Semaphore>,
     parallel_parts: usize,
 }
@@ -77,11 +80,13 @@ impl Uploader {
     /// bound across all uploads.
     pub fn new(
         store: Arc<dyn ObjectStore>,
+        cache: Arc<BlockCache>,
         parallel_parts: usize,
         max_parts_in_memory: usize,
     ) -> Self {
         Self {
             store,
+            cache,
             part_slots: Arc::new(Semaphore::new(max_parts_in_memory.max(1))),
             parallel_parts: parallel_parts.max(1),
         }
@@ -98,7 +103,7 @@ impl Uploader {
         let size = staged.size();
         let etag = if size <= FIRST_PART_SIZE {
             let _slot = self.part_slots.acquire().await;
-            staged.fill(&self.store, 0..size).await?;
+            staged.fill(&self.cache, 0..size).await?;
             let body = staged.file().read_at(0, size as usize).await?;
             self.store.put(key, body, options).await?
         } else {
@@ -209,7 +214,7 @@ impl Uploader {
                             std::io::Error::other("a part to send without a staged file")
                         })?;
                         let _slot = self.part_slots.acquire().await;
-                        staged.fetch(&self.store, &gaps).await?;
+                        staged.fetch(&self.cache, &gaps).await?;
                         let body = staged
                             .file()
                             .read_at(range.start, (range.end - range.start) as usize)
@@ -230,9 +235,21 @@ impl Uploader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::CacheConfig;
     use crate::store::StoreError;
     use crate::store::memory::{MemoryStore, Op};
     use crate::write::staging::StagingDir;
+
+    fn uploader(store: &Arc<MemoryStore>) -> Uploader {
+        let config = CacheConfig {
+            block_size: MIB,
+            memory_bytes: 64 * MIB,
+            in_flight_bytes: 64 * MIB,
+            disk: None,
+        };
+        let cache = Arc::new(BlockCache::new(store.clone(), config).unwrap());
+        Uploader::new(store.clone(), cache, 4, 8)
+    }
 
     #[test]
     fn ten_thousand_parts_hold_five_tib() {
@@ -279,7 +296,7 @@ mod tests {
         let data = data(17 * MIB);
         let (_dir, mut file) = staged(&data, None).await;
         let store = Arc::new(MemoryStore::new());
-        let uploader = Uploader::new(store.clone(), 4, 8);
+        let uploader = uploader(&store);
         uploader
             .upload("big", &mut file, &PutOptions::default())
             .await
@@ -302,7 +319,7 @@ mod tests {
         let (_dir, mut file) = staged(&[], Some(base)).await;
         file.write(20 * MIB + 3, b"edit".to_vec()).await.unwrap();
         body[(20 * MIB + 3) as usize..(20 * MIB + 7) as usize].copy_from_slice(b"edit");
-        let uploader = Uploader::new(store.clone(), 4, 8);
+        let uploader = uploader(&store);
         uploader
             .upload("big", &mut file, &PutOptions::default())
             .await
@@ -321,7 +338,7 @@ mod tests {
         let (_dir, mut file) = staged(&data, None).await;
         let store = Arc::new(MemoryStore::new());
         store.fail_next(Op::UploadPart, StoreError::Unreachable("down".into()));
-        let uploader = Uploader::new(store.clone(), 4, 8);
+        let uploader = uploader(&store);
         let err = uploader
             .upload("big", &mut file, &PutOptions::default())
             .await
@@ -336,7 +353,7 @@ mod tests {
         // The memory store holds no 5 GiB object; the multipart path is exercised
         // through its part arithmetic on a small source instead.
         let store = Arc::new(MemoryStore::new());
-        let uploader = Uploader::new(store.clone(), 4, 8);
+        let uploader = uploader(&store);
         let err = uploader
             .copy("missing", "to", 6 * 1024 * MIB, &CopyOptions::default())
             .await

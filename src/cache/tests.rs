@@ -1,0 +1,197 @@
+//! Tests of the block cache over the in-memory store.
+
+use std::sync::Arc;
+
+use super::disk::DiskLimits;
+use super::*;
+use crate::store::memory::{MemoryStore, Op};
+
+const KIB: u64 = 1024;
+const BLOCK: u64 = 64 * KIB;
+
+fn body(len: u64, seed: u64) -> Vec<u8> {
+    (0..len).map(|i| ((i * 31 + seed) % 251) as u8).collect()
+}
+
+struct Setup {
+    store: Arc<MemoryStore>,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        Self {
+            store: Arc::new(MemoryStore::new()),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A cache as a mount would build it, with a disk cache of `disk_bytes`.
+    fn cache(&self, memory_bytes: u64, disk_bytes: u64) -> Arc<BlockCache> {
+        let config = CacheConfig {
+            block_size: BLOCK,
+            memory_bytes,
+            in_flight_bytes: 16 * BLOCK,
+            disk: Some((
+                self.dir.path().join("blocks"),
+                DiskLimits {
+                    max_bytes: disk_bytes,
+                    min_free: 0,
+                },
+            )),
+        };
+        Arc::new(BlockCache::new(self.store.clone(), config).unwrap())
+    }
+
+    fn object(&self, key: &str, data: Vec<u8>) -> ObjectVersion {
+        let size = data.len() as u64;
+        self.store.insert(key, data);
+        let etag = self.store.object(key).unwrap().etag;
+        ObjectVersion {
+            key: Arc::from(key),
+            etag: Some(Arc::from(etag.as_str())),
+            size,
+        }
+    }
+
+    fn disk_files(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("blocks"))
+            .unwrap()
+            .count()
+    }
+}
+
+#[tokio::test]
+async fn random_reads_match_the_object() {
+    let s = Setup::new();
+    let data = body(20 * BLOCK + 123, 1);
+    let obj = s.object("k", data.clone());
+    let cache = s.cache(4 * BLOCK, 1 << 30);
+    let mut x: u64 = 12345;
+    for _ in 0..300 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let off = (x >> 33) % (data.len() as u64 + 10);
+        let len = (x >> 13) % (3 * BLOCK);
+        let got = cache.read(&obj, off..off + len).await.unwrap();
+        let lo = off.min(data.len() as u64) as usize;
+        let hi = (off + len).min(data.len() as u64) as usize;
+        assert_eq!(&got[..], &data[lo..hi], "read {off}+{len}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_readers_share_one_fetch_per_block() {
+    let s = Setup::new();
+    let data = body(8 * BLOCK, 2);
+    let obj = s.object("k", data.clone());
+    let cache = s.cache(16 * BLOCK, 1 << 30);
+    let reads = (0..8).map(|_| {
+        let (cache, obj) = (cache.clone(), obj.clone());
+        tokio::spawn(async move { cache.read(&obj, 0..8 * BLOCK).await.unwrap() })
+    });
+    for read in futures::future::join_all(reads).await {
+        assert_eq!(&read.unwrap()[..], &data[..]);
+    }
+    assert_eq!(s.store.calls(Op::Get), 1, "one GET for all eight blocks");
+}
+
+#[tokio::test]
+async fn a_changed_object_is_read_anew() {
+    let s = Setup::new();
+    let cache = s.cache(16 * BLOCK, 1 << 30);
+    let old = s.object("k", body(2 * BLOCK, 3));
+    cache.read(&old, 0..2 * BLOCK).await.unwrap();
+    let new_data = body(2 * BLOCK, 4);
+    let new = s.object("k", new_data.clone());
+    assert_ne!(old.etag, new.etag);
+    assert_eq!(
+        &cache.read(&new, 0..2 * BLOCK).await.unwrap()[..],
+        &new_data[..]
+    );
+}
+
+#[tokio::test]
+async fn blocks_on_disk_survive_a_remount() {
+    let s = Setup::new();
+    let data = body(6 * BLOCK, 5);
+    let obj = s.object("k", data.clone());
+    let cache = s.cache(16 * BLOCK, 1 << 30);
+    cache.read(&obj, 0..6 * BLOCK).await.unwrap();
+    cache.settle().await;
+    let gets = s.store.calls(Op::Get);
+    drop(cache);
+    // A new cache over the same directory: the blocks come from disk.
+    let cache = s.cache(16 * BLOCK, 1 << 30);
+    assert_eq!(
+        &cache.read(&obj, 0..6 * BLOCK).await.unwrap()[..],
+        &data[..]
+    );
+    assert_eq!(s.store.calls(Op::Get), gets);
+}
+
+#[tokio::test]
+async fn a_corrupted_block_file_is_fetched_again() {
+    let s = Setup::new();
+    let data = body(BLOCK, 6);
+    let obj = s.object("k", data.clone());
+    let first = s.cache(16 * BLOCK, 1 << 30);
+    first.read(&obj, 0..BLOCK).await.unwrap();
+    first.settle().await;
+    for entry in std::fs::read_dir(s.dir.path().join("blocks")).unwrap() {
+        let path = entry.unwrap().path();
+        let mut file = std::fs::read(&path).unwrap();
+        let n = file.len();
+        file[n / 2] ^= 0xff;
+        std::fs::write(&path, file).unwrap();
+    }
+    let gets = s.store.calls(Op::Get);
+    let cache = s.cache(16 * BLOCK, 1 << 30);
+    assert_eq!(&cache.read(&obj, 0..BLOCK).await.unwrap()[..], &data[..]);
+    assert_eq!(s.store.calls(Op::Get), gets + 1);
+}
+
+#[tokio::test]
+async fn the_disk_cache_stays_within_its_size() {
+    let s = Setup::new();
+    let data = body(64 * BLOCK, 7);
+    let obj = s.object("k", data.clone());
+    // Room for about ten blocks on disk, one in memory.
+    let cache = s.cache(BLOCK, 10 * BLOCK + 10 * KIB);
+    for i in 0..64 {
+        let got = cache.read(&obj, i * BLOCK..(i + 1) * BLOCK).await.unwrap();
+        assert_eq!(
+            &got[..],
+            &data[(i * BLOCK) as usize..((i + 1) * BLOCK) as usize]
+        );
+    }
+    cache.settle().await;
+    let cache_bytes = cache.disk.as_ref().unwrap().bytes();
+    assert!(cache_bytes <= 10 * BLOCK + 10 * KIB, "{cache_bytes}");
+    assert!(s.disk_files() <= 10, "{} files", s.disk_files());
+    // The most recent blocks are the ones kept on disk, the oldest are gone.
+    let gets = s.store.calls(Op::Get);
+    cache.read(&obj, 60 * BLOCK..61 * BLOCK).await.unwrap();
+    assert_eq!(s.store.calls(Op::Get), gets);
+    cache.read(&obj, 0..BLOCK).await.unwrap();
+    assert_eq!(s.store.calls(Op::Get), gets + 1);
+}
+
+#[tokio::test]
+async fn a_prefetch_without_room_is_dropped_and_a_read_still_works() {
+    let s = Setup::new();
+    let data = body(64 * BLOCK, 8);
+    let obj = s.object("k", data.clone());
+    let cache = s.cache(4 * BLOCK, 1 << 30);
+    // Take the whole budget, as fetches in flight would.
+    let all = cache.budget.available_permits() as u32;
+    let held = cache.budget.clone().try_acquire_many_owned(all).unwrap();
+    cache.prefetch(&obj, 0..8).await;
+    assert!(lock(&cache.pending).is_empty(), "nothing was started");
+    drop(held);
+    assert_eq!(
+        &cache.read(&obj, 0..BLOCK).await.unwrap()[..],
+        &data[..BLOCK as usize]
+    );
+}
