@@ -10,9 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     BsdFileFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -23,6 +23,9 @@ use crate::fs::{Caller, Errno, Fs, SetAttr};
 const MAX_WRITE: u32 = 1024 * 1024;
 /// Entries asked of the core per readdir request; the kernel's buffer takes fewer.
 const READDIR_BATCH: usize = 512;
+/// The same for readdirplus, whose entries are larger (a 4 KiB buffer holds about
+/// 25); the ones that do not fit are forgotten again.
+const READDIRPLUS_BATCH: usize = 32;
 /// Block size shown by stat: programs like cp size their buffers by it.
 const BLKSIZE: u32 = 1024 * 1024;
 
@@ -116,6 +119,10 @@ impl Filesystem for S3Fuse {
         // Both are clamped by the kernel; a smaller value is still fine.
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);
+        // Listings carry attributes (readdirplus), which the kernel asks for when
+        // lookups follow a listing (ls -l).
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         Ok(())
     }
 
@@ -424,11 +431,55 @@ impl Filesystem for S3Fuse {
         mut reply: ReplyDirectory,
     ) {
         self.spawn(|fs| async move {
-            match fs.readdir(ino.0, fh.0, offset, READDIR_BATCH).await {
+            match fs.readdir(ino.0, fh.0, offset, READDIR_BATCH, false).await {
                 Ok(entries) => {
                     for e in entries {
                         if reply.add(INodeNo(e.ino), e.next_offset, file_type(e.kind), &e.name) {
                             break;
+                        }
+                    }
+                    reply.ok();
+                }
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    /// Entries with their attributes, so that `ls -l` needs no lookup per entry.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let ttl = self.ttl;
+        self.spawn(|fs| async move {
+            match fs
+                .readdir(ino.0, fh.0, offset, READDIRPLUS_BATCH, true)
+                .await
+            {
+                Ok(entries) => {
+                    let mut full = false;
+                    for e in entries {
+                        let counted = e.name != "." && e.name != "..";
+                        let added = !full
+                            && e.attr.as_ref().is_some_and(|a| {
+                                let attr = file_attr(a);
+                                !reply.add(
+                                    INodeNo(e.ino),
+                                    e.next_offset,
+                                    &e.name,
+                                    &ttl,
+                                    &attr,
+                                    Generation(0),
+                                )
+                            });
+                        full = !added;
+                        // An entry that did not fit was not looked up after all.
+                        if !added && counted {
+                            fs.forget(e.ino, 1);
                         }
                     }
                     reply.ok();

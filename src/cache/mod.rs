@@ -7,6 +7,7 @@
 //! reads wait for room, prefetches that find none are dropped.
 
 pub mod disk;
+pub mod meta;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -68,7 +69,7 @@ pub struct BlockCache {
     store: Arc<dyn ObjectStore>,
     block_size: u64,
     memory: Mutex<LruCache<BlockId, Bytes>>,
-    disk: Option<DiskCache>,
+    disk: Option<Arc<DiskCache>>,
     /// Blocks being fetched, so that a second reader waits for the same fetch.
     pending: Mutex<HashMap<BlockId, Pending>>,
     budget: Arc<Semaphore>,
@@ -89,7 +90,7 @@ impl BlockCache {
         let block_size = config.block_size.max(4096);
         let blocks = usize::try_from(config.memory_bytes / block_size).unwrap_or(usize::MAX);
         let disk = match config.disk {
-            Some((dir, limits)) => Some(DiskCache::open(dir, limits)?),
+            Some((dir, limits)) => Some(Arc::new(DiskCache::open(dir, limits)?)),
             None => None,
         };
         // At least one fetch must always fit.
@@ -109,6 +110,11 @@ impl BlockCache {
 
     pub fn block_size(&self) -> u64 {
         self.block_size
+    }
+
+    /// The disk cache, shared with the cache of object headers.
+    pub fn disk(&self) -> Option<Arc<DiskCache>> {
+        self.disk.clone()
     }
 
     /// The block indexes that hold bytes `range` of `obj`.

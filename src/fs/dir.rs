@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::store::{ListRequest, ObjectMeta, ObjectStore, StoreResult};
 
@@ -55,6 +56,8 @@ pub struct DirHandle {
     done: bool,
     /// Entries that exist only locally (created, not yet uploaded), added at the end.
     local: Vec<DirEntry>,
+    /// When the listing began: what it shows is current as of then.
+    begun: Instant,
 }
 
 impl DirHandle {
@@ -68,7 +71,17 @@ impl DirHandle {
             started: false,
             done: false,
             local,
+            begun: Instant::now(),
         }
+    }
+
+    pub fn begun(&self) -> Instant {
+        self.begun
+    }
+
+    /// Has the listing reached its end?
+    pub fn is_done(&self) -> bool {
+        self.done
     }
 
     /// Entries from index `from` on, fetching pages until `want` are ready or the
@@ -104,12 +117,18 @@ impl DirHandle {
         let mut last_key = String::new();
         for p in &page.prefixes {
             last_key = last_key.max(p.clone());
-            let name = p[self.prefix.len()..].strip_suffix('/').unwrap_or_default();
+            let name = p
+                .strip_prefix(self.prefix.as_str())
+                .and_then(|rest| rest.strip_suffix('/'))
+                .unwrap_or_default();
             self.add_dir(name);
         }
         for o in page.objects {
             last_key = last_key.max(o.key.clone());
-            let name = o.key[self.prefix.len()..].to_string();
+            let Some(name) = o.key.strip_prefix(self.prefix.as_str()) else {
+                continue;
+            };
+            let name = name.to_string();
             if let Some(dir) = name.strip_suffix(S3FS_DIR_SUFFIX) {
                 self.add_dir(dir);
             } else if is_showable(&name) && !self.names.contains(&name) {

@@ -13,7 +13,6 @@ use super::inode::{Attr, Kind};
 use super::{Caller, Errno, FileHandle, Fs, FsResult, OpenFile, SharedOpenFile};
 use crate::cache::ObjectVersion;
 use crate::read::Reader;
-use crate::store::ObjectHeaders;
 use crate::write::staged::{Base, Staged};
 
 /// FALLOC_FL_KEEP_SIZE: reserve without changing the size (nothing to do here).
@@ -143,7 +142,7 @@ impl Fs {
             inode.meta.ctime = Some(now);
             inode.ino
         };
-        self.touch_dir(super::inode::parent_of(&path));
+        self.entry_changed(&path);
         let (open, _) = self.open_file(ino);
         let staged = {
             let mut of = open.lock().await;
@@ -332,16 +331,14 @@ impl Fs {
         }
         of.upload_failed = uploaded.is_err();
         let etag = uploaded?;
+        let headers = self.wrote(&key, &etag, &options);
         let mut state = self.state();
         if let Some(inode) = state.inodes.get_mut(ino) {
             inode.dirty = false;
             inode.local = false;
             inode.etag = Some(etag);
             inode.validated = Some(Instant::now());
-            inode.headers = Some(ObjectHeaders {
-                content_type: options.content_type,
-                metadata: options.metadata,
-            });
+            inode.headers = Some(headers);
         }
         tracing::debug!("uploaded {key} ({} bytes)", inode.size);
         Ok(())
@@ -419,7 +416,6 @@ impl Fs {
     /// At unmount: upload every file that still has unsaved writes, and let the
     /// block fetches in flight reach the disk cache.
     pub async fn shutdown(&self) {
-        self.cache.settle().await;
         let open: Vec<(u64, SharedOpenFile)> = self
             .state()
             .handles
@@ -435,5 +431,7 @@ impl Fs {
                 staged.into_file().remove();
             }
         }
+        self.cache.settle().await;
+        self.meta.settle().await;
     }
 }

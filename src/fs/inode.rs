@@ -132,18 +132,30 @@ impl Inode {
         self.validated = Some(Instant::now());
     }
 
-    /// Take what a listing says: if the object changed, its metadata is unknown
-    /// until the next HEAD.
-    pub fn set_listed(&mut self, meta: &ObjectMeta) {
-        if self.etag != meta.etag {
-            self.size = meta.size;
-            self.etag = meta.etag.clone();
-            if let Some(t) = meta.last_modified {
-                self.modified = t;
-            }
+    /// Take what a listing says, with the headers remembered for that version (if
+    /// any): without them, a changed object shows the mount's defaults.
+    pub fn set_listed(&mut self, meta: &ObjectMeta, headers: Option<ObjectHeaders>) {
+        let changed = self.etag != meta.etag;
+        if changed {
             self.target = None;
-            self.validated = None;
         }
+        self.size = meta.size;
+        self.etag = meta.etag.clone();
+        if let Some(t) = meta.last_modified {
+            self.modified = t;
+        }
+        match headers {
+            Some(h) => {
+                self.meta = FileMeta::from_metadata(&h.metadata);
+                self.headers = Some(h);
+            }
+            None if changed => {
+                self.meta = FileMeta::default();
+                self.headers = None;
+            }
+            None => {}
+        }
+        self.validated = Some(Instant::now());
     }
 
     pub fn is_linked(&self) -> bool {

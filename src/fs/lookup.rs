@@ -1,19 +1,39 @@
 //! Names to inodes, and attributes: lookup, forget, getattr.
+//!
+//! A name is answered, in this order, by the inode table (attributes younger than
+//! the TTL), by a recent listing of its directory (with the headers remembered for
+//! that object version, see [`crate::cache::meta`]), by a recent lookup that found
+//! nothing, and only then by S3 (HEAD and LIST).
 
 use std::ffi::OsStr;
+use std::sync::Arc;
 use std::time::Instant;
 
-use super::dir::S3FS_DIR_SUFFIX;
-use super::inode::{Attr, Kind};
+use super::dir::{DirEntry, S3FS_DIR_SUFFIX};
+use super::inode::{Attr, Kind, parent_of};
+use super::listing::Known;
 use super::meta::FileMeta;
 use super::{Errno, Fs, FsResult};
-use crate::store::{ListRequest, ObjectMeta, StoreError};
+use crate::store::{ListRequest, ObjectHeaders, ObjectMeta, PutOptions, StoreError};
 
 /// What S3 holds at a path.
 pub(super) struct Resolved {
     pub kind: Kind,
     /// The HEAD of the object (a directory's: of its marker, if it has one).
     pub head: Option<ObjectMeta>,
+}
+
+/// The ETag under which a directory marker's headers are remembered: a listing
+/// shows the directory, not its marker's version.
+const MARKER_VERSION: &str = "";
+
+/// Key, ETag and Last-Modified of an object version whose headers are remembered.
+pub(super) type Remembered = (String, String, Option<std::time::SystemTime>);
+
+/// What a lookup learnt before it enters the table.
+enum Found {
+    Listed(DirEntry, Option<ObjectHeaders>),
+    Resolved(Resolved),
 }
 
 impl Fs {
@@ -40,6 +60,9 @@ impl Fs {
             } else {
                 None
             };
+            if let Some(h) = head.as_ref().and_then(|h| h.headers.as_ref()) {
+                self.meta.put(&dir_prefix, MARKER_VERSION, None, h);
+            }
             return Ok(Some(Resolved {
                 kind: Kind::Dir,
                 head,
@@ -47,6 +70,7 @@ impl Fs {
         }
         match head {
             Ok(meta) => {
+                self.learn(&meta);
                 let kind = meta.headers.as_ref().map_or(Kind::File, |h| {
                     Kind::of_object(&FileMeta::from_metadata(&h.metadata))
                 });
@@ -68,6 +92,121 @@ impl Fs {
         }
     }
 
+    /// Remember the headers a HEAD returned, for later listings of this version.
+    pub(super) fn learn(&self, meta: &ObjectMeta) {
+        if let (Some(etag), Some(headers)) = (&meta.etag, &meta.headers) {
+            self.meta.put(&meta.key, etag, meta.last_modified, headers);
+        }
+    }
+
+    /// Remember the headers of version `etag` of `key`, which this mount wrote
+    /// with `options`; they are the inode's headers now.
+    pub(super) fn wrote(&self, key: &str, etag: &str, options: &PutOptions) -> ObjectHeaders {
+        let headers = ObjectHeaders {
+            content_type: options.content_type.clone(),
+            metadata: options.metadata.clone(),
+        };
+        self.meta.put(key, etag, None, &headers);
+        headers
+    }
+
+    /// The same for a directory's marker.
+    pub(super) fn wrote_marker(&self, marker: &str, options: &PutOptions) -> ObjectHeaders {
+        self.wrote(marker, MARKER_VERSION, options)
+    }
+
+    /// What is at `path`, from recent listings and lookups or from S3; `None` if
+    /// nothing is.
+    async fn find(&self, path: &str) -> FsResult<Option<Found>> {
+        let (dir, name) = (parent_of(path), super::inode::name_of(path));
+        let known = self.state().listings.find(dir, name, path);
+        match known {
+            Known::Missing => return Ok(None),
+            Known::Listed(entry) if entry.kind == Kind::Dir || entry.meta.is_some() => {
+                let remembered = self.remembered(path, &entry).await;
+                return Ok(self
+                    .complete_listed(path, entry, remembered)
+                    .await?
+                    .map(|(entry, headers)| Found::Listed(entry, Some(headers))));
+            }
+            Known::Listed(_) | Known::Unknown => {}
+        }
+        match self.resolve(path).await? {
+            Some(resolved) => Ok(Some(Found::Resolved(resolved))),
+            None => {
+                self.state().listings.missing(path);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Where the headers of what a listing showed at `path` are remembered.
+    pub(super) fn version_of(&self, path: &str, entry: &DirEntry) -> Option<Remembered> {
+        match (&entry.kind, &entry.meta) {
+            (Kind::Dir, _) => Some((self.dir_prefix(path), MARKER_VERSION.to_string(), None)),
+            (_, Some(m)) => Some((m.key.clone(), m.etag.clone()?, m.last_modified)),
+            (_, None) => None,
+        }
+    }
+
+    /// The remembered headers of the version a listing showed at `path`.
+    async fn remembered(&self, path: &str, entry: &DirEntry) -> Option<ObjectHeaders> {
+        let version = self.version_of(path, entry)?;
+        remembered_many(self.meta.clone(), vec![version])
+            .await
+            .pop()
+            .flatten()
+    }
+
+    /// What a listing showed at `path`, with its headers: the remembered ones, or
+    /// a HEAD's (of the object, or of a directory's marker). `None` if the object
+    /// is gone since.
+    pub(super) async fn complete_listed(
+        &self,
+        path: &str,
+        entry: DirEntry,
+        remembered: Option<ObjectHeaders>,
+    ) -> FsResult<Option<(DirEntry, ObjectHeaders)>> {
+        if let Some(headers) = remembered {
+            return Ok(Some((entry, headers)));
+        }
+        if entry.kind == Kind::Dir {
+            let marker = self.dir_prefix(path);
+            let headers = match self.store.head(&marker).await {
+                Ok(head) => head.headers.unwrap_or_default(),
+                // An implicit directory: no marker, no metadata.
+                Err(StoreError::NotFound) => ObjectHeaders::default(),
+                Err(e) => return Err(e.into()),
+            };
+            self.meta.put(&marker, MARKER_VERSION, None, &headers);
+            return Ok(Some((entry, headers)));
+        }
+        match self.store.head(&self.key(path)).await {
+            Ok(head) => {
+                self.learn(&head);
+                let headers = head.headers.clone().unwrap_or_default();
+                let entry = DirEntry {
+                    meta: Some(head),
+                    ..entry
+                };
+                Ok(Some((entry, headers)))
+            }
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Does anything exist at `path`, and what kind is it?
+    pub(super) async fn kind_at(&self, path: &str) -> FsResult<Option<Kind>> {
+        if let Some(inode) = self.known(path) {
+            return Ok(Some(inode.kind));
+        }
+        Ok(self.find(path).await?.map(|found| match found {
+            Found::Listed(entry, headers) => listed_kind(&entry, headers.as_ref()),
+            Found::Resolved(r) => r.kind,
+        }))
+    }
+
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
         let path = self.child_path(parent, name)?;
         if let Some(inode) = self.known(&path) {
@@ -75,17 +214,55 @@ impl Fs {
             let inode = state.inodes.lookup(&path, inode.kind, self.mount_time);
             return Ok(self.attr(&inode.clone()));
         }
-        let resolved = self.resolve(&path).await?.ok_or(Errno::ENOENT)?;
+        match self.find(&path).await?.ok_or(Errno::ENOENT)? {
+            Found::Listed(entry, headers) => Ok(self.enter_listed(&path, &entry, headers)),
+            Found::Resolved(resolved) => {
+                let mut state = self.state();
+                let inode = state.inodes.lookup(&path, resolved.kind, self.mount_time);
+                if !inode.dirty {
+                    match &resolved.head {
+                        Some(head) => inode.set_head(head),
+                        None => inode.validated = Some(Instant::now()),
+                    }
+                }
+                let inode = inode.clone();
+                Ok(self.attr(&inode))
+            }
+        }
+    }
+
+    /// Enter what a listing showed at `path` in the table, with one more kernel
+    /// reference, and trust it for the TTL.
+    pub(super) fn enter_listed(
+        &self,
+        path: &str,
+        entry: &DirEntry,
+        headers: Option<ObjectHeaders>,
+    ) -> Attr {
         let mut state = self.state();
-        let inode = state.inodes.lookup(&path, resolved.kind, self.mount_time);
-        if !inode.dirty {
-            match &resolved.head {
-                Some(head) => inode.set_head(head),
-                None => inode.validated = Some(Instant::now()),
+        // An inode with changes of its own keeps them.
+        if let Some(ino) = state.inodes.ino_of(path)
+            && let Some(inode) = state.inodes.get(ino)
+            && (inode.dirty || inode.local)
+        {
+            let kind = inode.kind;
+            let inode = state.inodes.lookup(path, kind, self.mount_time).clone();
+            return self.attr(&inode);
+        }
+        let kind = listed_kind(entry, headers.as_ref());
+        let inode = state.inodes.lookup(path, kind, self.mount_time);
+        match &entry.meta {
+            Some(meta) => inode.set_listed(meta, headers),
+            None => {
+                if let Some(h) = headers {
+                    inode.meta = FileMeta::from_metadata(&h.metadata);
+                    inode.headers = Some(h);
+                }
+                inode.validated = Some(Instant::now());
             }
         }
         let inode = inode.clone();
-        Ok(self.attr(&inode))
+        self.attr(&inode)
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
@@ -106,6 +283,9 @@ impl Fs {
     pub(super) async fn revalidate(&self, ino: u64) -> FsResult<Attr> {
         let path = self.inode(ino)?.path;
         let result = self.store.head(&self.key(&path)).await;
+        if let Ok(head) = &result {
+            self.learn(head);
+        }
         let mut state = self.state();
         let inode = state.inodes.get_mut(ino).ok_or(Errno::ENOENT)?;
         if !inode.dirty && inode.path == path {
@@ -115,8 +295,8 @@ impl Fs {
         Ok(self.attr(&inode))
     }
 
-    /// The inode's Content-Type and metadata, with a HEAD if no HEAD has been made
-    /// since it was listed.
+    /// The inode's Content-Type and metadata, with a HEAD if none has been made
+    /// (or remembered) for its version.
     pub(super) async fn ensure_headers(&self, ino: u64) -> FsResult<()> {
         let inode = self.inode(ino)?;
         if inode.headers.is_some() || inode.local {
@@ -137,6 +317,7 @@ impl Fs {
             Err(StoreError::NotFound) if inode.kind == Kind::Dir => return Ok(()),
             Err(e) => return Err(e.into()),
         };
+        self.learn(&head);
         let mut state = self.state();
         if let Some(inode) = state.inodes.get_mut(ino)
             && !inode.dirty
@@ -145,4 +326,29 @@ impl Fs {
         }
         Ok(())
     }
+}
+
+/// The kind of a listed entry: a listing knows directories from objects, the
+/// remembered metadata tells symlinks, fifos and sockets from files.
+fn listed_kind(entry: &DirEntry, headers: Option<&ObjectHeaders>) -> Kind {
+    match (entry.kind, headers) {
+        (Kind::Dir, _) => Kind::Dir,
+        (_, Some(h)) => Kind::of_object(&FileMeta::from_metadata(&h.metadata)),
+        (kind, None) => kind,
+    }
+}
+
+/// Remembered headers, looked up for many entries at once off the runtime.
+pub(super) async fn remembered_many(
+    meta: Arc<crate::cache::meta::MetaCache>,
+    wanted: Vec<Remembered>,
+) -> Vec<Option<ObjectHeaders>> {
+    tokio::task::spawn_blocking(move || {
+        wanted
+            .iter()
+            .map(|(key, etag, time)| meta.get(key, etag, *time))
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
 }

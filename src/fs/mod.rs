@@ -11,6 +11,7 @@ pub mod inode;
 pub mod meta;
 
 mod files;
+mod listing;
 mod lookup;
 mod rename;
 mod setattr;
@@ -23,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use crate::cache::meta::MetaCache;
 use crate::cache::{BlockCache, CacheConfig};
 use crate::read::Reader;
 use crate::store::{ObjectStore, PutOptions};
@@ -78,6 +80,9 @@ pub struct Listed {
     pub next_offset: u64,
     pub kind: Kind,
     pub name: String,
+    /// With readdirplus: the entry's attributes (a lookup was counted for every
+    /// entry but `.` and `..`).
+    pub attr: Option<Attr>,
 }
 
 /// What statfs reports: S3 has no capacity, so a large constant.
@@ -125,11 +130,14 @@ struct Handles {
 struct State {
     inodes: InodeTable,
     handles: Handles,
+    listings: listing::Listings,
 }
 
 pub struct Fs {
     store: Arc<dyn ObjectStore>,
     cache: Arc<BlockCache>,
+    /// Headers of object versions, for listings.
+    meta: Arc<MetaCache>,
     config: FsConfig,
     staging: StagingDir,
     uploader: Uploader,
@@ -150,16 +158,20 @@ impl Fs {
             PARALLEL_PARTS,
             parts_in_memory,
         );
+        let meta = Arc::new(MetaCache::new(cache.disk()));
         let mount_time = SystemTime::now();
+        let listings = listing::Listings::new(config.metadata_ttl);
         Ok(Self {
             store,
             cache,
+            meta,
             config,
             staging,
             uploader,
             state: Mutex::new(State {
                 inodes: InodeTable::new(mount_time),
                 handles: Handles::default(),
+                listings,
             }),
             next_fh: AtomicU64::new(1),
             mount_time,
@@ -267,14 +279,6 @@ impl Fs {
         self.is_fresh(inode).then(|| inode.clone())
     }
 
-    /// Does anything exist at `path`, and what kind is it?
-    async fn kind_at(&self, path: &str) -> FsResult<Option<Kind>> {
-        if let Some(inode) = self.known(path) {
-            return Ok(Some(inode.kind));
-        }
-        Ok(self.resolve(path).await?.map(|r| r.kind))
-    }
-
     /// The write state of `ino` if it has open handles.
     fn open_state(&self, ino: u64) -> Option<SharedOpenFile> {
         self.state()
@@ -305,11 +309,14 @@ impl Fs {
         }
     }
 
-    /// Record a change to directory `dir`'s entries (its mtime and ctime, kept in
-    /// memory only: storing them would rewrite the marker on every change).
-    fn touch_dir(&self, dir: &str) {
+    /// The entry at `path` was created, removed or renamed here: its directory's
+    /// mtime and ctime change (in memory only: storing them would rewrite the
+    /// marker on every change), and what was recorded of the name is dropped.
+    fn entry_changed(&self, path: &str) {
+        let dir = inode::parent_of(path);
         let now = SystemTime::now();
         let mut state = self.state();
+        state.listings.changed(dir, path);
         if let Some(inode) = state.inodes.by_path_mut(dir) {
             inode.meta.mtime = Some(now);
             inode.meta.ctime = Some(now);

@@ -10,9 +10,9 @@ use std::time::{Instant, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
 
-use super::inode::{Kind, parent_of};
+use super::inode::Kind;
 use super::{Errno, Fs, FsResult, PARALLEL_COPIES, SharedOpenFile};
-use crate::store::{CopyOptions, ListRequest, ObjectHeaders, PutOptions};
+use crate::store::{CopyOptions, ListRequest, PutOptions};
 use crate::write::upload::MAX_COPY_SIZE;
 
 impl Fs {
@@ -49,8 +49,8 @@ impl Fs {
         } else {
             self.rename_file(&from, &to).await?;
         }
-        self.touch_dir(parent_of(&from));
-        self.touch_dir(parent_of(&to));
+        self.entry_changed(&from);
+        self.entry_changed(&to);
         Ok(())
     }
 
@@ -108,19 +108,17 @@ impl Fs {
                 staged.rebase(&to_key, etag.clone());
             }
             self.store.delete(&from_key).await?;
-            copied = Some((etag, options));
+            let headers = self.wrote(&to_key, &etag, &options);
+            copied = Some((etag, headers));
         }
         let mut state = self.state();
         state.inodes.rename(ino, to);
         if let Some(inode) = state.inodes.get_mut(ino) {
             inode.meta.ctime = Some(now);
-            if let Some((etag, options)) = copied {
+            if let Some((etag, headers)) = copied {
                 inode.etag = Some(etag);
                 inode.validated = Some(Instant::now());
-                inode.headers = Some(ObjectHeaders {
-                    content_type: options.content_type,
-                    metadata: options.metadata,
-                });
+                inode.headers = Some(headers);
             }
         }
         if open.is_none() {
@@ -180,6 +178,8 @@ impl Fs {
                 .buffer_unordered(PARALLEL_COPIES)
                 .try_collect()
                 .await?;
+            self.carry_headers(&page.objects, &copied, &from_prefix, &to_prefix)
+                .await;
             for guard in &mut guards {
                 if let Some(staged) = guard.staged.as_mut()
                     && let Some(base) = staged.base().map(|b| b.key.clone())
@@ -225,6 +225,8 @@ impl Fs {
         drop(guards);
         let mut state = self.state();
         state.inodes.rename_tree(from, to);
+        state.listings.moved(from);
+        state.listings.moved(to);
         if let Some(dir) = state.inodes.by_path_mut(to) {
             dir.meta.ctime = Some(SystemTime::now());
         }
@@ -234,6 +236,40 @@ impl Fs {
             }
         }
         Ok(())
+    }
+
+    /// The remembered headers of moved objects go with them (a copy keeps the
+    /// metadata but not always the ETag).
+    async fn carry_headers(
+        &self,
+        moved: &[crate::store::ObjectMeta],
+        copied: &HashMap<String, String>,
+        from_prefix: &str,
+        to_prefix: &str,
+    ) {
+        let carried: Vec<(String, String, Option<SystemTime>, String, String)> = moved
+            .iter()
+            .filter_map(|o| {
+                let new_etag = copied.get(&o.key)?.clone();
+                let rest = o.key.strip_prefix(from_prefix)?;
+                Some((
+                    o.key.clone(),
+                    o.etag.clone()?,
+                    o.last_modified,
+                    format!("{to_prefix}{rest}"),
+                    new_etag,
+                ))
+            })
+            .collect();
+        let meta = self.meta.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for (key, etag, time, new_key, new_etag) in carried {
+                if let Some(headers) = meta.get(&key, &etag, time) {
+                    meta.put(&new_key, &new_etag, None, &headers);
+                }
+            }
+        })
+        .await;
     }
 
     /// First half of moving a key: copy it; returns the old key and the copy's ETag.

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::inode::{Attr, Kind};
 use super::meta::FileMeta;
 use super::{Errno, Fs, FsResult};
-use crate::store::{CopyOptions, ObjectHeaders};
+use crate::store::CopyOptions;
 
 /// The changes of one setattr request; `None` leaves a field as it is.
 #[derive(Debug, Clone, Copy, Default)]
@@ -101,14 +101,12 @@ impl Fs {
             if_match: inode.etag.clone(),
         };
         let etag = self.uploader.copy(&key, &key, inode.size, &copy).await?;
+        let headers = self.wrote(&key, &etag, &options);
         let mut state = self.state();
         if let Some(stored) = state.inodes.get_mut(inode.ino) {
             stored.etag = Some(etag);
             stored.validated = Some(Instant::now());
-            stored.headers = Some(ObjectHeaders {
-                content_type: options.content_type,
-                metadata: options.metadata,
-            });
+            stored.headers = Some(headers);
         }
         Ok(())
     }
@@ -122,13 +120,11 @@ impl Fs {
         }
         let options = self.put_options(&marker, inode);
         let etag = self.store.put(&marker, Bytes::new(), &options).await?;
+        let headers = self.wrote_marker(&marker, &options);
         let mut state = self.state();
         if let Some(stored) = state.inodes.get_mut(inode.ino) {
             stored.etag = Some(etag);
-            stored.headers = Some(ObjectHeaders {
-                content_type: options.content_type,
-                metadata: options.metadata,
-            });
+            stored.headers = Some(headers);
         }
         Ok(())
     }

@@ -56,6 +56,41 @@ fn setup_with(prefix: &str, read_only: bool) -> Setup {
     Setup { store, fs, dir }
 }
 
+/// A setup whose block cache (and so its remembered headers) is on disk.
+fn setup_with_disk_cache() -> Setup {
+    let s = setup();
+    let fs = remount_with_disk_cache(&s);
+    Setup { fs, ..s }
+}
+
+/// Another mount of the same bucket, with the same disk cache.
+fn remount_with_disk_cache(s: &Setup) -> Fs {
+    let mut cache = test_cache();
+    cache.disk = Some((
+        s.dir.path().join("blocks"),
+        crate::cache::disk::DiskLimits {
+            max_bytes: 1 << 30,
+            min_free: 0,
+        },
+    ));
+    Fs::new(
+        s.store.clone(),
+        FsConfig {
+            prefix: String::new(),
+            uid: 1000,
+            gid: 1000,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+            metadata_ttl: Duration::from_secs(60),
+            read_only: false,
+            staging_dir: s.dir.path().join("staging"),
+            cache,
+            upload_memory: 128 << 20,
+        },
+    )
+    .unwrap()
+}
+
 fn setup() -> Setup {
     setup_with("", false)
 }
@@ -192,7 +227,7 @@ async fn objects_written_elsewhere_are_listed_and_looked_up() {
     );
     let fh = s.fs.opendir(docs.ino).unwrap();
     let names: Vec<String> =
-        s.fs.readdir(docs.ino, fh, 0, 100)
+        s.fs.readdir(docs.ino, fh, 0, 100, false)
             .await
             .unwrap()
             .into_iter()
@@ -200,7 +235,7 @@ async fn objects_written_elsewhere_are_listed_and_looked_up() {
             .collect();
     assert_eq!(names, [".", "..", "sub", "a.txt"]);
     // Restarting from an offset gives the rest of the same snapshot.
-    let rest = s.fs.readdir(docs.ino, fh, 3, 100).await.unwrap();
+    let rest = s.fs.readdir(docs.ino, fh, 3, 100, false).await.unwrap();
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].name, "a.txt");
     s.fs.releasedir(fh);
@@ -214,7 +249,7 @@ async fn created_file_is_listed_before_it_is_uploaded() {
             .await
             .unwrap();
     let dh = s.fs.opendir(ROOT_INO).unwrap();
-    let listed = s.fs.readdir(ROOT_INO, dh, 2, 100).await.unwrap();
+    let listed = s.fs.readdir(ROOT_INO, dh, 2, 100, false).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].name, "new");
     s.fs.flush(fh, ME.process).await.unwrap();
@@ -810,4 +845,118 @@ async fn a_file_open_in_a_renamed_directory_keeps_reading() {
         .unwrap();
     assert_eq!(&s.fs.read(fh, 4, 100).await.unwrap()[..], b"ents");
     s.fs.release(fh).await;
+}
+
+/// Read a whole directory as the kernel does, `batch` entries at a time.
+async fn list_dir(fs: &Fs, ino: u64, plus: bool) -> Vec<Listed> {
+    let fh = fs.opendir(ino).unwrap();
+    let mut all: Vec<Listed> = Vec::new();
+    loop {
+        let offset = all.last().map_or(0, |e| e.next_offset);
+        let page = fs.readdir(ino, fh, offset, 100, plus).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        all.extend(page);
+    }
+    fs.releasedir(fh);
+    all
+}
+
+#[tokio::test]
+async fn ls_l_heads_each_object_once_and_then_costs_only_listings() {
+    let s = setup_with_disk_cache();
+    for i in 0..2500 {
+        s.store.insert(&format!("big/f{i:04}"), "x");
+    }
+    let mut meta = crate::store::UserMetadata::new();
+    meta.insert("mode".into(), (libc::S_IFREG | 0o600).to_string());
+    s.store.insert_with("big/secret", "s", meta);
+    let big = s.fs.lookup(ROOT_INO, name("big")).await.unwrap();
+
+    // Cold: the listing, and a HEAD for every object whose headers are unknown.
+    let (heads, lists) = (s.store.calls(Op::Head), s.store.calls(Op::List));
+    let listed = list_dir(&s.fs, big.ino, true).await;
+    assert_eq!(listed.len(), 2503);
+    assert!(listed[2..].iter().all(|e| e.attr.is_some()));
+    let secret = listed.iter().find(|e| e.name == "secret").unwrap();
+    assert_eq!(secret.attr.as_ref().unwrap().perm, 0o600);
+    assert_eq!(
+        s.store.calls(Op::List),
+        lists + 3,
+        "a LIST per 1,000 entries"
+    );
+    assert_eq!(s.store.calls(Op::Head), heads + 2501);
+    s.fs.shutdown().await;
+
+    // Warm (a remount with the same cache): listings only, and lookups are free.
+    let again = remount_with_disk_cache(&s);
+    let big = again.lookup(ROOT_INO, name("big")).await.unwrap();
+    let (heads, lists) = (s.store.calls(Op::Head), s.store.calls(Op::List));
+    let listed = list_dir(&again, big.ino, true).await;
+    assert_eq!(listed.len(), 2503);
+    let secret = listed.iter().find(|e| e.name == "secret").unwrap();
+    assert_eq!(secret.attr.as_ref().unwrap().perm, 0o600);
+    assert_eq!(again.lookup(big.ino, name("f1234")).await.unwrap().size, 1);
+    assert_eq!(s.store.calls(Op::Head), heads, "no HEAD");
+    assert_eq!(s.store.calls(Op::List), lists + 3);
+}
+
+#[tokio::test]
+async fn missing_names_are_remembered_until_created_here() {
+    let s = setup();
+    s.store.insert("d/a", "x");
+    let d = s.fs.lookup(ROOT_INO, name("d")).await.unwrap();
+    list_dir(&s.fs, d.ino, false).await;
+    let calls = s.store.calls(Op::Head) + s.store.calls(Op::List);
+    for _ in 0..3 {
+        assert_eq!(
+            s.fs.lookup(d.ino, name("nope")).await.unwrap_err(),
+            Errno::ENOENT
+        );
+    }
+    assert_eq!(s.store.calls(Op::Head) + s.store.calls(Op::List), calls);
+    write_file(&s.fs, d.ino, "nope", b"now").await.unwrap();
+    assert_eq!(s.fs.lookup(d.ino, name("nope")).await.unwrap().size, 3);
+    s.fs.unlink(d.ino, name("a")).await.unwrap();
+    assert_eq!(
+        s.fs.lookup(d.ino, name("a")).await.unwrap_err(),
+        Errno::ENOENT
+    );
+}
+
+#[tokio::test]
+async fn a_listing_shows_the_metadata_this_mount_wrote_even_after_a_remount() {
+    let s = setup_with_disk_cache();
+    let (_, fh) =
+        s.fs.create(
+            ROOT_INO,
+            name("private"),
+            libc::S_IFREG | 0o600,
+            libc::O_WRONLY,
+            ME,
+        )
+        .await
+        .unwrap();
+    s.fs.write(fh, 0, b"secret".to_vec()).await.unwrap();
+    s.fs.flush(fh, ME.process).await.unwrap();
+    s.fs.release(fh).await;
+    s.fs.symlink(ROOT_INO, name("link"), OsStr::new("private"), ME)
+        .await
+        .unwrap();
+    s.fs.shutdown().await;
+
+    let again = remount_with_disk_cache(&s);
+    let heads = s.store.calls(Op::Head);
+    let listed = list_dir(&again, ROOT_INO, true).await;
+    let attr = |n: &str| {
+        listed
+            .iter()
+            .find(|e| e.name == n)
+            .and_then(|e| e.attr.clone())
+            .unwrap()
+    };
+    assert_eq!((attr("private").perm, attr("private").uid), (0o600, 1000));
+    assert_eq!(attr("link").kind, Kind::Symlink);
+    assert_eq!(s.store.calls(Op::Head), heads, "no HEAD");
 }

@@ -10,10 +10,13 @@ use bytes::Bytes;
 use super::dir::{DirEntry, DirHandle, S3FS_DIR_SUFFIX};
 use super::inode::{self, Attr, Kind, ROOT_INO, join};
 use super::{Caller, Errno, Fs, FsResult, Listed, synthetic_ino};
-use crate::store::{ListRequest, ObjectHeaders};
+use crate::store::ListRequest;
 
 /// The longest symlink target accepted (PATH_MAX).
 const MAX_TARGET: usize = 4096;
+/// HEADs one readdirplus batch makes at once, for entries whose headers are not
+/// remembered.
+const PARALLEL_HEADS: usize = 32;
 
 impl Fs {
     pub async fn mkdir(
@@ -37,19 +40,15 @@ impl Fs {
         dir.meta.mtime = Some(now);
         dir.meta.ctime = Some(now);
         let options = self.put_options(&path, &dir);
-        let etag = self
-            .store
-            .put(&self.dir_prefix(&path), Bytes::new(), &options)
-            .await?;
-        self.touch_dir(inode::parent_of(&path));
+        let marker = self.dir_prefix(&path);
+        let etag = self.store.put(&marker, Bytes::new(), &options).await?;
+        let headers = self.wrote_marker(&marker, &options);
+        self.entry_changed(&path);
         let mut state = self.state();
         let inode = state.inodes.lookup(&path, Kind::Dir, now);
         inode.meta = dir.meta;
         inode.etag = Some(etag);
-        inode.headers = Some(ObjectHeaders {
-            content_type: options.content_type,
-            metadata: options.metadata,
-        });
+        inode.headers = Some(headers);
         inode.validated = Some(Instant::now());
         let inode = inode.clone();
         Ok(self.attr(&inode))
@@ -129,7 +128,8 @@ impl Fs {
             .store
             .put(&key, Bytes::copy_from_slice(body.as_bytes()), &options)
             .await?;
-        self.touch_dir(inode::parent_of(&path));
+        let headers = self.wrote(&key, &etag, &options);
+        self.entry_changed(&path);
         let mut state = self.state();
         let inode = state.inodes.lookup(&path, kind, now);
         inode.meta = new.meta;
@@ -138,10 +138,7 @@ impl Fs {
         if kind == Kind::Symlink {
             inode.target = Some(body.to_string());
         }
-        inode.headers = Some(ObjectHeaders {
-            content_type: options.content_type,
-            metadata: options.metadata,
-        });
+        inode.headers = Some(headers);
         inode.validated = Some(Instant::now());
         let inode = inode.clone();
         Ok(self.attr(&inode))
@@ -190,7 +187,7 @@ impl Fs {
             self.store.delete(&self.key(&path)).await?;
         }
         self.state().inodes.unlink(&path);
-        self.touch_dir(inode::parent_of(&path));
+        self.entry_changed(&path);
         Ok(())
     }
 
@@ -209,7 +206,7 @@ impl Fs {
             .delete(&format!("{}{S3FS_DIR_SUFFIX}", self.key(&path)))
             .await?;
         self.state().inodes.unlink(&path);
-        self.touch_dir(inode::parent_of(&path));
+        self.entry_changed(&path);
         Ok(())
     }
 
@@ -260,13 +257,16 @@ impl Fs {
         Ok(fh)
     }
 
-    /// Up to `max` entries from `offset` on (0 and 1 are `.` and `..`).
+    /// Up to `max` entries from `offset` on (0 and 1 are `.` and `..`). With `plus`
+    /// (readdirplus) every other entry comes with its attributes and counts as a
+    /// lookup. What the listing shows is recorded for lookups during the TTL.
     pub async fn readdir(
         &self,
         ino: u64,
         fh: u64,
         offset: u64,
         max: usize,
+        plus: bool,
     ) -> FsResult<Vec<Listed>> {
         let handle = self
             .state()
@@ -275,14 +275,14 @@ impl Fs {
             .get(&fh)
             .cloned()
             .ok_or(Errno::EBADF)?;
-        let (dir_path, parent_ino) = {
+        let (dir, parent_ino) = {
             let state = self.state();
-            let dir = state.inodes.get(ino).ok_or(Errno::ENOENT)?;
+            let dir = state.inodes.get(ino).ok_or(Errno::ENOENT)?.clone();
             let parent = state
                 .inodes
                 .ino_of(inode::parent_of(&dir.path))
                 .unwrap_or(ROOT_INO);
-            (dir.path.clone(), parent)
+            (dir, parent)
         };
         let mut out = Vec::new();
         for (i, name, ino) in [(0, ".", ino), (1, "..", parent_ino)] {
@@ -292,6 +292,8 @@ impl Fs {
                     next_offset: i + 1,
                     kind: Kind::Dir,
                     name: name.into(),
+                    // The kernel takes no reference for these two.
+                    attr: plus.then(|| self.attr(&dir)),
                 });
             }
         }
@@ -299,17 +301,62 @@ impl Fs {
         let mut handle = handle.lock().await;
         let entries = handle
             .entries_from(&self.store, from, max - out.len())
-            .await?;
+            .await?
+            .to_vec();
+        {
+            let mut state = self.state();
+            state.listings.record(&dir.path, handle.begun(), &entries);
+            if handle.is_done() {
+                state.listings.complete(&dir.path, handle.begun());
+            }
+        }
+        drop(handle);
+        if plus {
+            let paths: Vec<String> = entries.iter().map(|e| join(&dir.path, &e.name)).collect();
+            let wanted = entries
+                .iter()
+                .zip(&paths)
+                .map(|(e, path)| self.version_of(path, e).unwrap_or_default())
+                .collect();
+            let remembered = super::lookup::remembered_many(self.meta.clone(), wanted).await;
+            // What is not remembered is asked for, a batch at a time.
+            let mut completed = Vec::with_capacity(entries.len());
+            let mut pending = entries.into_iter().zip(remembered).zip(&paths);
+            loop {
+                let mut batch = Vec::new();
+                for ((e, remembered), path) in pending.by_ref().take(PARALLEL_HEADS) {
+                    batch.push(self.complete_listed(path, e, remembered));
+                }
+                if batch.is_empty() {
+                    break;
+                }
+                completed.extend(futures::future::join_all(batch).await);
+            }
+            for (i, (done, path)) in completed.into_iter().zip(&paths).enumerate() {
+                // Gone since it was listed: leave it out.
+                let Some((e, headers)) = done? else { continue };
+                let attr = self.enter_listed(path, &e, Some(headers));
+                out.push(Listed {
+                    ino: attr.ino,
+                    next_offset: (from + i + 3) as u64,
+                    kind: attr.kind,
+                    name: e.name.clone(),
+                    attr: Some(attr),
+                });
+            }
+            return Ok(out);
+        }
         let mut state = self.state();
         for (i, e) in entries.iter().enumerate() {
-            let path = join(&dir_path, &e.name);
+            let path = join(&dir.path, &e.name);
             let (ino, kind) = match state.inodes.by_path_mut(&path) {
                 Some(inode) => {
                     if let Some(meta) = &e.meta
                         && !inode.dirty
+                        && !inode.local
                         && inode.kind != Kind::Dir
                     {
-                        inode.set_listed(meta);
+                        inode.set_listed(meta, None);
                     }
                     (inode.ino, inode.kind)
                 }
@@ -320,6 +367,7 @@ impl Fs {
                 next_offset: (from + i + 3) as u64,
                 kind,
                 name: e.name.clone(),
+                attr: None,
             });
         }
         Ok(out)
