@@ -4,16 +4,20 @@
 //! flush (the opener's close) and fsync upload it.
 
 use std::ffi::OsStr;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 
 use super::inode::{Attr, Kind};
+use super::meta;
 use super::{Caller, Errno, FileHandle, Fs, FsResult, OpenFile, SharedOpenFile};
 use crate::cache::ObjectVersion;
 use crate::read::Reader;
+use crate::store::CopyOptions;
 use crate::write::staged::{Base, Staged};
+use crate::write::upload::FIRST_PART_SIZE;
 
 /// FALLOC_FL_KEEP_SIZE: reserve without changing the size (nothing to do here).
 const KEEP_SIZE: i32 = 1;
@@ -213,12 +217,42 @@ impl Fs {
         match written {
             Ok(size) => {
                 self.mark_written(handle.ino, size);
+                self.stream(handle.ino, &mut of, offset..offset + u64::from(len))
+                    .await;
                 Ok(len)
             }
             Err(e) => {
                 of.write_error = Some(e);
                 Err(e)
             }
+        }
+    }
+
+    /// Bytes `changed` of a file were written or cut: a new file past two parts
+    /// starts (or goes on) sending its parts while it is written.
+    async fn stream(&self, ino: u64, of: &mut OpenFile, changed: Range<u64>) {
+        let Some(staged) = &of.staged else { return };
+        let (size, reader) = (staged.size(), staged.file().reader());
+        if of.stream.is_none() {
+            let wanted = staged.is_new()
+                && size > 2 * FIRST_PART_SIZE
+                && !of.upload_failed
+                && of.write_error.is_none();
+            let Ok(inode) = self.inode(ino) else { return };
+            if !wanted || !inode.is_linked() {
+                return;
+            }
+            let key = self.key(&inode.path);
+            let mut options = self.put_options(&key, &inode);
+            options.metadata = meta::without_times(&options.metadata);
+            match self.uploader.start_stream(&key, options).await {
+                Ok(stream) => of.stream = Some(stream),
+                // The file goes up at close instead.
+                Err(e) => tracing::debug!("cannot start sending {key} while written: {e}"),
+            }
+        }
+        if let Some(stream) = &mut of.stream {
+            self.uploader.stream_written(stream, &reader, size, changed);
         }
     }
 
@@ -257,6 +291,7 @@ impl Fs {
             let mut of = open.lock().await;
             self.ensure_staged(ino, &mut of)?.set_len(size).await?;
             self.mark_written(ino, size);
+            self.stream(ino, &mut of, size..u64::MAX).await;
             if temporary {
                 self.upload_locked(ino, &mut of).await?;
             }
@@ -313,8 +348,10 @@ impl Fs {
             return Err(e);
         }
         let options = self.put_options(&key, &inode);
+        let stream = of.stream.take();
+        let streamed = stream.as_ref().map(|s| s.options().clone());
         let staged = self.ensure_staged(ino, of)?;
-        let uploaded = self.uploader.upload(&key, staged, &options).await;
+        let uploaded = self.uploader.upload(&key, staged, &options, stream).await;
         if let Err(e) = &uploaded {
             if let Err(sync) = staged.file().sync().await {
                 tracing::error!("cannot sync {}: {sync}", staged.file().path().display());
@@ -330,14 +367,31 @@ impl Fs {
             }
         }
         of.upload_failed = uploaded.is_err();
-        let etag = uploaded?;
-        let headers = self.wrote(&key, &etag, &options);
+        let mut etag = uploaded?;
+        let mut written = options;
+        if let Some(streamed) = streamed {
+            // The upload took its metadata when it began, without times: it is
+            // right if nothing but the times changed since, and no time was set.
+            if streamed.metadata == meta::without_times(&written.metadata) && !inode.times_set {
+                written = streamed;
+            } else {
+                let copy = CopyOptions {
+                    replace: Some(written.clone()),
+                    if_match: Some(etag.clone()),
+                };
+                etag = self.uploader.copy(&key, &key, inode.size, &copy).await?;
+            }
+        }
+        let headers = self.wrote(&key, &etag, &written);
         let mut state = self.state();
         if let Some(inode) = state.inodes.get_mut(ino) {
             inode.dirty = false;
             inode.local = false;
+            inode.times_set = false;
             inode.etag = Some(etag);
             inode.validated = Some(Instant::now());
+            inode.meta = meta::FileMeta::from_metadata(&headers.metadata);
+            inode.modified = SystemTime::now();
             inode.headers = Some(headers);
         }
         tracing::debug!("uploaded {key} ({} bytes)", inode.size);
@@ -376,6 +430,11 @@ impl Fs {
         if dirty && linked && !of.upload_failed && of.write_error.is_none() {
             // Errors are logged there; release cannot report them.
             let _ = self.upload_locked(ino, &mut of).await;
+        }
+        if let Some(stream) = of.stream.take() {
+            // Parts sent for a file that is not uploaded after all (unlinked, or
+            // poisoned by a failed write).
+            self.uploader.abort_stream(stream).await;
         }
         if let Some(staged) = of.staged.take() {
             let inode = self.state().inodes.get(ino).cloned();

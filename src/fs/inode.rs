@@ -85,6 +85,8 @@ pub struct Inode {
     pub local: bool,
     /// Changed here since the last upload: the table, not S3, has the truth.
     pub dirty: bool,
+    /// Times were set by utimens (not by writes) since the last upload.
+    pub times_set: bool,
     lookups: u64,
     /// False once unlinked or renamed away: the path no longer names this inode.
     linked: bool,
@@ -105,6 +107,7 @@ impl Inode {
             validated: None,
             local: false,
             dirty: false,
+            times_set: false,
             lookups,
             linked: true,
         }

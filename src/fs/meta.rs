@@ -66,6 +66,15 @@ impl FileMeta {
     }
 }
 
+/// `metadata` without the times (for an upload whose time is its Last-Modified).
+pub fn without_times(metadata: &UserMetadata) -> UserMetadata {
+    let mut m = metadata.clone();
+    for name in [ATIME, MTIME, CTIME] {
+        m.remove(name);
+    }
+    m
+}
+
 /// Seconds since the epoch, with nanoseconds when there are any (as s3fs writes it).
 pub fn format_time(t: SystemTime) -> String {
     match t.duration_since(UNIX_EPOCH) {

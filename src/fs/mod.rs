@@ -30,6 +30,7 @@ use crate::read::Reader;
 use crate::store::{ObjectStore, PutOptions};
 use crate::write::staged::Staged;
 use crate::write::staging::StagingDir;
+use crate::write::stream::Stream;
 use crate::write::upload::Uploader;
 use dir::{DirHandle, S3FS_DIR_SUFFIX, is_showable};
 pub use error::{Errno, FsResult};
@@ -115,6 +116,8 @@ struct OpenFile {
     /// A write failed (a full disk): what was staged is incomplete, so it is never
     /// uploaded, and close() reports this error.
     write_error: Option<Errno>,
+    /// The parts of a new file sent while it is written.
+    stream: Option<Stream>,
 }
 
 type SharedOpenFile = Arc<tokio::sync::Mutex<OpenFile>>;

@@ -89,6 +89,9 @@ impl Fs {
         let mut state = self.state();
         let inode = state.inodes.get_mut(ino).ok_or(Errno::ENOENT)?;
         inode.meta = meta;
+        if pending && (changes.atime.is_some() || changes.mtime.is_some()) {
+            inode.times_set = true;
+        }
         Ok(())
     }
 

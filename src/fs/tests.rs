@@ -960,3 +960,74 @@ async fn a_listing_shows_the_metadata_this_mount_wrote_even_after_a_remount() {
     assert_eq!(attr("link").kind, Kind::Symlink);
     assert_eq!(s.store.calls(Op::Head), heads, "no HEAD");
 }
+
+/// Write `data` to a new file in 1 MiB writes, as cp does.
+async fn write_in_pieces(fs: &Fs, file: &str, data: &[u8]) -> (u64, u64) {
+    let (attr, fh) = fs
+        .create(ROOT_INO, name(file), FILE_MODE, libc::O_WRONLY, ME)
+        .await
+        .unwrap();
+    for (i, chunk) in data.chunks(MIB).enumerate() {
+        fs.write(fh, (i * MIB) as u64, chunk.to_vec())
+            .await
+            .unwrap();
+    }
+    (attr.ino, fh)
+}
+
+#[tokio::test]
+async fn a_large_new_file_goes_up_while_it_is_written() {
+    let s = setup();
+    let data = pattern(40 * MIB + 3);
+    let (_, fh) = write_in_pieces(&s.fs, "big.bin", &data).await;
+    // The upload began while writing; nothing is in the bucket before close.
+    assert_eq!(s.store.calls(Op::CreateMultipart), 1);
+    assert!(s.store.object("big.bin").is_none());
+    s.fs.flush(fh, ME.process).await.unwrap();
+    s.fs.release(fh).await;
+    let o = s.store.object("big.bin").unwrap();
+    assert_eq!(o.body, data);
+    assert_eq!(s.store.calls(Op::UploadPart), 6, "each part sent once");
+    // Mode and owner were known at the start; the time is the object's own.
+    let meta = meta::FileMeta::from_metadata(&o.metadata);
+    assert_eq!(meta.mode, Some(FILE_MODE));
+    assert_eq!(meta.mtime, None);
+}
+
+#[tokio::test]
+async fn a_part_sent_early_and_written_again_is_sent_again() {
+    let s = setup();
+    let mut data = pattern(40 * MIB);
+    let (_, fh) = write_in_pieces(&s.fs, "big.bin", &data).await;
+    s.fs.write(fh, 5, b"again".to_vec()).await.unwrap();
+    data[5..10].copy_from_slice(b"again");
+    let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    let changes = SetAttr {
+        mtime: Some(when),
+        ..SetAttr::default()
+    };
+    let attr = s.fs.lookup(ROOT_INO, name("big.bin")).await.unwrap();
+    s.fs.setattr(attr.ino, changes).await.unwrap();
+    s.fs.flush(fh, ME.process).await.unwrap();
+    s.fs.release(fh).await;
+    let o = s.store.object("big.bin").unwrap();
+    assert_eq!(o.body, data);
+    // A time set before close is written after the upload (a copy onto itself).
+    assert_eq!(meta::FileMeta::from_metadata(&o.metadata).mtime, Some(when));
+    assert_eq!(s.store.open_uploads(), 0);
+}
+
+#[tokio::test]
+async fn a_large_file_unlinked_before_close_leaves_no_upload_behind() {
+    let s = setup();
+    let (_, fh) = write_in_pieces(&s.fs, "tmp.bin", &pattern(30 * MIB)).await;
+    s.fs.unlink(ROOT_INO, name("tmp.bin")).await.unwrap();
+    s.fs.release(fh).await;
+    assert!(s.store.keys().is_empty());
+    assert_eq!(
+        s.store.open_uploads(),
+        0,
+        "the multipart upload was aborted"
+    );
+    assert!(staged_files(&s).is_empty());
+}

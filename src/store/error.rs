@@ -21,6 +21,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Might the same request succeed if made again? (The SDK has retried already;
+    /// this is for whole parts of an upload.)
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unreachable(_) | StoreError::Other(_))
+    }
+
     /// The errno a filesystem call answers with when this error ends it.
     pub fn errno(&self) -> i32 {
         match self {

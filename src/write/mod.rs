@@ -3,6 +3,7 @@
 
 pub mod staged;
 pub mod staging;
+pub mod stream;
 pub mod upload;
 
 use std::io;

@@ -91,6 +91,11 @@ impl Staged {
         self.base.as_ref().map_or(0, |b| b.len.min(self.size))
     }
 
+    /// Does nothing of the file come from an object (a new or emptied file)?
+    pub fn is_new(&self) -> bool {
+        self.base_len() == 0
+    }
+
     /// Is every byte of the file on local disk?
     pub fn is_complete(&self) -> bool {
         self.gaps(0..self.size).is_empty()

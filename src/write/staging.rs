@@ -57,7 +57,9 @@ impl StagingDir {
             .open(&path)?;
         Ok(StagingFile {
             path,
-            file: Arc::new(file),
+            reader: StagingReader {
+                file: Arc::new(file),
+            },
         })
     }
 }
@@ -65,19 +67,16 @@ impl StagingDir {
 /// One staging file. Reads and writes run on tokio's blocking pool.
 pub struct StagingFile {
     path: PathBuf,
+    reader: StagingReader,
+}
+
+/// Read access to a staging file that a background upload can own.
+#[derive(Clone)]
+pub struct StagingReader {
     file: Arc<File>,
 }
 
-impl StagingFile {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub async fn write_at(&self, offset: u64, data: Vec<u8>) -> io::Result<()> {
-        let file = self.file.clone();
-        blocking(move || file.write_all_at(&data, offset)).await
-    }
-
+impl StagingReader {
     /// Up to `len` bytes at `offset` (fewer at the end of the file).
     pub async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
         let file = self.file.clone();
@@ -97,20 +96,35 @@ impl StagingFile {
         })
         .await
     }
+}
 
-    pub async fn set_len(&self, len: u64) -> io::Result<()> {
-        let file = self.file.clone();
-        blocking(move || file.set_len(len)).await
+impl StagingFile {
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
-    pub async fn len(&self) -> io::Result<u64> {
-        let file = self.file.clone();
-        blocking(move || Ok(file.metadata()?.len())).await
+    pub fn reader(&self) -> StagingReader {
+        self.reader.clone()
+    }
+
+    pub async fn write_at(&self, offset: u64, data: Vec<u8>) -> io::Result<()> {
+        let file = self.reader.file.clone();
+        blocking(move || file.write_all_at(&data, offset)).await
+    }
+
+    /// Up to `len` bytes at `offset` (fewer at the end of the file).
+    pub async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        self.reader.read_at(offset, len).await
+    }
+
+    pub async fn set_len(&self, len: u64) -> io::Result<()> {
+        let file = self.reader.file.clone();
+        blocking(move || file.set_len(len)).await
     }
 
     /// Flush to disk, so that data kept after a failed upload survives a crash.
     pub async fn sync(&self) -> io::Result<()> {
-        let file = self.file.clone();
+        let file = self.reader.file.clone();
         blocking(move || file.sync_data()).await
     }
 
@@ -150,7 +164,7 @@ mod tests {
         f.write_at(3, b"xyz".to_vec()).await.unwrap();
         assert_eq!(&f.read_at(0, 10).await.unwrap()[..], b"\0\0\0xyz");
         f.set_len(4).await.unwrap();
-        assert_eq!(f.len().await.unwrap(), 4);
+        assert_eq!(std::fs::metadata(f.path()).unwrap().len(), 4);
         let path = f.path().to_path_buf();
         f.remove();
         assert!(!path.exists());

@@ -1,15 +1,18 @@
 //! Uploads and server-side copies: one PutObject for small files, a multipart upload
 //! with parts sent in parallel for large ones. Parts that nothing changed are copied
-//! from the base object server-side (UploadPartCopy) instead of being sent again.
+//! from the base object server-side (UploadPartCopy) instead of being sent again;
+//! a new file's parts may have been sent while it was written ([`Stream`]).
 
 use std::ops::Range;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::WriteError;
 use super::staged::{Base, PartSource, Staged};
+use super::staging::StagingReader;
+use super::stream::Stream;
 use crate::cache::BlockCache;
 use crate::store::{CompletedPart, CopyOptions, ObjectStore, PutOptions};
 
@@ -28,12 +31,38 @@ pub const MAX_COPY_SIZE: u64 = MAX_PART_SIZE;
 /// Parts of a multipart copy: large, since no data passes through here.
 const COPY_PART_SIZE: u64 = 512 * MIB;
 
+/// Times a part is sent before its upload fails (the SDK retries each request too).
+const PART_ATTEMPTS: u32 = 3;
+
 /// Size of part `number` (from 1): 8 MiB for the first 1,000 parts, doubling every
 /// 1,000 parts after that. Small files keep small parts, and 10,000 parts reach past
 /// S3's 5 TiB object limit without knowing the size in advance.
 pub fn part_size(number: i32) -> u64 {
     let doublings = (number.max(1) - 1) / PARTS_PER_SIZE;
     (FIRST_PART_SIZE << doublings).min(MAX_PART_SIZE)
+}
+
+/// Where the parts of size tier `tier` (parts `tier * 1000 + 1` on) begin.
+fn tier_start(tier: u32) -> u64 {
+    PARTS_PER_SIZE as u64 * FIRST_PART_SIZE * ((1u64 << tier) - 1)
+}
+
+/// The bytes of a file that part `number` holds (up to its full size).
+pub fn part_range(number: i32) -> Range<u64> {
+    let n = number.max(1) - 1;
+    let tier = (n / PARTS_PER_SIZE) as u32;
+    let start = tier_start(tier) + (n % PARTS_PER_SIZE) as u64 * (FIRST_PART_SIZE << tier);
+    start..start + part_size(number)
+}
+
+/// The number of the part that holds byte `offset`.
+pub fn part_at(offset: u64) -> i32 {
+    let mut tier = 0;
+    while tier < 16 && tier_start(tier + 1) <= offset {
+        tier += 1;
+    }
+    let within = (offset - tier_start(tier)) / (FIRST_PART_SIZE << tier);
+    i32::try_from(tier as u64 * PARTS_PER_SIZE as u64 + within + 1).unwrap_or(i32::MAX)
 }
 
 /// The parts of a file of `size` bytes, or `None` if it needs more than 10,000.
@@ -63,6 +92,8 @@ enum Part {
         range: Range<u64>,
         gaps: Vec<Range<u64>>,
     },
+    /// Sent already (while the file was written).
+    Sent(String),
 }
 
 /// Uploads staged files, with a bound on the parts held in memory at once across
@@ -73,6 +104,35 @@ pub struct Uploader {
     cache: Arc<BlockCache>,
     part_slots: Arc<Semaphore>,
     parallel_parts: usize,
+}
+
+/// Send part `number` of an upload from a staging file, again after a failure
+/// that may pass.
+async fn send_part(
+    store: Arc<dyn ObjectStore>,
+    key: &str,
+    upload_id: &str,
+    number: i32,
+    reader: &StagingReader,
+    range: Range<u64>,
+) -> Result<String, WriteError> {
+    let body = reader
+        .read_at(range.start, (range.end - range.start) as usize)
+        .await?;
+    let mut attempt = 1;
+    loop {
+        match store
+            .upload_part(key, upload_id, number, body.clone())
+            .await
+        {
+            Ok(etag) => return Ok(etag),
+            Err(e) if e.is_transient() && attempt < PART_ATTEMPTS => {
+                tracing::warn!("part {number} of {key} failed ({e}); sending it again");
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 impl Uploader {
@@ -92,28 +152,58 @@ impl Uploader {
         }
     }
 
-    /// Upload `staged` as `key`; returns the new ETag. On failure nothing is left in
-    /// the bucket: a multipart upload is aborted.
+    /// Upload `staged` as `key`; returns the new ETag. The parts `stream` sent
+    /// while the file was written are used where they are still right. On failure
+    /// nothing is left in the bucket: a multipart upload is aborted.
     pub async fn upload(
         &self,
         key: &str,
         staged: &mut Staged,
         options: &PutOptions,
+        stream: Option<Stream>,
     ) -> Result<String, WriteError> {
         let size = staged.size();
+        let Some(ranges) = part_ranges(size) else {
+            if let Some(s) = stream {
+                self.abort_stream(s).await;
+            }
+            return Err(WriteError::TooLarge(size));
+        };
+        let stream = match stream {
+            Some(s) if s.key == key && size > FIRST_PART_SIZE => Some(s),
+            Some(s) => {
+                self.abort_stream(s).await;
+                None
+            }
+            None => None,
+        };
         let etag = if size <= FIRST_PART_SIZE {
             let _slot = self.part_slots.acquire().await;
             staged.fill(&self.cache, 0..size).await?;
             let body = staged.file().read_at(0, size as usize).await?;
             self.store.put(key, body, options).await?
         } else {
-            let parts: Vec<(i32, Part)> = part_ranges(size)
-                .ok_or(WriteError::TooLarge(size))?
+            let mut stream = stream;
+            if let Some(s) = &mut stream {
+                while let Some(done) = s.running.join_next().await {
+                    s.take(done);
+                }
+            }
+            let parts: Vec<(i32, Part)> = ranges
                 .into_iter()
                 .map(|(n, range)| {
-                    let part = match staged.part_source(range.clone()) {
-                        PartSource::Copy(from) => Part::Copy { from, range },
-                        PartSource::Local { gaps } => Part::Local { range, gaps },
+                    let sent = stream.as_ref().and_then(|s| {
+                        s.sent
+                            .get(&n)
+                            .filter(|(r, generation, _)| {
+                                *r == range && *generation == s.generation_of(n)
+                            })
+                            .map(|(_, _, etag)| etag.clone())
+                    });
+                    let part = match (sent, staged.part_source(range.clone())) {
+                        (Some(etag), _) => Part::Sent(etag),
+                        (None, PartSource::Copy(from)) => Part::Copy { from, range },
+                        (None, PartSource::Local { gaps }) => Part::Local { range, gaps },
                     };
                     (n, part)
                 })
@@ -122,15 +212,86 @@ impl Uploader {
                 .iter()
                 .flat_map(|(_, p)| match p {
                     Part::Local { gaps, .. } => gaps.clone(),
-                    Part::Copy { .. } => Vec::new(),
+                    Part::Copy { .. } | Part::Sent(_) => Vec::new(),
                 })
                 .collect();
-            let etag = self.multipart(key, options, parts, Some(staged)).await?;
+            let upload_id = match &stream {
+                Some(s) => s.upload_id.clone(),
+                None => self.store.create_multipart(key, options).await?,
+            };
+            let etag = self.complete(key, &upload_id, parts, Some(staged)).await?;
             staged.mark_present(&filled);
             etag
         };
         staged.uploaded(key, etag.clone());
         Ok(etag)
+    }
+
+    /// Start sending the parts of a new file while it is written.
+    pub async fn start_stream(&self, key: &str, options: PutOptions) -> Result<Stream, WriteError> {
+        let upload_id = self.store.create_multipart(key, &options).await?;
+        Ok(Stream::new(key.to_string(), upload_id, options))
+    }
+
+    /// The file of `stream` is now `size` bytes, with bytes `written` changed: send
+    /// in the background the parts the writer has moved past, as far as this
+    /// file's share and the memory bound allow.
+    pub fn stream_written(
+        &self,
+        stream: &mut Stream,
+        reader: &StagingReader,
+        size: u64,
+        written: Range<u64>,
+    ) {
+        stream.touched(written);
+        stream.collect();
+        while stream.running.len() < self.parallel_parts {
+            let number = stream.next;
+            let range = part_range(number);
+            // The writer is past this part (a part after the last is not sent yet:
+            // it may still be shorter).
+            if range.end >= size {
+                break;
+            }
+            let Ok(slot) = self.part_slots.clone().try_acquire_owned() else {
+                break;
+            };
+            stream.next += 1;
+            let generation = stream.generation_of(number);
+            let job = PartJob {
+                store: self.store.clone(),
+                key: stream.key.clone(),
+                upload_id: stream.upload_id.clone(),
+                reader: reader.clone(),
+                slot,
+            };
+            stream.running.spawn(async move {
+                let result = send_part(
+                    job.store,
+                    &job.key,
+                    &job.upload_id,
+                    number,
+                    &job.reader,
+                    range.clone(),
+                )
+                .await;
+                drop(job.slot);
+                (number, range, generation, result)
+            });
+        }
+    }
+
+    /// Give up a stream: its parts in flight stop and the upload is aborted.
+    pub async fn abort_stream(&self, mut stream: Stream) {
+        stream.running.abort_all();
+        while stream.running.join_next().await.is_some() {}
+        self.abort(&stream.key, &stream.upload_id).await;
+    }
+
+    async fn abort(&self, key: &str, upload_id: &str) {
+        if let Err(e) = self.store.abort_multipart(key, upload_id).await {
+            tracing::warn!("cannot abort multipart upload {upload_id} of {key}: {e}");
+        }
     }
 
     /// Server-side copy of `from` (`size` bytes) to `to`: one CopyObject up to
@@ -163,26 +324,25 @@ impl Uploader {
             })
             .collect();
         let put = options.replace.clone().unwrap_or_default();
-        self.multipart(to, &put, parts, None).await
+        let upload_id = self.store.create_multipart(to, &put).await?;
+        self.complete(to, &upload_id, parts, None).await
     }
 
-    async fn multipart(
+    /// Send `parts` and complete the upload; abort it on failure.
+    async fn complete(
         &self,
         key: &str,
-        options: &PutOptions,
+        upload_id: &str,
         parts: Vec<(i32, Part)>,
         staged: Option<&Staged>,
     ) -> Result<String, WriteError> {
-        let upload_id = self.store.create_multipart(key, options).await?;
         let result = async {
-            let done = self.send_parts(key, &upload_id, parts, staged).await?;
-            Ok::<_, WriteError>(self.store.complete_multipart(key, &upload_id, done).await?)
+            let done = self.send_parts(key, upload_id, parts, staged).await?;
+            Ok::<_, WriteError>(self.store.complete_multipart(key, upload_id, done).await?)
         }
         .await;
-        if result.is_err()
-            && let Err(e) = self.store.abort_multipart(key, &upload_id).await
-        {
-            tracing::warn!("cannot abort multipart upload {upload_id} of {key}: {e}");
+        if result.is_err() {
+            self.abort(key, upload_id).await;
         }
         result
     }
@@ -197,6 +357,7 @@ impl Uploader {
         let mut done: Vec<CompletedPart> = futures::stream::iter(parts)
             .map(|(number, part)| async move {
                 let etag = match part {
+                    Part::Sent(etag) => etag,
                     Part::Copy { from, range } => {
                         self.store
                             .upload_part_copy(
@@ -215,11 +376,9 @@ impl Uploader {
                         })?;
                         let _slot = self.part_slots.acquire().await;
                         staged.fetch(&self.cache, &gaps).await?;
-                        let body = staged
-                            .file()
-                            .read_at(range.start, (range.end - range.start) as usize)
-                            .await?;
-                        self.store.upload_part(key, upload_id, number, body).await?
+                        let reader = staged.file().reader();
+                        send_part(self.store.clone(), key, upload_id, number, &reader, range)
+                            .await?
                     }
                 };
                 Ok::<_, WriteError>(CompletedPart { number, etag })
@@ -230,6 +389,16 @@ impl Uploader {
         done.sort_by_key(|p| p.number);
         Ok(done)
     }
+}
+
+/// What a background part upload owns.
+struct PartJob {
+    store: Arc<dyn ObjectStore>,
+    key: String,
+    upload_id: String,
+    reader: StagingReader,
+    /// Its share of the memory bound, held until the part is sent.
+    slot: OwnedSemaphorePermit,
 }
 
 #[cfg(test)]
@@ -260,6 +429,32 @@ mod tests {
         assert_eq!(part_size(1001), 16 * MIB);
         assert!(part_ranges(5 * 1024 * 1024 * MIB).is_some());
         assert!(part_ranges(total + 1).is_none());
+    }
+
+    #[test]
+    fn part_numbers_and_offsets_agree() {
+        let mut expected_start = 0;
+        for n in 1..=MAX_PARTS {
+            let r = part_range(n);
+            assert_eq!(r.start, expected_start, "part {n}");
+            assert_eq!(r.end - r.start, part_size(n));
+            assert_eq!((part_at(r.start), part_at(r.end - 1)), (n, n));
+            expected_start = r.end;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_part_that_fails_once_is_sent_again() {
+        let data = data(20 * MIB);
+        let (_dir, mut file) = staged(&data, None).await;
+        let store = Arc::new(MemoryStore::new());
+        store.fail_next(Op::UploadPart, StoreError::Unreachable("reset".into()));
+        uploader(&store)
+            .upload("big", &mut file, &PutOptions::default(), None)
+            .await
+            .unwrap();
+        assert_eq!(store.object("big").unwrap().body, data);
+        assert_eq!(store.calls(Op::UploadPart), 4, "three parts, one twice");
     }
 
     #[test]
@@ -298,7 +493,7 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         let uploader = uploader(&store);
         uploader
-            .upload("big", &mut file, &PutOptions::default())
+            .upload("big", &mut file, &PutOptions::default(), None)
             .await
             .unwrap();
         assert_eq!(store.object("big").unwrap().body, data);
@@ -321,7 +516,7 @@ mod tests {
         body[(20 * MIB + 3) as usize..(20 * MIB + 7) as usize].copy_from_slice(b"edit");
         let uploader = uploader(&store);
         uploader
-            .upload("big", &mut file, &PutOptions::default())
+            .upload("big", &mut file, &PutOptions::default(), None)
             .await
             .unwrap();
         assert_eq!(store.object("big").unwrap().body, body);
@@ -333,14 +528,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn failed_part_aborts_and_leaves_nothing() {
+    async fn a_part_that_keeps_failing_aborts_and_leaves_nothing() {
         let data = vec![7u8; (9 * MIB) as usize];
         let (_dir, mut file) = staged(&data, None).await;
         let store = Arc::new(MemoryStore::new());
-        store.fail_next(Op::UploadPart, StoreError::Unreachable("down".into()));
+        // Both parts fail every attempt.
+        for _ in 0..2 * PART_ATTEMPTS {
+            store.fail_next(Op::UploadPart, StoreError::Unreachable("down".into()));
+        }
         let uploader = uploader(&store);
         let err = uploader
-            .upload("big", &mut file, &PutOptions::default())
+            .upload("big", &mut file, &PutOptions::default(), None)
             .await
             .unwrap_err();
         assert_eq!(err.errno(), libc::EIO);
