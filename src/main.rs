@@ -8,6 +8,15 @@ use s3mount::mount::{self, MountConfig};
 use s3mount::mountpoint;
 
 fn main() -> ExitCode {
+    // Keep the memory held close to the memory used. glibc gives each thread that
+    // allocates its own arena, and raises its mmap threshold after each large free,
+    // so that parts and GET buffers end up in arenas that keep freed memory: cap the
+    // arenas, and keep buffers of 4 MiB and more in mmap, returned when freed.
+    // SAFETY: called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
     let cli = Cli::parse();
     let config = mountpoint::check(&cli.mountpoint).and_then(|mp| MountConfig::new(cli, mp));
     let config = match config {

@@ -305,7 +305,9 @@ impl BlockCache {
                         let off = (blocks[i].0.index - first.index) * self.block_size;
                         let stop = (off + self.block_size).min(data.len() as u64);
                         let block = if off < stop {
-                            data.slice(off as usize..stop as usize)
+                            // A block of its own: a slice would keep the whole GET in memory
+                            // while the memory cache holds any of its blocks.
+                            Bytes::copy_from_slice(&data[off as usize..stop as usize])
                         } else {
                             Bytes::new()
                         };

@@ -17,7 +17,7 @@ use aws_sdk_s3::types::{
 };
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
 use aws_smithy_types::error::display::DisplayErrorContext;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::{
@@ -242,12 +242,18 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(classify)?;
-        let data = out
-            .body
-            .collect()
+        // Into one buffer of the expected size as the body arrives: collecting the
+        // chunks first and joining them would hold the data twice.
+        let mut data = BytesMut::with_capacity((range.end - range.start) as usize);
+        let mut body = out.body;
+        while let Some(chunk) = body
+            .try_next()
             .await
-            .map_err(|e| StoreError::Unreachable(one_line(&e)))?;
-        Ok(data.into_bytes())
+            .map_err(|e| StoreError::Unreachable(one_line(&e)))?
+        {
+            data.extend_from_slice(&chunk);
+        }
+        Ok(data.freeze())
     }
 
     async fn list(&self, request: ListRequest<'_>) -> StoreResult<ListPage> {
