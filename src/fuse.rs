@@ -320,7 +320,14 @@ impl Filesystem for S3Fuse {
         let caller = caller(req);
         self.spawn(|fs| async move {
             match fs.open(ino.0, flags.0, caller).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok(fh) => {
+                    let flags = if fs.keep_cache(ino.0) {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(fh), flags)
+                }
                 Err(e) => reply.error(errno(e)),
             }
         });

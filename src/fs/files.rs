@@ -97,6 +97,18 @@ impl Fs {
         Ok(self.new_handle(ino, writable, caller.process))
     }
 
+    /// May the kernel keep the pages it has cached of `ino` at the open just made?
+    /// Yes while the object is the version it cached them from.
+    pub fn keep_cache(&self, ino: u64) -> bool {
+        let mut state = self.state();
+        let Some(inode) = state.inodes.get_mut(ino) else {
+            return false;
+        };
+        let keep = inode.etag.is_some() && inode.cached_version == inode.etag;
+        inode.cached_version = inode.etag.clone();
+        keep
+    }
+
     fn new_handle(&self, ino: u64, writable: bool, opener: u32) -> u64 {
         let fh = self.new_fh();
         let handle = FileHandle {
@@ -311,9 +323,16 @@ impl Fs {
     /// including the copies a child inherits across fork() and closes at exec(). Only
     /// the opener's close uploads, so a program that forks while writing does not
     /// publish its file half-written; the last release uploads what is left.
+    ///
+    /// A new file that is still empty is left to the last release: a shell's `>`
+    /// closes a copy of the descriptor before anything is written.
     pub async fn flush(&self, fh: u64, process: u32) -> FsResult<()> {
         let handle = self.handle(fh)?;
         if handle.opener != process {
+            return Ok(());
+        }
+        let inode = self.inode(handle.ino)?;
+        if inode.local && inode.size == 0 {
             return Ok(());
         }
         self.fsync(fh).await
@@ -388,6 +407,8 @@ impl Fs {
             inode.dirty = false;
             inode.local = false;
             inode.times_set = false;
+            // The kernel's pages are what was written through it: this version.
+            inode.cached_version = Some(etag.clone());
             inode.etag = Some(etag);
             inode.validated = Some(Instant::now());
             inode.meta = meta::FileMeta::from_metadata(&headers.metadata);
@@ -408,19 +429,21 @@ impl Fs {
         self.close_file(ino).await;
     }
 
+    /// One user of the write state of `ino` is done; the last one uploads what is
+    /// left and tears the state down. The state stays registered until then, so
+    /// that an unlink or a rename meanwhile waits for the upload.
     pub(super) async fn close_file(&self, ino: u64) {
-        let last = {
+        let of = {
             let mut state = self.state();
-            match state.handles.open.get_mut(&ino) {
-                Some((n, _)) if *n > 1 => {
-                    *n -= 1;
-                    None
-                }
-                Some(_) => state.handles.open.remove(&ino).map(|(_, of)| of),
-                None => None,
+            let Some((n, of)) = state.handles.open.get_mut(&ino) else {
+                return;
+            };
+            *n = n.saturating_sub(1);
+            if *n > 0 {
+                return;
             }
+            of.clone()
         };
-        let Some(of) = last else { return };
         let mut of = of.lock().await;
         let (dirty, linked) = self
             .state()
@@ -430,6 +453,16 @@ impl Fs {
         if dirty && linked && !of.upload_failed && of.write_error.is_none() {
             // Errors are logged there; release cannot report them.
             let _ = self.upload_locked(ino, &mut of).await;
+        }
+        {
+            let mut state = self.state();
+            match state.handles.open.get(&ino) {
+                Some((0, _)) => {
+                    state.handles.open.remove(&ino);
+                }
+                // Opened again meanwhile: the new handle carries on with the state.
+                _ => return,
+            }
         }
         if let Some(stream) = of.stream.take() {
             // Parts sent for a file that is not uploaded after all (unlinked, or
@@ -466,7 +499,11 @@ impl Fs {
             return Ok(());
         };
         let mut of = open.lock().await;
-        let staged = self.ensure_staged(ino, &mut of)?;
+        self.keep_locked(ino, &mut of).await
+    }
+
+    pub(super) async fn keep_locked(&self, ino: u64, of: &mut OpenFile) -> FsResult<()> {
+        let staged = self.ensure_staged(ino, of)?;
         let size = staged.size();
         staged.fill(&self.cache, 0..size).await?;
         Ok(())

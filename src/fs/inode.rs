@@ -87,6 +87,8 @@ pub struct Inode {
     pub dirty: bool,
     /// Times were set by utimens (not by writes) since the last upload.
     pub times_set: bool,
+    /// The object version whose data the kernel's page cache holds.
+    pub cached_version: Option<String>,
     lookups: u64,
     /// False once unlinked or renamed away: the path no longer names this inode.
     linked: bool,
@@ -108,6 +110,7 @@ impl Inode {
             local: false,
             dirty: false,
             times_set: false,
+            cached_version: None,
             lookups,
             linked: true,
         }

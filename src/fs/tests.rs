@@ -91,6 +91,15 @@ fn remount_with_disk_cache(s: &Setup) -> Fs {
     .unwrap()
 }
 
+/// A setup whose attributes are trusted for `ttl`.
+fn setup_with_ttl(ttl: Duration) -> Setup {
+    let s = setup();
+    let mut config = s.fs.config().clone();
+    config.metadata_ttl = ttl;
+    let fs = Fs::new(s.store.clone(), config).unwrap();
+    Setup { fs, ..s }
+}
+
 fn setup() -> Setup {
     setup_with("", false)
 }
@@ -1030,4 +1039,74 @@ async fn a_large_file_unlinked_before_close_leaves_no_upload_behind() {
         "the multipart upload was aborted"
     );
     assert!(staged_files(&s).is_empty());
+}
+
+#[tokio::test]
+async fn a_new_empty_file_goes_up_at_release_not_at_each_close() {
+    let s = setup();
+    let (_, fh) =
+        s.fs.create(ROOT_INO, name("empty"), FILE_MODE, libc::O_WRONLY, ME)
+            .await
+            .unwrap();
+    // A shell's `>` closes a copy of the descriptor before anything is written.
+    s.fs.flush(fh, ME.process).await.unwrap();
+    assert_eq!(s.store.calls(Op::Put), 0);
+    s.fs.write(fh, 0, b"x".to_vec()).await.unwrap();
+    s.fs.flush(fh, ME.process).await.unwrap();
+    assert_eq!(s.store.calls(Op::Put), 1);
+    s.fs.release(fh).await;
+    let (_, fh) =
+        s.fs.create(ROOT_INO, name("touched"), FILE_MODE, libc::O_WRONLY, ME)
+            .await
+            .unwrap();
+    s.fs.flush(fh, ME.process).await.unwrap();
+    s.fs.release(fh).await;
+    assert_eq!(s.store.object("touched").unwrap().body.len(), 0);
+}
+
+#[tokio::test]
+async fn the_page_cache_is_kept_while_the_object_is_unchanged() {
+    let s = setup_with_ttl(Duration::ZERO);
+    s.store.insert("f", "one");
+    let f = s.fs.lookup(ROOT_INO, name("f")).await.unwrap();
+    let mut opens = Vec::new();
+    for _ in 0..2 {
+        let fh = s.fs.open(f.ino, libc::O_RDONLY, ME).await.unwrap();
+        opens.push(s.fs.keep_cache(f.ino));
+        s.fs.release(fh).await;
+    }
+    s.store.insert("f", "two");
+    let fh = s.fs.open(f.ino, libc::O_RDONLY, ME).await.unwrap();
+    opens.push(s.fs.keep_cache(f.ino));
+    s.fs.release(fh).await;
+    assert_eq!(opens, [false, true, false]);
+}
+
+#[tokio::test]
+async fn an_unlink_during_the_last_close_upload_deletes_the_object() {
+    // vim's probe: create a file, close it, unlink it at once.
+    let s = Arc::new(setup());
+    let (_, fh) =
+        s.fs.create(ROOT_INO, name("4913"), FILE_MODE, libc::O_WRONLY, ME)
+            .await
+            .unwrap();
+    s.fs.flush(fh, ME.process).await.unwrap();
+    let gate = s.store.hold(Op::Put);
+    let closing = {
+        let s = s.clone();
+        tokio::spawn(async move { s.fs.release(fh).await })
+    };
+    // The release's upload is under way (held)...
+    while s.store.calls(Op::Put) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let unlinking = {
+        let s = s.clone();
+        tokio::spawn(async move { s.fs.unlink(ROOT_INO, name("4913")).await })
+    };
+    // ...when the unlink comes; then the upload ends.
+    gate.open();
+    closing.await.unwrap();
+    unlinking.await.unwrap().unwrap();
+    assert!(s.store.keys().is_empty(), "{:?}", s.store.keys());
 }

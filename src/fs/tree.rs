@@ -169,20 +169,26 @@ impl Fs {
     pub async fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         self.check_writable()?;
         let path = self.child_path(parent, name)?;
-        let known = self.known(&path);
-        let (remote, ino) = match &known {
-            Some(inode) if inode.kind == Kind::Dir => return Err(Errno::EISDIR),
-            Some(inode) => (!inode.local, Some(inode.ino)),
-            None => match self.resolve(&path).await? {
-                None => return Err(Errno::ENOENT),
-                Some(r) if r.kind == Kind::Dir => return Err(Errno::EISDIR),
-                Some(_) => (true, self.state().inodes.ino_of(&path)),
-            },
+        match self.kind_at(&path).await? {
+            None => return Err(Errno::ENOENT),
+            Some(Kind::Dir) => return Err(Errno::EISDIR),
+            Some(_) => {}
+        }
+        let ino = self.state().inodes.ino_of(&path);
+        // An upload of the file under way (its last close) ends first: only then
+        // is it settled whether there is an object to delete.
+        let open = ino.and_then(|ino| self.open_state(ino));
+        let mut guard = match &open {
+            Some(of) => Some(of.lock().await),
+            None => None,
         };
-        if remote {
+        let local = ino
+            .and_then(|ino| self.state().inodes.get(ino).map(|i| i.local))
+            .unwrap_or(false);
+        if !local {
             // Handles still open on the file keep reading it after the delete.
-            if let Some(ino) = ino {
-                self.keep_open_file(ino).await?;
+            if let (Some(ino), Some(of)) = (ino, guard.as_deref_mut()) {
+                self.keep_locked(ino, of).await?;
             }
             self.store.delete(&self.key(&path)).await?;
         }

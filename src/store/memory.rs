@@ -2,12 +2,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use tokio::sync::Semaphore;
 
 pub use super::Op;
 use super::{
@@ -51,6 +52,8 @@ pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, StoredObject>>,
     uploads: Mutex<HashMap<String, Upload>>,
     faults: Mutex<HashMap<Op, Vec<StoreError>>>,
+    /// Operations held until their gate opens (see [`MemoryStore::hold`]).
+    gates: Mutex<HashMap<Op, Arc<Semaphore>>>,
     counter: AtomicU64,
     calls: Mutex<HashMap<Op, u64>>,
 }
@@ -63,6 +66,14 @@ impl MemoryStore {
     /// Make the next call of `op` fail with `error` (queued: several calls fail in turn).
     pub fn fail_next(&self, op: Op, error: StoreError) {
         lock(&self.faults).entry(op).or_default().push(error);
+    }
+
+    /// Hold every call of `op` (counted, but not carried out) until the returned
+    /// gate is opened, so a test can act while the call is under way.
+    pub fn hold(&self, op: Op) -> Gate {
+        let gate = Arc::new(Semaphore::new(0));
+        lock(&self.gates).insert(op, gate.clone());
+        Gate(gate)
     }
 
     /// How many times `op` was called (failed calls included).
@@ -114,8 +125,12 @@ impl MemoryStore {
         );
     }
 
-    fn enter(&self, op: Op) -> StoreResult<()> {
+    async fn enter(&self, op: Op) -> StoreResult<()> {
         *lock(&self.calls).entry(op).or_default() += 1;
+        let gate = lock(&self.gates).get(&op).cloned();
+        if let Some(gate) = gate {
+            let _ = gate.acquire().await;
+        }
         let mut faults = lock(&self.faults);
         match faults.get_mut(&op) {
             Some(queue) if !queue.is_empty() => Err(queue.remove(0)),
@@ -155,6 +170,19 @@ impl MemoryStore {
     }
 }
 
+/// Opens (when dropped, or with [`Gate::open`]) the calls held by [`MemoryStore::hold`].
+pub struct Gate(Arc<Semaphore>);
+
+impl Gate {
+    pub fn open(self) {}
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// A poisoned lock only means another test thread panicked; the data is still usable.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -163,7 +191,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[async_trait]
 impl ObjectStore for MemoryStore {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
-        self.enter(Op::Head)?;
+        self.enter(Op::Head).await?;
         if key.is_empty() {
             // What S3 answers: a HEAD of the bucket itself is not a HeadObject.
             return Err(StoreError::Other("empty key".into()));
@@ -179,7 +207,7 @@ impl ObjectStore for MemoryStore {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> StoreResult<Bytes> {
-        self.enter(Op::Get)?;
+        self.enter(Op::Get).await?;
         let objects = lock(&self.objects);
         let o = objects.get(key).ok_or(StoreError::NotFound)?;
         if if_match.is_some_and(|etag| etag != o.etag) {
@@ -192,7 +220,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn list(&self, request: ListRequest<'_>) -> StoreResult<ListPage> {
-        self.enter(Op::List)?;
+        self.enter(Op::List).await?;
         let max = request.max_keys.unwrap_or(1000).max(1) as usize;
         let objects = lock(&self.objects);
         let mut page = ListPage::default();
@@ -242,7 +270,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn put(&self, key: &str, body: Bytes, options: &PutOptions) -> StoreResult<String> {
-        self.enter(Op::Put)?;
+        self.enter(Op::Put).await?;
         let etag = self.next_etag();
         self.store(
             key,
@@ -255,7 +283,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn copy(&self, from: &str, to: &str, options: &CopyOptions) -> StoreResult<String> {
-        self.enter(Op::Copy)?;
+        self.enter(Op::Copy).await?;
         let source = self.source(from, options.if_match.as_deref())?;
         let (content_type, metadata) = match &options.replace {
             Some(r) => (r.content_type.clone(), r.metadata.clone()),
@@ -267,13 +295,13 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
-        self.enter(Op::Delete)?;
+        self.enter(Op::Delete).await?;
         lock(&self.objects).remove(key);
         Ok(())
     }
 
     async fn create_multipart(&self, key: &str, options: &PutOptions) -> StoreResult<String> {
-        self.enter(Op::CreateMultipart)?;
+        self.enter(Op::CreateMultipart).await?;
         let id = format!("upload-{}", self.counter.fetch_add(1, Ordering::Relaxed));
         lock(&self.uploads).insert(
             id.clone(),
@@ -293,7 +321,7 @@ impl ObjectStore for MemoryStore {
         number: i32,
         body: Bytes,
     ) -> StoreResult<String> {
-        self.enter(Op::UploadPart)?;
+        self.enter(Op::UploadPart).await?;
         self.add_part(key, upload_id, number, body)
     }
 
@@ -306,7 +334,7 @@ impl ObjectStore for MemoryStore {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> StoreResult<String> {
-        self.enter(Op::UploadPartCopy)?;
+        self.enter(Op::UploadPartCopy).await?;
         let body = self.source(source, if_match)?.body;
         if range.end > body.len() as u64 || range.is_empty() {
             return Err(StoreError::Other("InvalidRange".into()));
@@ -325,7 +353,7 @@ impl ObjectStore for MemoryStore {
         upload_id: &str,
         parts: Vec<CompletedPart>,
     ) -> StoreResult<String> {
-        self.enter(Op::CompleteMultipart)?;
+        self.enter(Op::CompleteMultipart).await?;
         let upload = lock(&self.uploads)
             .remove(upload_id)
             .filter(|u| u.key == key)
@@ -354,7 +382,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn abort_multipart(&self, _key: &str, upload_id: &str) -> StoreResult<()> {
-        self.enter(Op::AbortMultipart)?;
+        self.enter(Op::AbortMultipart).await?;
         lock(&self.uploads).remove(upload_id);
         Ok(())
     }
