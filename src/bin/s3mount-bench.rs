@@ -73,6 +73,9 @@ enum Command {
         /// Write COUNT objects into each of this many directories
         #[arg(long)]
         dirs: Option<u64>,
+        /// Another seed gives other bodies
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
         /// Uploads in flight
         #[arg(long, short, default_value_t = 32)]
         jobs: usize,
@@ -205,8 +208,19 @@ async fn run(cli: Cli) -> Res<String> {
             count,
             size,
             dirs,
+            seed,
             jobs,
-        } => put_many(&s3, &bucket, &prefix, count, size, dirs, jobs).await?,
+        } => {
+            put_many(
+                &s3,
+                &bucket,
+                many_keys(&prefix, count, dirs),
+                size,
+                seed,
+                jobs,
+            )
+            .await?
+        }
         Command::List { bucket, prefix } => {
             let (files, dirs) = list_dir(&s3, &bucket, &prefix).await?;
             format!(
@@ -443,25 +457,30 @@ async fn get(s3: &Client, bucket: &str, key: &str, out: &Path, jobs: usize) -> R
     Ok(format!("bytes={size}"))
 }
 
+/// `PREFIXfNNNNN`, or with `dirs` `PREFIXdNNN/fNNNNN` (`count` in each directory).
+fn many_keys(prefix: &str, count: u64, dirs: Option<u64>) -> Vec<String> {
+    match dirs {
+        None => (0..count).map(|i| format!("{prefix}f{i:05}")).collect(),
+        Some(dirs) => (0..dirs)
+            .flat_map(|d| (0..count).map(move |i| format!("{prefix}d{d:03}/f{i:05}")))
+            .collect(),
+    }
+}
+
 async fn put_many(
     s3: &Client,
     bucket: &str,
-    prefix: &str,
-    count: u64,
+    keys: Vec<String>,
     size: usize,
-    dirs: Option<u64>,
+    seed: u64,
     jobs: usize,
 ) -> Res<String> {
-    let keys: Vec<String> = match dirs {
-        None => (0..count).map(|i| format!("{prefix}f{i:05}")).collect(),
-        Some(d) => (0..d)
-            .flat_map(|d| (0..count).map(move |i| format!("{prefix}d{d:03}/f{i:05}")))
-            .collect(),
-    };
     let n = keys.len();
-    // Distinct bodies, so that no two objects are the same bytes.
+    // Distinct bodies: Garage stores blocks by content and skips writing one it has.
+    let mut seed_state = seed;
+    let base = splitmix64(&mut seed_state);
     let body = |i: usize| -> Bytes {
-        let mut state = i as u64;
+        let mut state = base ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
         let mut data: Vec<u8> = (0..size.div_ceil(8))
             .flat_map(|_| splitmix64(&mut state).to_le_bytes())
             .collect();
