@@ -97,7 +97,7 @@ impl MetaCache {
             }
         };
         match (entry.last_modified, last_modified) {
-            (Some(ours), Some(listed)) if ours != listed => None,
+            (Some(ours), Some(listed)) if !same_second(ours, listed) => None,
             (None, Some(listed)) => {
                 // First seen since we wrote it: from now on the time must match.
                 let entry = Entry {
@@ -155,6 +155,13 @@ impl MetaCache {
             .unwrap_or_else(|e| e.into_inner())
             .put(id, entry);
     }
+}
+
+/// A HEAD gives Last-Modified in whole seconds (an HTTP date), a listing in
+/// milliseconds: the same time compares equal at the second.
+fn same_second(a: SystemTime, b: SystemTime) -> bool {
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    secs(a) == secs(b)
 }
 
 /// One `name\tvalue` line per field; `None` if a value cannot be written so.
@@ -246,6 +253,15 @@ mod tests {
         assert_eq!(cache.get("k", "e2", Some(t)), None);
         // Same ETag, later time: the metadata was changed by a copy onto itself.
         assert_eq!(cache.get("k", "e1", Some(t + Duration::from_secs(1))), None);
+    }
+
+    #[test]
+    fn a_head_time_matches_the_listing_time_of_the_same_second() {
+        let cache = MetaCache::new(None);
+        let head = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        cache.put("k", "e", Some(head), &headers("33188"));
+        let listed = head + Duration::from_millis(250);
+        assert_eq!(cache.get("k", "e", Some(listed)), Some(headers("33188")));
     }
 
     #[test]
