@@ -72,6 +72,13 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub metadata_ttl: Duration,
 
+    /// Read the mode, owner and times of listed objects with a HEAD each, unless
+    /// s3mount already knows them; without it a listing shows their size and
+    /// Last-Modified time, and the mount's defaults (faster, exact for files
+    /// written through s3mount on this machine)
+    #[arg(long)]
+    pub head_listed: bool,
+
     /// Owner of all files [default: the user who mounts]
     #[arg(long)]
     pub uid: Option<u32>,

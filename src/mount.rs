@@ -72,6 +72,7 @@ impl MountConfig {
                 file_mode: cli.file_mode,
                 dir_mode: cli.dir_mode,
                 metadata_ttl: cli.metadata_ttl,
+                head_listed: cli.head_listed,
                 read_only: cli.read_only,
                 staging_dir: cache_dir.join("staging"),
                 cache: CacheConfig {

@@ -98,10 +98,19 @@ fn make_tree(root: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// A cache directory for a test's mounts: a remount on the same machine finds
+/// there what s3mount knows of the objects it wrote.
+fn cache_dir() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let arg = dir.path().display().to_string();
+    (dir, arg)
+}
+
 #[test]
 fn rsync_backup_round_trips_and_then_syncs_changes() {
     let bucket = TestBucket::new("rsync");
-    let mount = Mount::new(&bucket, &[]);
+    let (_cache, cache) = cache_dir();
+    let mount = Mount::new(&bucket, &["--cache-dir", &cache]);
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     let files = make_tree(&src);
@@ -165,15 +174,26 @@ fn rsync_backup_round_trips_and_then_syncs_changes() {
     );
     mount.unmount();
 
-    // What rsync compares is stored in the bucket, not only known to this mount.
-    let mount = Mount::new(&bucket, &[]);
-    let b = mount.join("backup");
-    let again = sh(&format!(
-        "rsync -a --delete --itemize-changes {s}/ {}/",
-        b.display()
-    ));
-    assert_eq!(again, "", "the backup changed across a remount");
-    mount.unmount();
+    // What rsync compares survives a remount on this machine, and is in the
+    // bucket for one that knows nothing of the objects (a new cache, and
+    // --head-listed to read their metadata).
+    let (_fresh, fresh) = cache_dir();
+    for args in [
+        vec!["--cache-dir", cache.as_str()],
+        vec!["--cache-dir", fresh.as_str(), "--head-listed"],
+    ] {
+        let mount = Mount::new(&bucket, &args);
+        let b = mount.join("backup");
+        let again = sh(&format!(
+            "rsync -a --delete --itemize-changes {s}/ {}/",
+            b.display()
+        ));
+        assert_eq!(
+            again, "",
+            "the backup changed across a remount with {args:?}"
+        );
+        mount.unmount();
+    }
 }
 
 /// The biggest cached tokio crate (a gzip tarball), present wherever this project
@@ -210,7 +230,8 @@ fn file_listing(root: &Path) -> String {
 #[test]
 fn tar_extraction_matches_a_local_one_and_survives_a_remount() {
     let bucket = TestBucket::new("tar");
-    let mount = Mount::new(&bucket, &[]);
+    let (_cache, cache) = cache_dir();
+    let mount = Mount::new(&bucket, &["--cache-dir", &cache]);
     let work = tempfile::tempdir().unwrap();
     let tarball = crate_tarball();
     let (t, w) = (tarball.display(), work.path().display());
@@ -232,15 +253,23 @@ fn tar_extraction_matches_a_local_one_and_survives_a_remount() {
     assert_eq!(file_listing(&on_mount), listing);
     mount.unmount();
 
-    let mount = Mount::new(&bucket, &[]);
-    let on_mount = mount.join("src");
-    sh(&format!(
-        "diff -r {} {}",
-        local.display(),
-        on_mount.display()
-    ));
-    assert_eq!(file_listing(&on_mount), listing);
-    mount.unmount();
+    // Remounted on this machine, and on one that knows nothing of the objects
+    // (a new cache; --head-listed reads their metadata from the bucket).
+    let (_fresh, fresh) = cache_dir();
+    for args in [
+        vec!["--cache-dir", cache.as_str()],
+        vec!["--cache-dir", fresh.as_str(), "--head-listed"],
+    ] {
+        let mount = Mount::new(&bucket, &args);
+        let on_mount = mount.join("src");
+        sh(&format!(
+            "diff -r {} {}",
+            local.display(),
+            on_mount.display()
+        ));
+        assert_eq!(file_listing(&on_mount), listing, "mounted with {args:?}");
+        mount.unmount();
+    }
 }
 
 #[test]

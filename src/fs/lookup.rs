@@ -124,6 +124,9 @@ impl Fs {
             Known::Missing => return Ok(None),
             Known::Listed(entry) if entry.kind == Kind::Dir || entry.meta.is_some() => {
                 let remembered = self.remembered(path, &entry).await;
+                if remembered.is_none() && !self.config.head_listed {
+                    return Ok(Some(Found::Listed(entry, None)));
+                }
                 return Ok(self
                     .complete_listed(path, entry, remembered)
                     .await?

@@ -54,6 +54,9 @@ pub struct FsConfig {
     pub file_mode: u16,
     pub dir_mode: u16,
     pub metadata_ttl: Duration,
+    /// HEAD listed objects whose headers are not remembered, rather than show
+    /// what the listing says of them.
+    pub head_listed: bool,
     pub read_only: bool,
     /// Where staging files go.
     pub staging_dir: PathBuf,

@@ -46,6 +46,7 @@ fn setup_with(prefix: &str, read_only: bool) -> Setup {
             file_mode: 0o644,
             dir_mode: 0o755,
             metadata_ttl: Duration::from_secs(60),
+            head_listed: false,
             read_only,
             staging_dir: dir.path().join("staging"),
             cache: test_cache(),
@@ -82,6 +83,7 @@ fn remount_with_disk_cache(s: &Setup) -> Fs {
             file_mode: 0o644,
             dir_mode: 0o755,
             metadata_ttl: Duration::from_secs(60),
+            head_listed: false,
             read_only: false,
             staging_dir: s.dir.path().join("staging"),
             cache,
@@ -477,6 +479,7 @@ async fn changed_object_is_seen_after_the_ttl() {
             file_mode: 0o644,
             dir_mode: 0o755,
             metadata_ttl: Duration::ZERO,
+            head_listed: false,
             read_only: false,
             staging_dir: dir.path().to_path_buf(),
             cache: test_cache(),
@@ -527,6 +530,7 @@ fn remount(s: &Setup) -> Fs {
             file_mode: 0o644,
             dir_mode: 0o755,
             metadata_ttl: Duration::from_secs(60),
+            head_listed: false,
             read_only: false,
             staging_dir: s.dir.path().join("staging2"),
             cache: test_cache(),
@@ -872,43 +876,63 @@ async fn list_dir(fs: &Fs, ino: u64, plus: bool) -> Vec<Listed> {
     all
 }
 
-#[tokio::test]
-async fn ls_l_heads_each_object_once_and_then_costs_only_listings() {
-    let s = setup_with_disk_cache();
+/// A directory of 2,500 objects another tool wrote, one with s3fs metadata.
+fn fill_big_directory(s: &Setup) {
     for i in 0..2500 {
         s.store.insert(&format!("big/f{i:04}"), "x");
     }
     let mut meta = crate::store::UserMetadata::new();
     meta.insert("mode".into(), (libc::S_IFREG | 0o600).to_string());
     s.store.insert_with("big/secret", "s", meta);
-    let big = s.fs.lookup(ROOT_INO, name("big")).await.unwrap();
+}
 
-    // Cold: the listing, and a HEAD for every object whose headers are unknown.
+fn perm_of(listed: &[Listed], name: &str) -> u16 {
+    listed
+        .iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.attr.as_ref())
+        .map_or(0, |a| a.perm)
+}
+
+#[tokio::test]
+async fn ls_l_of_a_large_directory_costs_a_list_per_1000_entries() {
+    let s = setup();
+    fill_big_directory(&s);
+    let big = s.fs.lookup(ROOT_INO, name("big")).await.unwrap();
     let (heads, lists) = (s.store.calls(Op::Head), s.store.calls(Op::List));
     let listed = list_dir(&s.fs, big.ino, true).await;
     assert_eq!(listed.len(), 2503);
     assert!(listed[2..].iter().all(|e| e.attr.is_some()));
-    let secret = listed.iter().find(|e| e.name == "secret").unwrap();
-    assert_eq!(secret.attr.as_ref().unwrap().perm, 0o600);
-    assert_eq!(
-        s.store.calls(Op::List),
-        lists + 3,
-        "a LIST per 1,000 entries"
-    );
-    assert_eq!(s.store.calls(Op::Head), heads + 2501);
-    s.fs.shutdown().await;
-
-    // Warm (a remount with the same cache): listings only, and lookups are free.
-    let again = remount_with_disk_cache(&s);
-    let big = again.lookup(ROOT_INO, name("big")).await.unwrap();
-    let (heads, lists) = (s.store.calls(Op::Head), s.store.calls(Op::List));
-    let listed = list_dir(&again, big.ino, true).await;
-    assert_eq!(listed.len(), 2503);
-    let secret = listed.iter().find(|e| e.name == "secret").unwrap();
-    assert_eq!(secret.attr.as_ref().unwrap().perm, 0o600);
-    assert_eq!(again.lookup(big.ino, name("f1234")).await.unwrap().size, 1);
+    // A lookup of a listed name needs no request either.
+    assert_eq!(s.fs.lookup(big.ino, name("f1234")).await.unwrap().size, 1);
     assert_eq!(s.store.calls(Op::Head), heads, "no HEAD");
     assert_eq!(s.store.calls(Op::List), lists + 3);
+    // What the listing cannot say: metadata another tool wrote shows once read.
+    assert_eq!(perm_of(&listed, "secret"), 0o644);
+}
+
+#[tokio::test]
+async fn with_head_listed_metadata_is_read_once_and_then_remembered() {
+    let mut s = setup_with_disk_cache();
+    let mut config = s.fs.config().clone();
+    config.head_listed = true;
+    s.fs = Fs::new(s.store.clone(), config.clone()).unwrap();
+    fill_big_directory(&s);
+    let big = s.fs.lookup(ROOT_INO, name("big")).await.unwrap();
+    let (heads, lists) = (s.store.calls(Op::Head), s.store.calls(Op::List));
+    let listed = list_dir(&s.fs, big.ino, true).await;
+    assert_eq!(perm_of(&listed, "secret"), 0o600);
+    assert_eq!(s.store.calls(Op::List), lists + 3);
+    assert_eq!(s.store.calls(Op::Head), heads + 2501, "each object once");
+    s.fs.shutdown().await;
+
+    // A remount with the same cache: listings only.
+    let again = Fs::new(s.store.clone(), config).unwrap();
+    let big = again.lookup(ROOT_INO, name("big")).await.unwrap();
+    let heads = s.store.calls(Op::Head);
+    let listed = list_dir(&again, big.ino, true).await;
+    assert_eq!(perm_of(&listed, "secret"), 0o600);
+    assert_eq!(s.store.calls(Op::Head), heads, "no HEAD");
 }
 
 #[tokio::test]

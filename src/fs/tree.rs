@@ -325,13 +325,22 @@ impl Fs {
                 .map(|(e, path)| self.version_of(path, e).unwrap_or_default())
                 .collect();
             let remembered = super::lookup::remembered_many(self.meta.clone(), wanted).await;
-            // What is not remembered is asked for, a batch at a time.
+            // What is not remembered shows what the listing says, or (with
+            // --head-listed) is asked for, a batch at a time.
             let mut completed = Vec::with_capacity(entries.len());
             let mut pending = entries.into_iter().zip(remembered).zip(&paths);
             loop {
                 let mut batch = Vec::new();
                 for ((e, remembered), path) in pending.by_ref().take(PARALLEL_HEADS) {
-                    batch.push(self.complete_listed(path, e, remembered));
+                    batch.push(async move {
+                        match remembered {
+                            None if !self.config.head_listed => Ok::<_, Errno>(Some((e, None))),
+                            remembered => Ok(self
+                                .complete_listed(path, e, remembered)
+                                .await?
+                                .map(|(e, h)| (e, Some(h)))),
+                        }
+                    });
                 }
                 if batch.is_empty() {
                     break;
@@ -341,7 +350,7 @@ impl Fs {
             for (i, (done, path)) in completed.into_iter().zip(&paths).enumerate() {
                 // Gone since it was listed: leave it out.
                 let Some((e, headers)) = done? else { continue };
-                let attr = self.enter_listed(path, &e, Some(headers));
+                let attr = self.enter_listed(path, &e, headers);
                 out.push(Listed {
                     ino: attr.ino,
                     next_offset: (from + i + 3) as u64,
