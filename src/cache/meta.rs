@@ -27,6 +27,9 @@ const MEMORY_ENTRIES: usize = 65_536;
 struct Entry {
     headers: ObjectHeaders,
     last_modified: Option<SystemTime>,
+    /// For a version this mount wrote whose time is not known yet: when the
+    /// requests that made it began. It cannot be dated before then.
+    written_since: Option<SystemTime>,
 }
 
 /// Key and ETag.
@@ -98,11 +101,17 @@ impl MetaCache {
         };
         match (entry.last_modified, last_modified) {
             (Some(ours), Some(listed)) if !same_second(ours, listed) => None,
+            // An older version with the same ETag (before a chmod's copy onto
+            // itself, say), seen by a listing begun before the write.
+            (None, Some(listed)) if entry.written_since.is_some_and(|w| secs(listed) < secs(w)) => {
+                None
+            }
             (None, Some(listed)) => {
                 // First seen since we wrote it: from now on the time must match.
                 let entry = Entry {
                     last_modified: Some(listed),
-                    ..entry
+                    written_since: None,
+                    headers: entry.headers,
                 };
                 self.store(key, etag, &entry);
                 Some(entry.headers)
@@ -122,6 +131,19 @@ impl MetaCache {
         let entry = Entry {
             headers: headers.clone(),
             last_modified,
+            written_since: None,
+        };
+        self.store(key, etag, &entry);
+    }
+
+    /// Remember the headers of `key` at version `etag`, which this mount wrote in
+    /// requests sent after `since`: the first listing dated since then gives
+    /// its time.
+    pub fn put_written(&self, key: &str, etag: &str, since: SystemTime, headers: &ObjectHeaders) {
+        let entry = Entry {
+            headers: headers.clone(),
+            last_modified: None,
+            written_since: Some(since),
         };
         self.store(key, etag, &entry);
     }
@@ -160,8 +182,11 @@ impl MetaCache {
 /// A HEAD gives Last-Modified in whole seconds (an HTTP date), a listing in
 /// milliseconds: the same time compares equal at the second.
 fn same_second(a: SystemTime, b: SystemTime) -> bool {
-    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     secs(a) == secs(b)
+}
+
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// One `name\tvalue` line per field; `None` if a value cannot be written so.
@@ -180,6 +205,13 @@ fn encode(entry: &Entry) -> Option<Vec<u8>> {
     if let Some(t) = entry.last_modified {
         let d = t.duration_since(UNIX_EPOCH).ok()?;
         line(":time", &format!("{}.{:09}", d.as_secs(), d.subsec_nanos()))?;
+    }
+    if let Some(t) = entry.written_since {
+        let d = t.duration_since(UNIX_EPOCH).ok()?;
+        line(
+            ":since",
+            &format!("{}.{:09}", d.as_secs(), d.subsec_nanos()),
+        )?;
     }
     if let Some(ct) = &entry.headers.content_type {
         line(":type", ct)?;
@@ -201,15 +233,13 @@ fn decode(data: &[u8]) -> Option<Entry> {
             metadata: UserMetadata::new(),
         },
         last_modified: None,
+        written_since: None,
     };
     for line in text.lines() {
         let (name, value) = line.split_once('\t')?;
         match name {
-            ":time" => {
-                let (secs, nanos) = value.split_once('.')?;
-                let d = Duration::new(secs.parse().ok()?, nanos.parse().ok()?);
-                entry.last_modified = Some(UNIX_EPOCH + d);
-            }
+            ":time" => entry.last_modified = Some(decode_time(value)?),
+            ":since" => entry.written_since = Some(decode_time(value)?),
             ":type" => entry.headers.content_type = Some(value.to_string()),
             _ => {
                 entry
@@ -220,6 +250,11 @@ fn decode(data: &[u8]) -> Option<Entry> {
         }
     }
     Some(entry)
+}
+
+fn decode_time(value: &str) -> Option<SystemTime> {
+    let (secs, nanos) = value.split_once('.')?;
+    Some(UNIX_EPOCH + Duration::new(secs.parse().ok()?, nanos.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -268,8 +303,23 @@ mod tests {
     fn our_own_upload_takes_the_time_of_the_first_listing() {
         let cache = MetaCache::new(None);
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        cache.put("k", "e", None, &headers("33152"));
+        cache.put_written("k", "e", t, &headers("33152"));
         assert_eq!(cache.get("k", "e", Some(t)), Some(headers("33152")));
         assert_eq!(cache.get("k", "e", Some(t + Duration::from_secs(5))), None);
+    }
+
+    #[test]
+    fn an_older_version_with_the_same_etag_does_not_take_new_headers() {
+        let cache = MetaCache::new(None);
+        let written = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        // A chmod copies the object onto itself: same ETag, new mode.
+        cache.put_written("k", "e", written, &headers("33152"));
+        // A listing begun before shows the version before the copy.
+        let before = written - Duration::from_secs(3);
+        assert_eq!(cache.get("k", "e", Some(before)), None);
+        // And does not bind the entry to its time: the copy's listing matches.
+        let copied = written + Duration::from_millis(1200);
+        assert_eq!(cache.get("k", "e", Some(copied)), Some(headers("33152")));
+        assert_eq!(cache.get("k", "e", Some(before)), None);
     }
 }

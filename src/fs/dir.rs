@@ -75,6 +75,23 @@ impl DirHandle {
         }
     }
 
+    /// A handle serving a complete listing begun at `begun`.
+    pub fn listed(
+        prefix: String,
+        begun: Instant,
+        listed: Vec<DirEntry>,
+        local: Vec<DirEntry>,
+    ) -> Self {
+        let mut handle = Self::new(prefix, local);
+        handle.begun = begun;
+        handle.started = true;
+        for e in listed {
+            handle.push(e);
+        }
+        handle.finish();
+        handle
+    }
+
     pub fn begun(&self) -> Instant {
         self.begun
     }
@@ -98,6 +115,15 @@ impl DirHandle {
         let from = from.min(self.entries.len());
         let to = (from + want).min(self.entries.len());
         Ok(&self.entries[from..to])
+    }
+
+    /// The entries of the first page of the listing (all of them if it
+    /// [`is_done`](Self::is_done) then).
+    pub async fn first_page(&mut self, store: &Arc<dyn ObjectStore>) -> StoreResult<&[DirEntry]> {
+        if !self.started {
+            self.fetch_page(store).await?;
+        }
+        Ok(&self.entries)
     }
 
     async fn fetch_page(&mut self, store: &Arc<dyn ObjectStore>) -> StoreResult<()> {

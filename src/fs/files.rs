@@ -369,6 +369,9 @@ impl Fs {
         let options = self.put_options(&key, &inode);
         let stream = of.stream.take();
         let streamed = stream.as_ref().map(|s| s.options().clone());
+        let since = stream
+            .as_ref()
+            .map_or_else(SystemTime::now, |s| s.created());
         let staged = self.ensure_staged(ino, of)?;
         let uploaded = self.uploader.upload(&key, staged, &options, stream).await;
         if let Err(e) = &uploaded {
@@ -401,7 +404,7 @@ impl Fs {
                 etag = self.uploader.copy(&key, &key, inode.size, &copy).await?;
             }
         }
-        let headers = self.wrote(&key, &etag, &written);
+        let headers = self.wrote(&key, &etag, &written, since);
         let mut state = self.state();
         if let Some(inode) = state.inodes.get_mut(ino) {
             inode.dirty = false;

@@ -12,8 +12,9 @@ use super::dir::DirEntry;
 
 /// Entries of listings remembered, across directories.
 const MAX_ENTRIES: usize = 200_000;
-/// Names remembered as missing.
-const MAX_MISSING: usize = 10_000;
+/// Names remembered as missing, as changed here, and directories too large to
+/// list for a lookup.
+const MAX_NAMES: usize = 10_000;
 
 /// What the records say about a name.
 pub enum Known {
@@ -29,7 +30,8 @@ struct Listing {
     /// When the listing began: it is complete as of then.
     started: Instant,
     complete: bool,
-    entries: HashMap<String, (Instant, DirEntry)>,
+    /// By name: when recorded, in which place of the listing, and what.
+    entries: HashMap<String, (Instant, usize, DirEntry)>,
 }
 
 pub struct Listings {
@@ -37,6 +39,17 @@ pub struct Listings {
     dirs: LruCache<String, Listing>,
     entries: usize,
     missing: LruCache<String, Instant>,
+    /// Paths created, removed or renamed here, with their directory and when:
+    /// what was recorded of them before then no longer holds.
+    changed: LruCache<String, (String, Instant)>,
+    /// The same, by directory: when something in it last changed here.
+    dir_changed: LruCache<String, Instant>,
+    /// When a directory last moved here.
+    last_move: Option<Instant>,
+    /// Directories in which a lookup found nothing.
+    missed_in: LruCache<String, ()>,
+    /// Directories whose listing takes more than one page.
+    large: LruCache<String, ()>,
 }
 
 impl Listings {
@@ -45,18 +58,25 @@ impl Listings {
             ttl,
             dirs: LruCache::unbounded(),
             entries: 0,
-            missing: LruCache::new(NonZeroUsize::new(MAX_MISSING).unwrap_or(NonZeroUsize::MIN)),
+            missing: LruCache::new(names()),
+            changed: LruCache::new(names()),
+            dir_changed: LruCache::new(names()),
+            missed_in: LruCache::new(names()),
+            last_move: None,
+            large: LruCache::new(names()),
         }
     }
 
     /// Entries of directory `dir` from a page of the listing begun at `started`.
     pub fn record(&mut self, dir: &str, started: Instant, page: &[DirEntry]) {
-        if self.ttl.is_zero() {
+        if self.ttl.is_zero() || self.last_move.is_some_and(|m| started < m) {
             return;
         }
         let now = Instant::now();
         let listing = match self.dirs.get_mut(dir) {
             Some(l) if l.started == started => l,
+            // A listing begun later is already there.
+            Some(l) if l.started > started => return,
             _ => {
                 self.forget(dir);
                 self.dirs.push(
@@ -74,12 +94,16 @@ impl Listings {
             }
         };
         for e in page {
-            if listing
-                .entries
-                .insert(e.name.clone(), (now, e.clone()))
-                .is_none()
-            {
-                self.entries += 1;
+            let place = listing.entries.len();
+            match listing.entries.get_mut(&e.name) {
+                // Recorded again (a listing served again): keeps its place.
+                Some(recorded) => recorded.2 = e.clone(),
+                None => {
+                    listing
+                        .entries
+                        .insert(e.name.clone(), (now, place, e.clone()));
+                    self.entries += 1;
+                }
             }
         }
         while self.entries > MAX_ENTRIES {
@@ -102,8 +126,11 @@ impl Listings {
     /// What is recent about `name` in `dir` (at `path`).
     pub fn find(&mut self, dir: &str, name: &str, path: &str) -> Known {
         let ttl = self.ttl;
+        let changed = self.changed.get(path).map(|(_, at)| *at);
+        // Only what was seen after the last change here holds.
+        let holds = |seen: Instant| seen.elapsed() < ttl && changed.is_none_or(|c| c < seen);
         if let Some(at) = self.missing.get(path) {
-            if at.elapsed() < ttl {
+            if holds(*at) {
                 return Known::Missing;
             }
             self.missing.pop(path);
@@ -111,25 +138,87 @@ impl Listings {
         let Some(listing) = self.dirs.get(dir) else {
             return Known::Unknown;
         };
+        if !holds(listing.started) {
+            return Known::Unknown;
+        }
         match listing.entries.get(name) {
-            Some((at, e)) if at.elapsed() < ttl => Known::Listed(e.clone()),
-            None if listing.complete && listing.started.elapsed() < ttl => Known::Missing,
+            Some((at, _, e)) if at.elapsed() < ttl => Known::Listed(e.clone()),
+            None if listing.complete => Known::Missing,
             _ => Known::Unknown,
         }
     }
 
-    /// A lookup of `path` found nothing.
-    pub fn missing(&mut self, path: &str) {
+    /// All entries of `dir`, and when their listing began, if it is complete and
+    /// nothing in `dir` changed here since it began.
+    pub fn snapshot(&mut self, dir: &str) -> Option<(Instant, Vec<DirEntry>)> {
+        let changed = self.dir_changed.get(dir).copied();
+        let listing = self.dirs.get(dir)?;
+        let holds = listing.complete
+            && listing.started.elapsed() < self.ttl
+            && changed.is_none_or(|c| c < listing.started);
+        holds.then(|| {
+            let mut entries: Vec<&(Instant, usize, DirEntry)> = listing.entries.values().collect();
+            entries.sort_by_key(|(_, place, _)| *place);
+            let entries = entries.into_iter().map(|(_, _, e)| e.clone()).collect();
+            (listing.started, entries)
+        })
+    }
+
+    /// Directory `dir`, found missing since `begun`, was created here: empty.
+    pub fn created_empty(&mut self, dir: &str, begun: Instant) {
+        self.record(dir, begun, &[]);
+        self.complete(dir, begun);
+    }
+
+    /// Is `dir` worth listing ahead: not large, and not listed in full within
+    /// the TTL?
+    pub fn worth_listing_ahead(&mut self, dir: &str) -> bool {
+        let fresh = self
+            .dirs
+            .peek(dir)
+            .is_some_and(|l| l.complete && l.started.elapsed() < self.ttl);
+        !self.ttl.is_zero() && !fresh && !self.large.contains(dir)
+    }
+
+    /// Is `dir` worth listing to answer a lookup in it: also, a name was found
+    /// missing in it before? (Files are being created there, one after the other.
+    /// A single lookup is cheaper alone: a listing with a delimiter may have to
+    /// pass every key below the directory.)
+    pub fn worth_listing_for_lookups(&mut self, dir: &str) -> bool {
+        self.missed_in.contains(dir) && self.worth_listing_ahead(dir)
+    }
+
+    /// `dir` has more entries than a page of a listing.
+    pub fn large(&mut self, dir: &str) {
+        self.large.put(dir.to_string(), ());
+    }
+
+    /// A lookup of `path` in `dir` found nothing.
+    pub fn missing(&mut self, dir: &str, path: &str) {
         if !self.ttl.is_zero() {
             self.missing.put(path.to_string(), Instant::now());
+            self.missed_in.put(dir.to_string(), ());
         }
     }
 
     /// `path` in `dir` was created, removed or renamed here: what was recorded of
-    /// the directory and of the name no longer holds.
+    /// the name no longer holds; of the other names in `dir`, it still does.
     pub fn changed(&mut self, dir: &str, path: &str) {
-        self.forget(dir);
         self.missing.pop(path);
+        let now = Instant::now();
+        if let Some((old, (old_dir, at))) = self.changed.push(path.to_string(), (dir.into(), now))
+            && old != path
+            && at.elapsed() < self.ttl
+        {
+            // A change still within the TTL is forgotten: so must be its directory.
+            self.forget(&old_dir);
+        }
+        if let Some((old_dir, at)) = self.dir_changed.push(dir.to_string(), now)
+            && old_dir != dir
+            && at.elapsed() < self.ttl
+        {
+            self.forget(&old_dir);
+        }
     }
 
     /// Directory `dir` moved: nothing recorded at or below it holds.
@@ -146,6 +235,8 @@ impl Listings {
             self.forget(&d);
         }
         self.missing.clear();
+        // A listing begun before, still in flight, may show either side.
+        self.last_move = Some(Instant::now());
     }
 
     fn forget(&mut self, dir: &str) {
@@ -153,6 +244,10 @@ impl Listings {
             self.entries -= l.entries.len();
         }
     }
+}
+
+fn names() -> NonZeroUsize {
+    NonZeroUsize::new(MAX_NAMES).unwrap_or(NonZeroUsize::MIN)
 }
 
 #[cfg(test)]
@@ -178,7 +273,74 @@ mod tests {
         assert!(matches!(l.find("d", "a", "d/a"), Known::Listed(_)));
         assert!(matches!(l.find("d", "b", "d/b"), Known::Missing));
         l.changed("d", "d/b");
+        assert!(matches!(l.find("d", "a", "d/a"), Known::Listed(_)));
+        assert!(matches!(l.find("d", "b", "d/b"), Known::Unknown));
+    }
+
+    #[test]
+    fn only_a_listing_begun_after_a_change_answers_for_the_name() {
+        let mut l = Listings::new(Duration::from_secs(60));
+        let before = Instant::now();
+        l.missing("d", "d/b");
+        l.changed("d", "d/b");
+        assert!(matches!(l.find("d", "b", "d/b"), Known::Unknown));
+        l.record("d", before, &[]);
+        l.complete("d", before);
+        assert!(matches!(l.find("d", "b", "d/b"), Known::Unknown));
+        assert!(matches!(l.find("d", "c", "d/c"), Known::Missing));
+        let after = Instant::now();
+        l.record("d", after, &[entry("b")]);
+        l.complete("d", after);
+        assert!(matches!(l.find("d", "b", "d/b"), Known::Listed(_)));
+    }
+
+    #[test]
+    fn a_snapshot_is_a_complete_listing_with_no_change_since() {
+        let mut l = Listings::new(Duration::from_secs(60));
+        let started = Instant::now();
+        l.record("d", started, &[entry("b"), entry("a")]);
+        assert!(l.snapshot("d").is_none(), "incomplete");
+        l.complete("d", started);
+        let (at, entries) = l.snapshot("d").unwrap();
+        assert_eq!(at, started);
+        let names: Vec<_> = entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["b", "a"], "in the order listed");
+        // An older listing does not replace it.
+        l.record("d", started - Duration::from_secs(1), &[]);
+        assert_eq!(l.snapshot("d").unwrap().1.len(), 2);
+        l.changed("d", "d/c");
+        assert!(l.snapshot("d").is_none(), "changed since");
+    }
+
+    #[test]
+    fn a_listing_begun_before_a_directory_moved_is_not_recorded() {
+        let mut l = Listings::new(Duration::from_secs(60));
+        let before = Instant::now();
+        l.moved("x");
+        l.record("d", before, &[entry("a")]);
+        l.complete("d", before);
         assert!(matches!(l.find("d", "a", "d/a"), Known::Unknown));
+        assert!(l.snapshot("d").is_none());
+    }
+
+    #[test]
+    fn a_directory_is_worth_listing_unless_fresh_or_large() {
+        let mut l = Listings::new(Duration::from_secs(60));
+        assert!(l.worth_listing_ahead("d"));
+        assert!(!l.worth_listing_for_lookups("d"), "no name missed yet");
+        l.missing("d", "d/x");
+        assert!(l.worth_listing_for_lookups("d"));
+        let started = Instant::now();
+        l.record("d", started, &[entry("a")]);
+        assert!(
+            l.worth_listing_ahead("d"),
+            "an incomplete listing answers too little"
+        );
+        l.complete("d", started);
+        assert!(!l.worth_listing_ahead("d"));
+        assert!(!l.worth_listing_for_lookups("d"));
+        l.large("e");
+        assert!(!l.worth_listing_ahead("e"));
     }
 
     #[test]
@@ -187,7 +349,7 @@ mod tests {
         let started = Instant::now();
         l.record("d", started, &[entry("a")]);
         l.complete("d", started);
-        l.missing("d/x");
+        l.missing("d", "d/x");
         assert!(matches!(l.find("d", "a", "d/a"), Known::Unknown));
         assert!(matches!(l.find("d", "x", "d/x"), Known::Unknown));
     }

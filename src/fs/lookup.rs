@@ -7,7 +7,7 @@
 
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use super::dir::{DirEntry, S3FS_DIR_SUFFIX};
 use super::inode::{Attr, Kind, parent_of};
@@ -100,26 +100,42 @@ impl Fs {
     }
 
     /// Remember the headers of version `etag` of `key`, which this mount wrote
-    /// with `options`; they are the inode's headers now.
-    pub(super) fn wrote(&self, key: &str, etag: &str, options: &PutOptions) -> ObjectHeaders {
+    /// with `options` in requests sent after `since`; they are the inode's
+    /// headers now.
+    pub(super) fn wrote(
+        &self,
+        key: &str,
+        etag: &str,
+        options: &PutOptions,
+        since: SystemTime,
+    ) -> ObjectHeaders {
         let headers = ObjectHeaders {
             content_type: options.content_type.clone(),
             metadata: options.metadata.clone(),
         };
-        self.meta.put(key, etag, None, &headers);
+        self.meta.put_written(key, etag, since, &headers);
         headers
     }
 
-    /// The same for a directory's marker.
+    /// The same for a directory's marker (a listing shows no version of it).
     pub(super) fn wrote_marker(&self, marker: &str, options: &PutOptions) -> ObjectHeaders {
-        self.wrote(marker, MARKER_VERSION, options)
+        let headers = ObjectHeaders {
+            content_type: options.content_type.clone(),
+            metadata: options.metadata.clone(),
+        };
+        self.meta.put(marker, MARKER_VERSION, None, &headers);
+        headers
     }
 
     /// What is at `path`, from recent listings and lookups or from S3; `None` if
     /// nothing is.
     async fn find(&self, path: &str) -> FsResult<Option<Found>> {
         let (dir, name) = (parent_of(path), super::inode::name_of(path));
-        let known = self.state().listings.find(dir, name, path);
+        let mut known = self.listings().find(dir, name, path);
+        if matches!(known, Known::Unknown) && self.listings().worth_listing_for_lookups(dir) {
+            self.list_for_lookups(dir).await?;
+            known = self.listings().find(dir, name, path);
+        }
         match known {
             Known::Missing => return Ok(None),
             Known::Listed(entry) if entry.kind == Kind::Dir || entry.meta.is_some() => {
@@ -137,7 +153,7 @@ impl Fs {
         match self.resolve(path).await? {
             Some(resolved) => Ok(Some(Found::Resolved(resolved))),
             None => {
-                self.state().listings.missing(path);
+                self.listings().missing(dir, path);
                 Ok(None)
             }
         }

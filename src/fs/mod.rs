@@ -11,6 +11,7 @@ pub mod inode;
 pub mod meta;
 
 mod files;
+mod list_ahead;
 mod listing;
 mod lookup;
 mod rename;
@@ -136,7 +137,6 @@ struct Handles {
 struct State {
     inodes: InodeTable,
     handles: Handles,
-    listings: listing::Listings,
 }
 
 pub struct Fs {
@@ -148,6 +148,10 @@ pub struct Fs {
     staging: StagingDir,
     uploader: Uploader,
     state: Mutex<State>,
+    /// Shared with listings made in the background.
+    listings: Arc<Mutex<listing::Listings>>,
+    /// Bounds the listings made in the background.
+    ahead: list_ahead::Ahead,
     next_fh: AtomicU64,
     mount_time: SystemTime,
 }
@@ -166,7 +170,7 @@ impl Fs {
         );
         let meta = Arc::new(MetaCache::new(cache.disk()));
         let mount_time = SystemTime::now();
-        let listings = listing::Listings::new(config.metadata_ttl);
+        let listings = Arc::new(Mutex::new(listing::Listings::new(config.metadata_ttl)));
         Ok(Self {
             store,
             cache,
@@ -177,8 +181,9 @@ impl Fs {
             state: Mutex::new(State {
                 inodes: InodeTable::new(mount_time),
                 handles: Handles::default(),
-                listings,
             }),
+            listings,
+            ahead: list_ahead::Ahead::default(),
             next_fh: AtomicU64::new(1),
             mount_time,
         })
@@ -191,6 +196,10 @@ impl Fs {
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic elsewhere must not take every later request down with it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn listings(&self) -> MutexGuard<'_, listing::Listings> {
+        self.listings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn key(&self, path: &str) -> String {
@@ -321,8 +330,8 @@ impl Fs {
     fn entry_changed(&self, path: &str) {
         let dir = inode::parent_of(path);
         let now = SystemTime::now();
+        self.listings().changed(dir, path);
         let mut state = self.state();
-        state.listings.changed(dir, path);
         if let Some(inode) = state.inodes.by_path_mut(dir) {
             inode.meta.mtime = Some(now);
             inode.meta.ctime = Some(now);

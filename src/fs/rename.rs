@@ -103,12 +103,13 @@ impl Fs {
                 replace: Some(options.clone()),
                 if_match: inode.etag.clone(),
             };
+            let since = SystemTime::now();
             let etag = self.uploader.copy(&from_key, &to_key, size, &copy).await?;
             if let Some(staged) = guard.as_mut().and_then(|of| of.staged.as_mut()) {
                 staged.rebase(&to_key, etag.clone());
             }
             self.store.delete(&from_key).await?;
-            let headers = self.wrote(&to_key, &etag, &options);
+            let headers = self.wrote(&to_key, &etag, &options, since);
             copied = Some((etag, headers));
         }
         let mut state = self.state();
@@ -173,12 +174,14 @@ impl Fs {
                     (o.key.clone(), format!("{to_prefix}{rest}"), o.size)
                 })
                 .collect();
+            let since = SystemTime::now();
             let copied: HashMap<String, String> = futures::stream::iter(jobs)
                 .map(|(from_key, to_key, size)| self.move_key(from_key, to_key, size))
                 .buffer_unordered(PARALLEL_COPIES)
                 .try_collect()
                 .await?;
-            self.carry_headers(&page.objects, &copied, &from_prefix, &to_prefix)
+            let prefixes = (from_prefix.as_str(), to_prefix.as_str());
+            self.carry_headers(&page.objects, &copied, prefixes, since)
                 .await;
             for guard in &mut guards {
                 if let Some(staged) = guard.staged.as_mut()
@@ -225,8 +228,9 @@ impl Fs {
         drop(guards);
         let mut state = self.state();
         state.inodes.rename_tree(from, to);
-        state.listings.moved(from);
-        state.listings.moved(to);
+        let mut listings = self.listings();
+        listings.moved(from);
+        listings.moved(to);
         if let Some(dir) = state.inodes.by_path_mut(to) {
             dir.meta.ctime = Some(SystemTime::now());
         }
@@ -239,13 +243,13 @@ impl Fs {
     }
 
     /// The remembered headers of moved objects go with them (a copy keeps the
-    /// metadata but not always the ETag).
+    /// metadata but not always the ETag); the copies were made after `since`.
     async fn carry_headers(
         &self,
         moved: &[crate::store::ObjectMeta],
         copied: &HashMap<String, String>,
-        from_prefix: &str,
-        to_prefix: &str,
+        (from_prefix, to_prefix): (&str, &str),
+        since: SystemTime,
     ) {
         let carried: Vec<(String, String, Option<SystemTime>, String, String)> = moved
             .iter()
@@ -265,7 +269,7 @@ impl Fs {
         let _ = tokio::task::spawn_blocking(move || {
             for (key, etag, time, new_key, new_etag) in carried {
                 if let Some(headers) = meta.get(&key, &etag, time) {
-                    meta.put(&new_key, &new_etag, None, &headers);
+                    meta.put_written(&new_key, &new_etag, since, &headers);
                 }
             }
         })

@@ -103,8 +103,9 @@ impl Fs {
             replace: Some(options.clone()),
             if_match: inode.etag.clone(),
         };
+        let since = SystemTime::now();
         let etag = self.uploader.copy(&key, &key, inode.size, &copy).await?;
-        let headers = self.wrote(&key, &etag, &options);
+        let headers = self.wrote(&key, &etag, &options, since);
         let mut state = self.state();
         if let Some(stored) = state.inodes.get_mut(inode.ino) {
             stored.etag = Some(etag);

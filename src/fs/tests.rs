@@ -4,6 +4,7 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::dir::DirEntry;
 use super::inode::ROOT_INO;
 use super::*;
 use crate::store::StoreError;
@@ -519,7 +520,8 @@ fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
 }
 
-/// A second mount of the same bucket (what a remount sees).
+/// A second mount of the same bucket that remembers nothing and reads the
+/// headers of what it finds (with --head-listed): it sees what S3 holds.
 fn remount(s: &Setup) -> Fs {
     Fs::new(
         s.store.clone(),
@@ -530,7 +532,7 @@ fn remount(s: &Setup) -> Fs {
             file_mode: 0o644,
             dir_mode: 0o755,
             metadata_ttl: Duration::from_secs(60),
-            head_listed: false,
+            head_listed: true,
             read_only: false,
             staging_dir: s.dir.path().join("staging2"),
             cache: test_cache(),
@@ -956,6 +958,116 @@ async fn missing_names_are_remembered_until_created_here() {
         s.fs.lookup(d.ino, name("a")).await.unwrap_err(),
         Errno::ENOENT
     );
+}
+
+#[tokio::test]
+async fn copying_files_into_a_new_directory_costs_one_put_each() {
+    let s = setup();
+    assert_eq!(
+        s.fs.lookup(ROOT_INO, name("new")).await.unwrap_err(),
+        Errno::ENOENT
+    );
+    let d = s.fs.mkdir(ROOT_INO, name("new"), 0o755, ME).await.unwrap();
+    let before = |op| s.store.calls(op);
+    let (heads, lists, puts) = (before(Op::Head), before(Op::List), before(Op::Put));
+    let mut inos = Vec::new();
+    for i in 0..100 {
+        let file = format!("f{i}");
+        assert_eq!(
+            s.fs.lookup(d.ino, name(&file)).await.unwrap_err(),
+            Errno::ENOENT
+        );
+        inos.push(write_file(&s.fs, d.ino, &file, b"data").await.unwrap());
+    }
+    assert_eq!(s.store.calls(Op::Put), puts + 100);
+    assert_eq!(s.store.calls(Op::Head), heads, "no HEAD");
+    assert_eq!(s.store.calls(Op::List), lists, "a new directory is empty");
+    // The directory was known empty before the files were made: it does not hide
+    // them.
+    s.fs.forget(inos[7], 1);
+    assert_eq!(s.fs.lookup(d.ino, name("f7")).await.unwrap().size, 4);
+}
+
+#[tokio::test]
+async fn copying_files_into_a_small_directory_lists_it_once() {
+    let s = setup();
+    s.store.insert("old/a", "1");
+    let d = s.fs.lookup(ROOT_INO, name("old")).await.unwrap();
+    let (heads, lists) = (s.store.calls(Op::Head), s.store.calls(Op::List));
+    for i in 0..100 {
+        let file = format!("f{i}");
+        assert_eq!(
+            s.fs.lookup(d.ino, name(&file)).await.unwrap_err(),
+            Errno::ENOENT
+        );
+        write_file(&s.fs, d.ino, &file, b"data").await.unwrap();
+    }
+    // The first miss asks for its name alone; the second lists the directory.
+    assert_eq!(s.store.calls(Op::Head), heads + 2);
+    assert_eq!(s.store.calls(Op::List), lists + 2);
+}
+
+#[tokio::test]
+async fn a_lookup_in_a_large_directory_asks_for_the_name_alone() {
+    let s = setup();
+    fill_big_directory(&s);
+    let big = s.fs.lookup(ROOT_INO, name("big")).await.unwrap();
+    let mut lists = s.store.calls(Op::List);
+    for (file, listings) in [("nope", 1), ("other", 2), ("third", 1)] {
+        assert_eq!(
+            s.fs.lookup(big.ino, name(file)).await.unwrap_err(),
+            Errno::ENOENT
+        );
+        // The second miss lists the directory and finds a page is not all; the
+        // next ones do not try.
+        assert_eq!(s.store.calls(Op::List), lists + listings, "{file}");
+        lists = s.store.calls(Op::List);
+    }
+}
+
+#[tokio::test]
+async fn subdirectories_are_listed_ahead_and_served_from_that_listing() {
+    let s = setup();
+    for d in 0..20 {
+        for f in 0..3 {
+            s.store.insert(&format!("tree/d{d:02}/f{f}"), "x");
+        }
+    }
+    let tree = s.fs.lookup(ROOT_INO, name("tree")).await.unwrap();
+    let subdirs: Vec<DirEntry> = (0..20)
+        .map(|d| DirEntry {
+            name: format!("d{d:02}"),
+            kind: Kind::Dir,
+            meta: None,
+        })
+        .collect();
+    let mut inos = Vec::new();
+    for d in &subdirs {
+        inos.push(s.fs.lookup(tree.ino, name(&d.name)).await.unwrap().ino);
+    }
+    // What a listing of `tree` starts in the background, awaited here.
+    let ahead = s.fs.list_ahead("tree", &subdirs).unwrap();
+    ahead.await.unwrap();
+    assert!(s.fs.list_ahead("tree", &subdirs).is_none(), "all fresh");
+    let lists = s.store.calls(Op::List);
+    for ino in &inos {
+        let names: Vec<String> = list_dir(&s.fs, *ino, true)
+            .await
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, [".", "..", "f0", "f1", "f2"]);
+    }
+    assert_eq!(
+        s.store.calls(Op::List),
+        lists,
+        "every listing was made ahead"
+    );
+    // Something created here is not hidden by a listing made before.
+    let d00 = inos[0];
+    write_file(&s.fs, d00, "new", b"1").await.unwrap();
+    let names = list_dir(&s.fs, d00, false).await;
+    assert_eq!(names.len(), 6);
 }
 
 #[tokio::test]

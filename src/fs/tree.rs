@@ -28,6 +28,7 @@ impl Fs {
     ) -> FsResult<Attr> {
         self.check_writable()?;
         let path = self.child_path(parent, name)?;
+        let begun = Instant::now();
         if self.kind_at(&path).await?.is_some() {
             return Err(Errno::EEXIST);
         }
@@ -44,6 +45,7 @@ impl Fs {
         let etag = self.store.put(&marker, Bytes::new(), &options).await?;
         let headers = self.wrote_marker(&marker, &options);
         self.entry_changed(&path);
+        self.listings().created_empty(&path, begun);
         let mut state = self.state();
         let inode = state.inodes.lookup(&path, Kind::Dir, now);
         inode.meta = dir.meta;
@@ -124,11 +126,12 @@ impl Fs {
         new.meta.ctime = Some(now);
         let key = self.key(&path);
         let options = self.put_options(&key, &new);
+        let since = SystemTime::now();
         let etag = self
             .store
             .put(&key, Bytes::copy_from_slice(body.as_bytes()), &options)
             .await?;
-        let headers = self.wrote(&key, &etag, &options);
+        let headers = self.wrote(&key, &etag, &options, since);
         self.entry_changed(&path);
         let mut state = self.state();
         let inode = state.inodes.lookup(&path, kind, now);
@@ -254,7 +257,13 @@ impl Fs {
                 meta: None,
             })
             .collect();
-        let handle = DirHandle::new(self.dir_prefix(&path), local);
+        // A fresh listing (made ahead, say) serves; otherwise S3 is listed.
+        let handle = match self.listings().snapshot(&path) {
+            Some((begun, listed)) => {
+                DirHandle::listed(self.dir_prefix(&path), begun, listed, local)
+            }
+            None => DirHandle::new(self.dir_prefix(&path), local),
+        };
         let fh = self.new_fh();
         state
             .handles
@@ -310,13 +319,15 @@ impl Fs {
             .await?
             .to_vec();
         {
-            let mut state = self.state();
-            state.listings.record(&dir.path, handle.begun(), &entries);
+            let mut listings = self.listings();
+            listings.record(&dir.path, handle.begun(), &entries);
             if handle.is_done() {
-                state.listings.complete(&dir.path, handle.begun());
+                listings.complete(&dir.path, handle.begun());
             }
         }
         drop(handle);
+        // Runs on its own; what it finds is recorded.
+        let _ahead = self.list_ahead(&dir.path, &entries);
         if plus {
             let paths: Vec<String> = entries.iter().map(|e| join(&dir.path, &e.name)).collect();
             let wanted = entries

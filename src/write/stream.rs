@@ -12,11 +12,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
+use std::time::SystemTime;
 
 use tokio::task::JoinSet;
 
 use super::WriteError;
 use super::upload::part_at;
+
 use crate::store::PutOptions;
 
 /// What a part's background upload returns: its number, the range it sent, the
@@ -36,10 +38,18 @@ pub struct Stream {
     /// The next part to send while the file is written (parts made stale after
     /// they were sent wait for the close).
     pub(super) next: i32,
+    /// When the request creating the upload was sent: S3 may date the object
+    /// from its creation.
+    pub(super) created: SystemTime,
 }
 
 impl Stream {
-    pub(super) fn new(key: String, upload_id: String, options: PutOptions) -> Self {
+    pub(super) fn new(
+        key: String,
+        upload_id: String,
+        options: PutOptions,
+        created: SystemTime,
+    ) -> Self {
         Self {
             key,
             upload_id,
@@ -48,6 +58,7 @@ impl Stream {
             running: JoinSet::new(),
             generation: HashMap::new(),
             next: 1,
+            created,
         }
     }
 
@@ -58,6 +69,11 @@ impl Stream {
     /// The metadata the upload was created with.
     pub fn options(&self) -> &PutOptions {
         &self.options
+    }
+
+    /// A time no later than the object's Last-Modified will be.
+    pub fn created(&self) -> SystemTime {
+        self.created
     }
 
     pub(super) fn generation_of(&self, number: i32) -> u64 {

@@ -229,8 +229,9 @@ impl Uploader {
 
     /// Start sending the parts of a new file while it is written.
     pub async fn start_stream(&self, key: &str, options: PutOptions) -> Result<Stream, WriteError> {
+        let created = std::time::SystemTime::now();
         let upload_id = self.store.create_multipart(key, &options).await?;
-        Ok(Stream::new(key.to_string(), upload_id, options))
+        Ok(Stream::new(key.to_string(), upload_id, options, created))
     }
 
     /// The file of `stream` is now `size` bytes, with bytes `written` changed: send
