@@ -306,9 +306,6 @@ async fn put(s3: &Client, file: &Path, bucket: &str, key: &str, jobs: usize) -> 
             .bucket(bucket)
             .key(key)
             .body(ByteStream::from(body))
-            // As s3mount sends bodies: unsigned, guarded by the SDK's CRC-32.
-            .customize()
-            .disable_payload_signing()
             .send()
             .await
             .map_err(|e| sdk("PutObject", e))?;
@@ -341,8 +338,6 @@ async fn put(s3: &Client, file: &Path, bucket: &str, key: &str, jobs: usize) -> 
                     .upload_id(id)
                     .part_number(number)
                     .body(ByteStream::from(body))
-                    .customize()
-                    .disable_payload_signing()
                     .send()
                     .await
                     .map_err(|e| sdk("UploadPart", e))?;
@@ -502,8 +497,6 @@ async fn put_many(
                     .bucket(bucket)
                     .key(&key)
                     .body(ByteStream::from(data))
-                    .customize()
-                    .disable_payload_signing()
                     .send()
                     .await
                     .map(|_| ())
