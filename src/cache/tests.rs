@@ -195,3 +195,24 @@ async fn a_prefetch_without_room_is_dropped_and_a_read_still_works() {
         &data[..BLOCK as usize]
     );
 }
+
+#[tokio::test]
+async fn a_workload_larger_than_the_cache_stays_within_its_bounds() {
+    let s = Setup::new();
+    let data = body(64 * BLOCK, 5);
+    let obj = s.object("big", data.clone());
+    // Room on disk for 8 blocks and their headers.
+    let limit = 8 * (BLOCK + 256);
+    let cache = s.cache(2 * BLOCK, limit);
+    for round in 0..2 {
+        for b in 0..64 {
+            let got = cache.read(&obj, b * BLOCK..(b + 1) * BLOCK).await.unwrap();
+            let at = (b * BLOCK) as usize;
+            assert_eq!(&got[..], &data[at..at + BLOCK as usize], "round {round}");
+        }
+        cache.settle().await;
+        let disk = cache.disk().unwrap();
+        assert!(disk.bytes() <= limit, "{} bytes on disk", disk.bytes());
+        assert!(s.disk_files() <= 8, "{} block files", s.disk_files());
+    }
+}
