@@ -61,17 +61,7 @@ fn six_gib_file_goes_up_as_multipart_and_renames() {
     close(file).unwrap();
     let expected = hash.finalize().to_vec();
 
-    let head = bucket
-        .rt
-        .block_on(
-            bucket
-                .client
-                .head_object()
-                .bucket(&bucket.name)
-                .key("backup.tar")
-                .send(),
-        )
-        .unwrap();
+    let head = bucket.head("backup.tar");
     assert_eq!(head.content_length(), Some(size as i64));
     // A multipart object's ETag ends in -<number of parts>.
     let etag = head

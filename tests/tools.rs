@@ -17,18 +17,7 @@ fn noise_bytes(noise: &mut Noise, len: usize) -> Vec<u8> {
 }
 
 fn etag(bucket: &TestBucket, key: &str) -> String {
-    let head = bucket
-        .rt
-        .block_on(
-            bucket
-                .client
-                .head_object()
-                .bucket(&bucket.name)
-                .key(key)
-                .send(),
-        )
-        .unwrap_or_else(|e| panic!("head {key}: {e:?}"));
-    head.e_tag().expect("etag").to_string()
+    bucket.head(key).e_tag().expect("etag").to_string()
 }
 
 /// Paths of the regular files under `root`, relative to it.

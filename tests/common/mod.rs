@@ -191,6 +191,13 @@ impl TestBucket {
         }
     }
 
+    /// The HEAD of `key`, which must exist.
+    pub fn head(&self, key: &str) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
+        self.rt
+            .block_on(self.client.head_object().bucket(&self.name).key(key).send())
+            .unwrap_or_else(|e| panic!("head {key}: {e:?}"))
+    }
+
     pub fn content_type(&self, key: &str) -> Option<String> {
         self.rt
             .block_on(self.client.head_object().bucket(&self.name).key(key).send())
