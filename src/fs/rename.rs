@@ -37,7 +37,8 @@ impl Fs {
         if kind == Kind::Dir && to.starts_with(&format!("{from}/")) {
             return Err(Errno::EINVAL);
         }
-        match (kind, self.kind_at(&to).await?) {
+        let target = self.kind_at(&to).await?;
+        match (kind, target) {
             (_, Some(_)) if flags & libc::RENAME_NOREPLACE != 0 => return Err(Errno::EEXIST),
             (Kind::Dir, Some(Kind::Dir)) => self.check_empty(&to).await?,
             (Kind::Dir, Some(_)) => return Err(Errno::ENOTDIR),
@@ -47,7 +48,7 @@ impl Fs {
         if kind == Kind::Dir {
             self.rename_dir(&from, &to).await?;
         } else {
-            self.rename_file(&from, &to).await?;
+            self.rename_file(&from, &to, target.is_some()).await?;
         }
         self.entry_changed(&from);
         self.entry_changed(&to);
@@ -69,7 +70,8 @@ impl Fs {
         Ok(inode.ino)
     }
 
-    async fn rename_file(&self, from: &str, to: &str) -> FsResult<()> {
+    /// `replacing`: something is at `to`.
+    async fn rename_file(&self, from: &str, to: &str, replacing: bool) -> FsResult<()> {
         let ino = self.inode_at(from).await?;
         self.ensure_headers(ino).await?;
         // Handles open on the file being replaced keep reading what they had.
@@ -77,6 +79,10 @@ impl Fs {
         if let Some(replaced) = replaced {
             self.keep_open_file(replaced).await?;
         }
+        let replaced_object = replacing
+            && !replaced
+                .and_then(|r| self.state().inodes.get(r).map(|i| i.local))
+                .unwrap_or(false);
         // Hold the file's write state so no upload runs under the old name meanwhile.
         let open = self.open_state(ino);
         let mut guard = match &open {
@@ -111,6 +117,10 @@ impl Fs {
             self.store.delete(&from_key).await?;
             let headers = self.wrote(&to_key, &etag, &options, since);
             copied = Some((etag, headers));
+        } else if replaced_object {
+            // The new name's object is replaced by a file not uploaded yet: it goes
+            // now, or it would be found again if the file were removed unsaved.
+            self.store.delete(&to_key).await?;
         }
         let mut state = self.state();
         state.inodes.rename(ino, to);

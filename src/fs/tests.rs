@@ -1246,3 +1246,19 @@ async fn an_unlink_during_the_last_close_upload_deletes_the_object() {
     unlinking.await.unwrap().unwrap();
     assert!(s.store.keys().is_empty(), "{:?}", s.store.keys());
 }
+
+#[tokio::test]
+async fn file_not_uploaded_yet_renamed_over_an_object_and_removed_leaves_nothing() {
+    let s = setup();
+    s.store.insert("final", "old");
+    let (_, fh) =
+        s.fs.create(ROOT_INO, name("draft"), FILE_MODE, libc::O_WRONLY, ME)
+            .await
+            .unwrap();
+    s.fs.rename(ROOT_INO, name("draft"), ROOT_INO, name("final"), 0)
+        .await
+        .unwrap();
+    s.fs.unlink(ROOT_INO, name("final")).await.unwrap();
+    s.fs.release(fh).await;
+    assert_eq!(s.store.keys(), Vec::<String>::new());
+}
