@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use super::inode::{Attr, Kind};
 use super::meta;
-use super::{Caller, Errno, FileHandle, Fs, FsResult, OpenFile, SharedOpenFile};
+use super::{Caller, Change, Errno, FileHandle, Fs, FsResult, OpenFile, SharedOpenFile};
 use crate::cache::ObjectVersion;
 use crate::read::Reader;
 use crate::store::CopyOptions;
@@ -405,6 +405,7 @@ impl Fs {
             }
         }
         let headers = self.wrote(&key, &etag, &written, since);
+        self.published(&key, Change::Written { new: inode.local });
         let mut state = self.state();
         if let Some(inode) = state.inodes.get_mut(ino) {
             inode.dirty = false;

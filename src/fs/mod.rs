@@ -5,6 +5,7 @@
 //! inodes, attributes), files (open, read, write, close), setattr, tree (create and
 //! remove entries, list directories) and rename.
 
+pub mod changes;
 pub mod dir;
 pub mod error;
 pub mod inode;
@@ -33,6 +34,7 @@ use crate::write::staged::Staged;
 use crate::write::staging::StagingDir;
 use crate::write::stream::Stream;
 use crate::write::upload::Uploader;
+use changes::{Change, Changes};
 use dir::{DirHandle, S3FS_DIR_SUFFIX, is_showable};
 pub use error::{Errno, FsResult};
 use inode::{Attr, Inode, InodeTable, Kind, join};
@@ -154,6 +156,8 @@ pub struct Fs {
     ahead: list_ahead::Ahead,
     next_fh: AtomicU64,
     mount_time: SystemTime,
+    /// Told of each change S3 has.
+    changes: Option<Arc<dyn Changes>>,
 }
 
 impl Fs {
@@ -186,7 +190,28 @@ impl Fs {
             ahead: list_ahead::Ahead::default(),
             next_fh: AtomicU64::new(1),
             mount_time,
+            changes: None,
         })
+    }
+
+    /// Tell `changes` of every change made to an object.
+    pub fn reporting_changes_to(mut self, changes: Arc<dyn Changes>) -> Self {
+        self.changes = Some(changes);
+        self
+    }
+
+    /// S3 has `change` of the object `key`. Directory markers are not reported:
+    /// they are not served.
+    fn published(&self, key: &str, change: Change) {
+        let Some(changes) = &self.changes else {
+            return;
+        };
+        if key.ends_with('/') || key.ends_with(S3FS_DIR_SUFFIX) {
+            return;
+        }
+        if let Some(path) = key.strip_prefix(self.config.prefix.as_str()) {
+            changes.changed(path, change);
+        }
     }
 
     pub fn config(&self) -> &FsConfig {

@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 use futures::{StreamExt, TryStreamExt};
 
 use super::inode::Kind;
-use super::{Errno, Fs, FsResult, PARALLEL_COPIES, SharedOpenFile};
+use super::{Change, Errno, Fs, FsResult, PARALLEL_COPIES, SharedOpenFile};
 use crate::store::{CopyOptions, ListRequest, PutOptions};
 use crate::write::upload::MAX_COPY_SIZE;
 
@@ -114,13 +114,16 @@ impl Fs {
             if let Some(staged) = guard.as_mut().and_then(|of| of.staged.as_mut()) {
                 staged.rebase(&to_key, etag.clone());
             }
+            self.published(&to_key, Change::Written { new: !replacing });
             self.store.delete(&from_key).await?;
+            self.published(&from_key, Change::Deleted);
             let headers = self.wrote(&to_key, &etag, &options, since);
             copied = Some((etag, headers));
         } else if replaced_object {
             // The new name's object is replaced by a file not uploaded yet: it goes
             // now, or it would be found again if the file were removed unsaved.
             self.store.delete(&to_key).await?;
+            self.published(&to_key, Change::Deleted);
         }
         let mut state = self.state();
         state.inodes.rename(ino, to);
@@ -287,13 +290,17 @@ impl Fs {
     }
 
     /// First half of moving a key: copy it; returns the old key and the copy's ETag.
+    /// The target directory was empty or absent: the new keys are new.
     async fn move_key(&self, from: String, to: String, size: u64) -> FsResult<(String, String)> {
         let etag = self.copy_keeping_metadata(&from, &to, size).await?;
+        self.published(&to, Change::Written { new: true });
         Ok((from, etag))
     }
 
     async fn delete_key(&self, key: String) -> FsResult<()> {
-        Ok(self.store.delete(&key).await?)
+        self.store.delete(&key).await?;
+        self.published(&key, Change::Deleted);
+        Ok(())
     }
 
     /// Copy an object keeping its metadata: CopyObject does that by itself, but a

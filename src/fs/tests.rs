@@ -1262,3 +1262,76 @@ async fn file_not_uploaded_yet_renamed_over_an_object_and_removed_leaves_nothing
     s.fs.release(fh).await;
     assert_eq!(s.store.keys(), Vec::<String>::new());
 }
+
+/// Records the changes the filesystem reports.
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<(String, changes::Change)>>);
+
+impl changes::Changes for Recorded {
+    fn changed(&self, path: &str, change: changes::Change) {
+        self.0.lock().unwrap().push((path.to_string(), change));
+    }
+}
+
+#[tokio::test]
+async fn changes_are_reported_once_s3_has_them_saying_whether_the_key_is_new() {
+    use changes::Change::{Deleted, Written};
+    let s = setup_with("site/", false);
+    s.store.insert("site/old.css", "a");
+    s.store.insert("site/dir/x", "b");
+    let recorded = Arc::new(Recorded::default());
+    let fs = Fs::new(s.store.clone(), s.fs.config().clone())
+        .unwrap()
+        .reporting_changes_to(recorded.clone());
+    let write = |file: &'static str, flags: i32| {
+        let fs = &fs;
+        async move {
+            let (_, fh) = fs
+                .create(ROOT_INO, name(file), FILE_MODE, flags, ME)
+                .await
+                .unwrap();
+            fs.write(fh, 0, b"new".to_vec()).await.unwrap();
+            fs.flush(fh, ME.process).await.unwrap();
+            fs.release(fh).await;
+        }
+    };
+    write("new.css", libc::O_WRONLY).await;
+    write("old.css", libc::O_WRONLY | libc::O_TRUNC).await;
+    fs.rename(ROOT_INO, name("new.css"), ROOT_INO, name("moved.css"), 0)
+        .await
+        .unwrap();
+    fs.unlink(ROOT_INO, name("old.css")).await.unwrap();
+    fs.mkdir(ROOT_INO, name("empty"), DIR_MODE, ME)
+        .await
+        .unwrap();
+    fs.rename(ROOT_INO, name("dir"), ROOT_INO, name("dir2"), 0)
+        .await
+        .unwrap();
+    // A file not uploaded yet renamed over an object: the object goes at once.
+    let (_, fh) = fs
+        .create(ROOT_INO, name("draft"), FILE_MODE, libc::O_WRONLY, ME)
+        .await
+        .unwrap();
+    fs.rename(ROOT_INO, name("draft"), ROOT_INO, name("moved.css"), 0)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"v2".to_vec()).await.unwrap();
+    fs.flush(fh, ME.process).await.unwrap();
+    fs.release(fh).await;
+    let got = recorded.0.lock().unwrap().clone();
+    let expected: Vec<(String, changes::Change)> = [
+        ("new.css", Written { new: true }),
+        ("old.css", Written { new: false }),
+        ("moved.css", Written { new: true }),
+        ("new.css", Deleted),
+        ("old.css", Deleted),
+        ("dir2/x", Written { new: true }),
+        ("dir/x", Deleted),
+        ("moved.css", Deleted),
+        ("moved.css", Written { new: true }),
+    ]
+    .into_iter()
+    .map(|(p, c)| (p.to_string(), c))
+    .collect();
+    assert_eq!(got, expected);
+}

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::dir::{DirEntry, DirHandle, S3FS_DIR_SUFFIX};
 use super::inode::{self, Attr, Kind, ROOT_INO, join};
-use super::{Caller, Errno, Fs, FsResult, Listed, synthetic_ino};
+use super::{Caller, Change, Errno, Fs, FsResult, Listed, synthetic_ino};
 use crate::store::ListRequest;
 
 /// The longest symlink target accepted (PATH_MAX).
@@ -132,6 +132,7 @@ impl Fs {
             .put(&key, Bytes::copy_from_slice(body.as_bytes()), &options)
             .await?;
         let headers = self.wrote(&key, &etag, &options, since);
+        self.published(&key, Change::Written { new: true });
         self.entry_changed(&path);
         let mut state = self.state();
         let inode = state.inodes.lookup(&path, kind, now);
@@ -193,7 +194,9 @@ impl Fs {
             if let (Some(ino), Some(of)) = (ino, guard.as_deref_mut()) {
                 self.keep_locked(ino, of).await?;
             }
-            self.store.delete(&self.key(&path)).await?;
+            let key = self.key(&path);
+            self.store.delete(&key).await?;
+            self.published(&key, Change::Deleted);
         }
         self.state().inodes.unlink(&path);
         self.entry_changed(&path);
