@@ -12,6 +12,8 @@
 # Garage is built once per machine with cargo (about 10 minutes on 2 cores) into
 # $S3MOUNT_TOOLS (default ~/.cache/s3mount-tools).
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 GARAGE_VERSION=2.5.0
 TOOLS=${S3MOUNT_TOOLS:-$HOME/.cache/s3mount-tools}
@@ -26,10 +28,6 @@ install() {
   echo "Building Garage $GARAGE_VERSION into $TOOLS (once per machine, about 10 minutes)..." >&2
   mkdir -p "$TOOLS"
   cargo install garage --version "$GARAGE_VERSION" --locked --root "$TOOLS/garage-$GARAGE_VERSION" >&2
-}
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
 start() {
@@ -126,14 +124,7 @@ resume() {
 }
 
 stop() {
-  local dir=$1 pid
-  [ -f "$dir/garage.pid" ] || return 0
-  pid=$(cat "$dir/garage.pid")
-  if kill "$pid" 2>/dev/null; then
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$dir/garage.pid"
+  stop_pidfile "$1/garage.pid"
 }
 
 case "${1:-}" in

@@ -3,8 +3,9 @@
 #
 #   scripts/install-deps.sh        FUSE 3 (the demo)
 #   scripts/install-deps.sh test   also the programs the integration tests drive
-#                                  (vim, nano, emacs, tmux, rsync) and libacl for
-#                                  building the POSIX conformance suite
+#                                  (vim, nano, emacs, tmux, rsync), libacl for
+#                                  building the POSIX conformance suite, and
+#                                  python3-venv for moto
 set -euo pipefail
 missing=()
 need() { command -v "$1" > /dev/null || missing+=("$2"); }
@@ -16,6 +17,8 @@ if [ "${1:-}" = test ]; then
   need tmux tmux
   need rsync rsync
   [ -e /usr/include/sys/acl.h ] || missing+=(libacl1-dev)
+  # moto, the CloudFront API of the tests, goes in a virtualenv.
+  python3 -c 'import ensurepip, venv' 2> /dev/null || missing+=(python3-venv)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "Installing ${missing[*]}..." >&2

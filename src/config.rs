@@ -106,6 +106,57 @@ pub struct Cli {
     /// Log file [default: stderr in the foreground, CACHE_DIR/s3mount.log in the background]
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+
+    /// Invalidate the URL of each file changed through the mount in this CloudFront
+    /// distribution, once S3 has the change
+    #[arg(long, value_name = "ID", help_heading = "CloudFront")]
+    pub cloudfront_distribution_id: Option<String>,
+
+    /// URL path the mount's root is served under, when it is not `/` (the
+    /// distribution's origin path differs from the mounted prefix)
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "",
+        help_heading = "CloudFront",
+        requires = "cloudfront_distribution_id"
+    )]
+    pub cloudfront_path_prefix: String,
+
+    /// Also invalidate a directory's URL (`/dir/`) when its file of this name changes
+    #[arg(
+        long,
+        value_name = "NAME",
+        help_heading = "CloudFront",
+        requires = "cloudfront_distribution_id"
+    )]
+    pub cloudfront_index_document: Option<String>,
+
+    /// Quiet time after the last change before the changes go out, in one
+    /// invalidation
+    #[arg(long, value_name = "DURATION", default_value = "2s", help_heading = "CloudFront",
+          value_parser = humantime::parse_duration, requires = "cloudfront_distribution_id")]
+    pub cloudfront_delay: Duration,
+
+    /// Names of files never invalidated, as globs (repeat the option for more;
+    /// `--cloudfront-ignore ''` ignores none)
+    #[arg(long, value_name = "GLOB", help_heading = "CloudFront",
+          default_values = crate::cdn::EDITOR_FILES, value_parser = parse_glob,
+          requires = "cloudfront_distribution_id")]
+    pub cloudfront_ignore: Vec<glob::Pattern>,
+
+    /// CloudFront API endpoint, for a compatible or test server [default: AWS]
+    #[arg(
+        long,
+        value_name = "URL",
+        help_heading = "CloudFront",
+        requires = "cloudfront_distribution_id"
+    )]
+    pub cloudfront_endpoint_url: Option<String>,
+}
+
+fn parse_glob(s: &str) -> Result<glob::Pattern, String> {
+    glob::Pattern::new(s).map_err(|e| format!("{s:?} is not a glob: {e}"))
 }
 
 /// A size like `1MiB`, `512KiB` or `10GB`.
@@ -179,6 +230,28 @@ mod tests {
         assert_eq!(parse_size("512KiB"), Ok(512 << 10));
         assert_eq!(parse_size("10GB"), Ok(10_000_000_000));
         assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn cloudfront_options_need_a_distribution() {
+        let cli = Cli::parse_from(["s3mount", "b", "/mnt"]);
+        assert_eq!(cli.cloudfront_distribution_id, None);
+        assert_eq!(cli.cloudfront_delay, Duration::from_secs(2));
+        assert_eq!(cli.cloudfront_ignore.len(), crate::cdn::EDITOR_FILES.len());
+        assert!(Cli::try_parse_from(["s3mount", "b", "/mnt", "--cloudfront-delay", "5s"]).is_err());
+        let cli = Cli::parse_from([
+            "s3mount",
+            "b",
+            "/mnt",
+            "--cloudfront-distribution-id",
+            "E1",
+            "--cloudfront-ignore",
+            "*.tmp",
+        ]);
+        assert_eq!(
+            cli.cloudfront_ignore,
+            [glob::Pattern::new("*.tmp").unwrap()]
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! filesystem core [`fs`], which reads through [`read`], writes through [`write`],
 //! and reaches S3 only through the [`store::ObjectStore`] trait.
 
+pub mod aws;
 pub mod cache;
+pub mod cdn;
 pub mod config;
 pub mod daemon;
 pub mod fs;

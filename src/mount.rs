@@ -10,6 +10,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cache::CacheConfig;
 use crate::cache::disk::DiskLimits;
+use crate::cdn::cloudfront::{CdnError, CloudFront};
+use crate::cdn::paths::UrlPaths;
+use crate::cdn::{Batching, COLLAPSE_ABOVE, CdnSettings, Invalidator};
 use crate::config::{Cli, default_cache_dir, parse_source};
 use crate::daemon::Readiness;
 use crate::fs::{Fs, FsConfig};
@@ -23,6 +26,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Threads reading requests from the kernel (each holds a 16 MiB buffer); the work
 /// itself runs on tokio.
 const FUSE_THREADS: usize = 2;
+/// How long the unmount waits for the last CloudFront invalidations to go.
+const CDN_FLUSH_WAIT: Duration = Duration::from_secs(30);
 
 /// Everything a mount needs, checked.
 pub struct MountConfig {
@@ -35,6 +40,7 @@ pub struct MountConfig {
     pub foreground: bool,
     pub log_level: String,
     pub log_file: Option<PathBuf>,
+    pub cdn: Option<CdnSettings>,
 }
 
 impl MountConfig {
@@ -54,6 +60,29 @@ impl MountConfig {
         let cache_dir = cache_dir
             .canonicalize()
             .map_err(|e| format!("cache directory {}: {e}", cache_dir.display()))?;
+        if let Some(name) = &cli.cloudfront_index_document
+            && (name.is_empty() || name.contains('/'))
+        {
+            return Err(format!(
+                "--cloudfront-index-document {name:?} is not a file name"
+            ));
+        }
+        let cdn = cli
+            .cloudfront_distribution_id
+            .clone()
+            .map(|id| CdnSettings {
+                distribution_id: id,
+                endpoint_url: cli.cloudfront_endpoint_url.clone(),
+                urls: UrlPaths::new(
+                    &cli.cloudfront_path_prefix,
+                    cli.cloudfront_index_document.clone(),
+                ),
+                batching: Batching {
+                    delay: cli.cloudfront_delay,
+                    collapse_above: COLLAPSE_ABOVE,
+                    ignore: cli.cloudfront_ignore.clone(),
+                },
+            });
         let log_file = cli
             .log_file
             .clone()
@@ -96,6 +125,7 @@ impl MountConfig {
             foreground: cli.foreground,
             log_level: cli.log_level,
             log_file,
+            cdn,
         })
     }
 }
@@ -155,6 +185,33 @@ async fn check_bucket(store: &dyn ObjectStore, config: &MountConfig) -> Result<(
     }
 }
 
+/// Ask CloudFront for the distribution, so that a wrong id, credentials that may
+/// not use it or an endpoint that does not answer fail the mount.
+async fn check_distribution(cloudfront: &CloudFront, settings: &CdnSettings) -> Result<(), String> {
+    let id = &settings.distribution_id;
+    let endpoint = settings
+        .endpoint_url
+        .clone()
+        .unwrap_or_else(|| "CloudFront".into());
+    match tokio::time::timeout(CONNECT_TIMEOUT, cloudfront.check()).await {
+        Err(_) => Err(format!(
+            "no answer from {endpoint} within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        )),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(CdnError::NoSuchDistribution)) => {
+            Err(format!("CloudFront distribution {id} does not exist"))
+        }
+        Ok(Err(CdnError::AccessDenied(why))) => Err(format!(
+            "access denied to CloudFront distribution {id} ({why}); check the credentials"
+        )),
+        Ok(Err(CdnError::Transient(why))) => Err(format!("cannot reach {endpoint}: {why}")),
+        Ok(Err(CdnError::Rejected(why))) => {
+            Err(format!("cannot use CloudFront distribution {id}: {why}"))
+        }
+    }
+}
+
 /// Mount and serve until unmounted (or SIGINT/SIGTERM). Errors before the mount is
 /// ready come back as one line for the user.
 pub fn run(config: MountConfig, readiness: &mut Readiness) -> Result<(), String> {
@@ -164,17 +221,35 @@ pub fn run(config: MountConfig, readiness: &mut Readiness) -> Result<(), String>
         .thread_name("s3mount")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let store = rt.block_on(async {
-        let store = S3Store::new(&config.settings)
-            .await
-            .map_err(|e| e.to_string())?;
+    let (store, cdn) = rt.block_on(async {
+        let sdk_config = crate::aws::load(config.settings.region.clone()).await?;
+        let store = S3Store::new(&sdk_config, &config.settings);
         check_bucket(&store, &config).await?;
-        Ok::<_, String>(Arc::new(CountingStore::new(store)))
+        let cdn = match &config.cdn {
+            Some(settings) => {
+                let cloudfront = CloudFront::new(
+                    &sdk_config,
+                    settings.endpoint_url.clone(),
+                    &settings.distribution_id,
+                );
+                check_distribution(&cloudfront, settings).await?;
+                Some(Arc::new(Invalidator::start(
+                    Arc::new(cloudfront),
+                    settings.urls.clone(),
+                    settings.batching.clone(),
+                    &tokio::runtime::Handle::current(),
+                )))
+            }
+            None => None,
+        };
+        Ok::<_, String>((Arc::new(CountingStore::new(store)), cdn))
     })?;
-    let fs = Arc::new(
-        Fs::new(store.clone(), config.fs.clone())
-            .map_err(|e| format!("staging directory {}: {e}", config.fs.staging_dir.display()))?,
-    );
+    let mut fs = Fs::new(store.clone(), config.fs.clone())
+        .map_err(|e| format!("staging directory {}: {e}", config.fs.staging_dir.display()))?;
+    if let Some(cdn) = &cdn {
+        fs = fs.reporting_changes_to(cdn.clone());
+    }
+    let fs = Arc::new(fs);
 
     let mut options = fuser::Config::default();
     options.mount_options = vec![
@@ -225,14 +300,17 @@ pub fn run(config: MountConfig, readiness: &mut Readiness) -> Result<(), String>
             }
         }
     });
-    let result = serving
-        .join()
-        .map_err(|_| "the FUSE session panicked".to_string())?;
+    let served = serving.join();
     tracing::info!(
         "unmounted {}; {}",
         config.mountpoint.display(),
         store.summary()
     );
+    if let Some(cdn) = cdn {
+        rt.block_on(cdn.finish(CDN_FLUSH_WAIT));
+        tracing::info!("{}", cdn.summary());
+    }
+    let result = served.map_err(|_| "the FUSE session panicked".to_string())?;
     result.map_err(|e| format!("FUSE session ended with an error: {e}"))
 }
 

@@ -7,113 +7,11 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use common::{Mount, TestBucket, run_bounded};
-
-/// Poll `cond` until it holds; panics with `what` after `limit`.
-fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "gave up waiting: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A program running in a terminal of a private tmux server, killed on drop.
-struct Tmux {
-    /// Holds the server's socket.
-    dir: tempfile::TempDir,
-}
-
-impl Tmux {
-    fn start(program: &[&str]) -> Self {
-        let tmux = Self {
-            dir: tempfile::tempdir().expect("tempdir"),
-        };
-        // The server's working directory must not be on the mount, or it keeps it busy.
-        let out = tmux
-            .command()
-            .current_dir("/")
-            .args(["new-session", "-d", "-x", "120", "-y", "40"])
-            .args(program)
-            .output()
-            .expect("tmux");
-        assert!(
-            out.status.success(),
-            "tmux new-session: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        tmux
-    }
-
-    fn command(&self) -> Command {
-        let mut cmd = Command::new("tmux");
-        cmd.arg("-S")
-            .arg(self.dir.path().join("socket"))
-            .args(["-f", "/dev/null"])
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command().args(args).output().expect("tmux")
-    }
-
-    /// Type `text` as it is.
-    fn type_text(&self, text: &str) {
-        let out = self.run(&["send-keys", "-l", text]);
-        assert!(out.status.success(), "send-keys {text:?}");
-    }
-
-    /// Press keys given by their tmux names (Enter, Escape, C-o, ...).
-    fn press(&self, keys: &[&str]) {
-        let out = self.run(&[&["send-keys"], keys].concat());
-        assert!(out.status.success(), "send-keys {keys:?}");
-    }
-
-    fn screen(&self) -> String {
-        String::from_utf8_lossy(&self.run(&["capture-pane", "-p"]).stdout).into_owned()
-    }
-
-    /// Wait until the screen satisfies `cond`.
-    fn wait_screen(&self, what: &str, cond: impl Fn(&str) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let screen = self.screen();
-            if cond(&screen) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "screen never showed {what}:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait_for_text(&self, text: &str) {
-        self.wait_screen(text, |s| s.contains(text));
-    }
-
-    /// Wait until the program has exited (its session, the only one, is gone).
-    fn wait_exit(&self) {
-        wait_until(Duration::from_secs(20), "the editor to exit", || {
-            !self.run(&["has-session"]).status.success()
-        });
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self
-            .command()
-            .arg("kill-server")
-            .stderr(Stdio::null())
-            .status();
-    }
-}
+use common::tmux::Tmux;
+use common::{Mount, TestBucket, run_bounded, wait_until};
 
 fn names_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -131,21 +29,7 @@ fn vim_saves_in_place_and_leaves_no_swap_file() {
     let mount = Mount::new(&bucket, &[]);
     let file = mount.join("docs/notes.txt");
     let swap = mount.join("docs/.notes.txt.swp");
-    let path = file.to_str().unwrap();
-    // No vimrc and no viminfo, but the default swap file and write backup. The
-    // default 'backupskip' skips the backup for files under /tmp, where the test
-    // mounts: clear it so :w renames the file to notes.txt~ as it would elsewhere.
-    let vim = Tmux::start(&[
-        "vim",
-        "-u",
-        "NONE",
-        "-N",
-        "-i",
-        "NONE",
-        "--cmd",
-        "set backupskip=",
-        path,
-    ]);
+    let vim = Tmux::vim(&file);
     vim.wait_for_text("second line");
     wait_until(
         Duration::from_secs(20),

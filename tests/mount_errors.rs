@@ -4,29 +4,11 @@ mod common;
 
 use std::net::TcpListener;
 use std::process::Output;
-use std::time::Duration;
 
-use common::{Mount, S3Env, TestBucket, run_bounded};
-
-/// Nothing may take longer than this to fail (a hang is a failure).
-const LIMIT: Duration = Duration::from_secs(40);
+use common::{FAIL_LIMIT, Mount, S3Env, TestBucket, assert_fails_with, mount_failing, run_bounded};
 
 fn mount_in_background(env: &S3Env, source: &str, mountpoint: &std::path::Path) -> Output {
-    let cache = tempfile::tempdir().unwrap();
-    let mut cmd = env.command();
-    cmd.arg(source)
-        .arg(mountpoint)
-        .args(["--cache-dir".as_ref(), cache.path().as_os_str()]);
-    run_bounded(cmd, LIMIT)
-}
-
-/// The error is one line, starts with `s3mount:` and says `what`.
-fn assert_fails_with(out: &Output, what: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "one line expected: {stderr}");
-    assert!(stderr.starts_with("s3mount: "), "{stderr}");
-    assert!(stderr.contains(what), "expected {what:?} in: {stderr}");
+    mount_failing(env, source, mountpoint, &[])
 }
 
 #[test]
@@ -113,7 +95,7 @@ fn bad_source_and_options() {
     assert_fails_with(&out, "is not BUCKET or BUCKET:PREFIX");
     let mut cmd = env.command();
     cmd.args(["b", "/tmp", "--file-mode", "999"]);
-    let out = run_bounded(cmd, LIMIT);
+    let out = run_bounded(cmd, FAIL_LIMIT);
     assert_eq!(out.status.code(), Some(2), "clap's usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("octal"));
 }

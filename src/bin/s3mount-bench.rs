@@ -13,9 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_config::BehaviorVersion;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
@@ -164,18 +161,8 @@ fn fail(e: &str) -> std::process::ExitCode {
 }
 
 /// A client set up as s3mount's (src/store/s3.rs) is.
-async fn client(cli: &Cli) -> Client {
-    let sdk_config = aws_config::defaults(BehaviorVersion::latest())
-        .region(aws_config::Region::new(cli.region.clone()))
-        .retry_config(RetryConfig::standard().with_max_attempts(3))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .read_timeout(Duration::from_secs(60))
-                .build(),
-        )
-        .load()
-        .await;
+async fn client(cli: &Cli) -> Res<Client> {
+    let sdk_config = s3mount::aws::load(Some(cli.region.clone())).await?;
     let mut builder = aws_sdk_s3::config::Builder::from(&sdk_config)
         .force_path_style(true)
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
@@ -183,11 +170,11 @@ async fn client(cli: &Cli) -> Client {
     if let Some(url) = &cli.endpoint_url {
         builder = builder.endpoint_url(url);
     }
-    Client::from_conf(builder.build())
+    Ok(Client::from_conf(builder.build()))
 }
 
 async fn run(cli: Cli) -> Res<String> {
-    let s3 = client(&cli).await;
+    let s3 = client(&cli).await?;
     let start = Instant::now();
     let line = match cli.command {
         Command::Put {

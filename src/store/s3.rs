@@ -1,13 +1,9 @@
 //! [`ObjectStore`] over aws-sdk-s3.
 
 use std::ops::Range;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
-use aws_config::BehaviorVersion;
-use aws_config::meta::region::RegionProviderChain;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -15,10 +11,10 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart as SdkCompletedPart, MetadataDirective,
 };
-use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
-use aws_smithy_types::error::display::DisplayErrorContext;
 use bytes::{Bytes, BytesMut};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use crate::aws::one_line;
 
 use super::{
     CompletedPart, CopyOptions, ListPage, ListRequest, ObjectHeaders, ObjectMeta, ObjectStore,
@@ -34,9 +30,6 @@ pub struct S3Settings {
     pub force_path_style: bool,
 }
 
-/// Region used when neither the command line nor the AWS configuration names one.
-const DEFAULT_REGION: &str = "us-east-1";
-
 pub struct S3Store {
     client: Client,
     bucket: String,
@@ -47,27 +40,10 @@ pub struct S3Store {
 }
 
 impl S3Store {
-    /// Build a client from the standard AWS configuration chain (environment,
-    /// profile, web identity, instance metadata) plus the settings given.
-    pub async fn new(settings: &S3Settings) -> Result<Self, StoreError> {
-        let region =
-            RegionProviderChain::first_try(settings.region.clone().map(aws_config::Region::new))
-                .or_default_provider()
-                .or_else(DEFAULT_REGION);
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(region)
-            .retry_config(RetryConfig::standard().with_max_attempts(3))
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .read_timeout(Duration::from_secs(60))
-                    .build(),
-            );
-        if let Some(client) = http_client_with_ca_bundle()? {
-            loader = loader.http_client(client);
-        }
-        let sdk_config = loader.load().await;
-        let mut builder = aws_sdk_s3::config::Builder::from(&sdk_config)
+    /// A client with the AWS configuration (see [`crate::aws::load`]) and the
+    /// settings given.
+    pub fn new(sdk_config: &aws_config::SdkConfig, settings: &S3Settings) -> Self {
+        let mut builder = aws_sdk_s3::config::Builder::from(sdk_config)
             .force_path_style(settings.force_path_style)
             // S3-compatible servers differ in their support of flexible checksums:
             // send and check them only where the API requires them.
@@ -80,40 +56,13 @@ impl S3Store {
             .endpoint_url
             .as_deref()
             .or_else(|| sdk_config.endpoint_url());
-        Ok(Self {
+        Self {
             client: Client::from_conf(builder.build()),
             bucket: settings.bucket.clone(),
             // AWS itself is reached over https.
             unsigned_bodies: endpoint.is_none_or(|url| url.starts_with("https://")),
-        })
+        }
     }
-}
-
-/// Users behind TLS-intercepting proxies point `AWS_CA_BUNDLE` at their CA file, as
-/// with the AWS CLI. The SDK does not read it itself, so trust its certificates in
-/// addition to the system roots. Plain-http endpoints are unaffected.
-fn http_client_with_ca_bundle() -> Result<Option<aws_sdk_s3::config::SharedHttpClient>, StoreError>
-{
-    let Some(path) = std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty()) else {
-        return Ok(None);
-    };
-    let pem = std::fs::read(&path).map_err(|e| {
-        StoreError::Other(format!(
-            "cannot read AWS_CA_BUNDLE {}: {e}",
-            std::path::Path::new(&path).display()
-        ))
-    })?;
-    let context = TlsContext::builder()
-        .with_trust_store(TrustStore::default().with_pem_certificate(pem))
-        .build()
-        .map_err(|e| StoreError::Other(format!("AWS_CA_BUNDLE: {e}")))?;
-    let client = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::AwsLc,
-        ))
-        .tls_context(context)
-        .build_https();
-    Ok(Some(client))
 }
 
 /// Characters escaped in the `x-amz-copy-source` header: everything but unreserved
@@ -172,10 +121,6 @@ where
         }
         _ => StoreError::Other(one_line(&err)),
     }
-}
-
-fn one_line(err: &dyn std::error::Error) -> String {
-    DisplayErrorContext(err).to_string().replace('\n', " ")
 }
 
 fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<SystemTime> {

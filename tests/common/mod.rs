@@ -5,6 +5,9 @@
 //! describes in the environment (S3_ENDPOINT, AWS_ACCESS_KEY_ID, ...).
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod cdn;
+pub mod tmux;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -380,6 +383,39 @@ pub fn is_mounted(path: &Path) -> bool {
     info.lines()
         .filter_map(|l| l.split(' ').nth(4))
         .any(|mp| mp == wanted)
+}
+
+/// Poll `cond` until it holds; panics with `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "gave up waiting: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A mount expected to fail may take no longer than this (a hang is a failure).
+pub const FAIL_LIMIT: Duration = Duration::from_secs(40);
+
+/// Run `s3mount SOURCE MOUNTPOINT ARGS` as a user would (going to the background
+/// once mounted), for a mount expected to fail.
+pub fn mount_failing(env: &S3Env, source: &str, mountpoint: &Path, args: &[&str]) -> Output {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let mut cmd = env.command();
+    cmd.arg(source)
+        .arg(mountpoint)
+        .args(["--cache-dir".as_ref(), cache.path().as_os_str()])
+        .args(args);
+    run_bounded(cmd, FAIL_LIMIT)
+}
+
+/// The error is one line, starts with `s3mount:` and says `what`.
+pub fn assert_fails_with(out: &Output, what: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line expected: {stderr}");
+    assert!(stderr.starts_with("s3mount: "), "{stderr}");
+    assert!(stderr.contains(what), "expected {what:?} in: {stderr}");
 }
 
 /// Run a shell command line; panics with its output if it fails.

@@ -1,0 +1,67 @@
+//! The AWS configuration S3 and CloudFront clients share: credentials and region
+//! from the standard chain, retries, timeouts, and AWS_CA_BUNDLE.
+
+use std::time::Duration;
+
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_s3::config::SharedHttpClient;
+use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
+use aws_smithy_types::error::display::DisplayErrorContext;
+
+/// Region used when neither the command line nor the AWS configuration names one.
+const DEFAULT_REGION: &str = "us-east-1";
+
+/// The standard AWS configuration chain (environment, profile, web identity,
+/// instance metadata), in `region` if given.
+pub async fn load(region: Option<String>) -> Result<SdkConfig, String> {
+    let region = RegionProviderChain::first_try(region.map(aws_config::Region::new))
+        .or_default_provider()
+        .or_else(DEFAULT_REGION);
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(region)
+        .retry_config(RetryConfig::standard().with_max_attempts(3))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .read_timeout(Duration::from_secs(60))
+                .build(),
+        );
+    if let Some(client) = http_client_with_ca_bundle()? {
+        loader = loader.http_client(client);
+    }
+    Ok(loader.load().await)
+}
+
+/// Users behind TLS-intercepting proxies point `AWS_CA_BUNDLE` at their CA file, as
+/// with the AWS CLI. The SDK does not read it itself, so trust its certificates in
+/// addition to the system roots. Plain-http endpoints are unaffected.
+fn http_client_with_ca_bundle() -> Result<Option<SharedHttpClient>, String> {
+    let Some(path) = std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(&path).map_err(|e| {
+        format!(
+            "cannot read AWS_CA_BUNDLE {}: {e}",
+            std::path::Path::new(&path).display()
+        )
+    })?;
+    let context = TlsContext::builder()
+        .with_trust_store(TrustStore::default().with_pem_certificate(pem))
+        .build()
+        .map_err(|e| format!("AWS_CA_BUNDLE: {e}"))?;
+    let client = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https();
+    Ok(Some(client))
+}
+
+/// An SDK error with its causes, on one line.
+pub fn one_line(err: &dyn std::error::Error) -> String {
+    DisplayErrorContext(err).to_string().replace('\n', " ")
+}

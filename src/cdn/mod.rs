@@ -1,0 +1,199 @@
+//! CloudFront invalidation: the URL paths of changed files are queued, gathered into
+//! batches, and sent one CreateInvalidation per batch, in the background.
+//!
+//! File operations only record their change in memory ([`Invalidator::changed`]);
+//! nothing they do waits for CloudFront. A batch goes once no change came for the
+//! delay (2 s by default). A file created and removed inside a batch is not sent,
+//! nor are editors' swap, backup and lock files (by name). Many files of one
+//! directory become `/dir/*`. Transient errors are retried with backoff, with
+//! what changed meanwhile in the same request. At unmount the queue is flushed,
+//! for a bounded time.
+
+pub mod cloudfront;
+pub mod paths;
+mod pending;
+mod sender;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::fs::changes::{Change, Changes};
+use cloudfront::Cdn;
+use paths::UrlPaths;
+use pending::Pending;
+
+/// Files of one batch kept by name; beyond, the batch invalidates everything.
+const MAX_PENDING: usize = 100_000;
+
+/// Names of editors' temporary files, never invalidated by default: vim's swap
+/// files, backups (`name~`) and the file it creates to test a directory, emacs's
+/// lock and auto-save files.
+pub const EDITOR_FILES: &[&str] = &[".*.sw?", "*~", "4913", ".#*", "#*#"];
+
+/// Where invalidations go and how they are made, from the command line.
+#[derive(Debug, Clone)]
+pub struct CdnSettings {
+    pub distribution_id: String,
+    pub endpoint_url: Option<String>,
+    pub urls: UrlPaths,
+    pub batching: Batching,
+}
+
+/// A directory with more entries changed than this in one batch is sent as
+/// `/dir/*`: one path, where CloudFront bills each path beyond 1,000 a month.
+pub const COLLAPSE_ABOVE: usize = 10;
+
+/// How the queue batches.
+#[derive(Debug, Clone)]
+pub struct Batching {
+    /// Quiet time after the last change before a batch goes.
+    pub delay: Duration,
+    /// A directory with more entries changed than this is sent as `/dir/*`.
+    pub collapse_above: usize,
+    /// File names (not paths) never invalidated.
+    pub ignore: Vec<glob::Pattern>,
+}
+
+#[derive(Default)]
+struct Counters {
+    /// URL paths queued, duplicates removed.
+    queued: AtomicU64,
+    /// Paths sent in invalidations (what CloudFront bills).
+    sent: AtomicU64,
+    invalidations: AtomicU64,
+    /// URL paths given up: refused by CloudFront, or not sent by unmount.
+    failed: AtomicU64,
+}
+
+struct State {
+    pending: Pending,
+    /// URL paths taken from batches and not sent yet (a request failed).
+    unsent: BTreeSet<String>,
+    /// A batch overflowed: invalidate everything under the root.
+    everything: bool,
+    /// Unmounting: send what there is now.
+    finishing: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Notify,
+    urls: UrlPaths,
+    batching: Batching,
+    counters: Counters,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The invalidation queue of one mount, with its sending task.
+pub struct Invalidator {
+    shared: Arc<Shared>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Invalidator {
+    /// Start the sending task on `runtime`.
+    pub fn start(
+        cdn: Arc<dyn Cdn>,
+        urls: UrlPaths,
+        batching: Batching,
+        runtime: &tokio::runtime::Handle,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                pending: Pending::new(MAX_PENDING),
+                unsent: BTreeSet::new(),
+                everything: false,
+                finishing: false,
+            }),
+            wake: Notify::new(),
+            urls,
+            batching,
+            counters: Counters::default(),
+        });
+        let task = runtime.spawn(sender::run(shared.clone(), cdn));
+        Self {
+            shared,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// Send what is queued and stop, waiting `wait` at most; paths not sent by
+    /// then are logged.
+    pub async fn finish(&self, wait: Duration) {
+        self.shared.state().finishing = true;
+        self.shared.wake.notify_one();
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(mut task) = task else { return };
+        if tokio::time::timeout(wait, &mut task).await.is_ok() {
+            return;
+        }
+        task.abort();
+        let unsent = {
+            let mut state = self.shared.state();
+            let batch = state.pending.take();
+            let mut unsent = std::mem::take(&mut state.unsent);
+            for path in &batch.paths {
+                unsent.extend(self.shared.urls.of(path));
+            }
+            if state.everything || batch.everything {
+                unsent.insert(format!("{}*", self.shared.urls.root()));
+            }
+            unsent
+        };
+        self.shared
+            .counters
+            .failed
+            .fetch_add(unsent.len() as u64, Ordering::Relaxed);
+        tracing::error!(
+            "CloudFront: {} paths not invalidated after waiting {} s at unmount:",
+            unsent.len(),
+            wait.as_secs()
+        );
+        for path in unsent {
+            tracing::error!("not invalidated: {path}");
+        }
+    }
+
+    /// The counters, for the log at unmount.
+    pub fn summary(&self) -> String {
+        let c = &self.shared.counters;
+        format!(
+            "CloudFront: {} paths queued, {} sent in {} invalidations, {} failed",
+            c.queued.load(Ordering::Relaxed),
+            c.sent.load(Ordering::Relaxed),
+            c.invalidations.load(Ordering::Relaxed),
+            c.failed.load(Ordering::Relaxed)
+        )
+    }
+}
+
+impl Changes for Invalidator {
+    fn changed(&self, path: &str, change: Change) {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        if self.shared.batching.ignore.iter().any(|p| p.matches(name)) {
+            return;
+        }
+        let began = self
+            .shared
+            .state()
+            .pending
+            .record(path, change, Instant::now());
+        if began {
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
