@@ -28,6 +28,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const FUSE_THREADS: usize = 2;
 /// How long the unmount waits for the last CloudFront invalidations to go.
 const CDN_FLUSH_WAIT: Duration = Duration::from_secs(30);
+/// The longest batching delay: changes wait at most ten of them.
+const MAX_CDN_DELAY: Duration = Duration::from_secs(3600);
 
 /// Everything a mount needs, checked.
 pub struct MountConfig {
@@ -60,6 +62,13 @@ impl MountConfig {
         let cache_dir = cache_dir
             .canonicalize()
             .map_err(|e| format!("cache directory {}: {e}", cache_dir.display()))?;
+        if cli.cloudfront_delay > MAX_CDN_DELAY {
+            return Err(format!(
+                "--cloudfront-delay {} is over {}",
+                humantime::format_duration(cli.cloudfront_delay),
+                humantime::format_duration(MAX_CDN_DELAY)
+            ));
+        }
         if let Some(name) = &cli.cloudfront_index_document
             && (name.is_empty() || name.contains('/'))
         {

@@ -71,18 +71,45 @@ struct Counters {
     failed: AtomicU64,
 }
 
+/// What file operations touch: the batch being gathered.
 struct State {
     pending: Pending,
-    /// URL paths taken from batches and not sent yet (a request failed).
-    unsent: BTreeSet<String>,
-    /// A batch overflowed: invalidate everything under the root.
-    everything: bool,
     /// Unmounting: send what there is now.
     finishing: bool,
 }
 
+/// URL paths taken from batches and not sent yet (a request failed), kept by
+/// the sending task apart from [`State`] so that file operations never wait
+/// behind it.
+#[derive(Default)]
+struct Unsent {
+    paths: BTreeSet<String>,
+    /// Too many paths: invalidate everything under the root instead.
+    everything: bool,
+}
+
+impl Unsent {
+    /// Add `paths`; returns how many were not there yet.
+    fn extend(&mut self, paths: impl IntoIterator<Item = String>) -> usize {
+        let before = self.paths.len();
+        if !self.everything {
+            self.paths.extend(paths);
+        }
+        let added = self.paths.len().saturating_sub(before);
+        if self.paths.len() > MAX_PENDING {
+            tracing::warn!(
+                "more than {MAX_PENDING} paths waiting for CloudFront: invalidating everything"
+            );
+            self.paths.clear();
+            self.everything = true;
+        }
+        added
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
+    unsent: Mutex<Unsent>,
     wake: Notify,
     urls: UrlPaths,
     batching: Batching,
@@ -92,6 +119,22 @@ struct Shared {
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn unsent(&self) -> MutexGuard<'_, Unsent> {
+        self.unsent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Move the pending batch into the unsent paths, counting them as queued.
+    fn take_batch(&self) {
+        let batch = self.state().pending.take();
+        let mut unsent = self.unsent();
+        let urls = batch.paths.iter().flat_map(|p| self.urls.of(p));
+        let added = unsent.extend(urls);
+        unsent.everything |= batch.everything;
+        self.counters
+            .queued
+            .fetch_add(added as u64, Ordering::Relaxed);
     }
 }
 
@@ -112,10 +155,9 @@ impl Invalidator {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 pending: Pending::new(MAX_PENDING),
-                unsent: BTreeSet::new(),
-                everything: false,
                 finishing: false,
             }),
+            unsent: Mutex::new(Unsent::default()),
             wake: Notify::new(),
             urls,
             batching,
@@ -135,32 +177,28 @@ impl Invalidator {
         self.shared.wake.notify_one();
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(mut task) = task else { return };
-        if tokio::time::timeout(wait, &mut task).await.is_ok() {
-            return;
+        match tokio::time::timeout(wait, &mut task).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => tracing::error!("CloudFront: the sending task failed: {e}"),
+            Err(_) => {
+                task.abort();
+                tracing::error!(
+                    "CloudFront: invalidations not all sent after waiting {} s at unmount",
+                    wait.as_secs()
+                );
+            }
         }
-        task.abort();
-        let unsent = {
-            let mut state = self.shared.state();
-            let batch = state.pending.take();
-            let mut unsent = std::mem::take(&mut state.unsent);
-            for path in &batch.paths {
-                unsent.extend(self.shared.urls.of(path));
-            }
-            if state.everything || batch.everything {
-                unsent.insert(format!("{}*", self.shared.urls.root()));
-            }
-            unsent
-        };
+        self.shared.take_batch();
+        let unsent = std::mem::take(&mut *self.shared.unsent());
+        let mut lost: Vec<String> = unsent.paths.into_iter().collect();
+        if unsent.everything {
+            lost.push(format!("{}*", self.shared.urls.root()));
+        }
         self.shared
             .counters
             .failed
-            .fetch_add(unsent.len() as u64, Ordering::Relaxed);
-        tracing::error!(
-            "CloudFront: {} paths not invalidated after waiting {} s at unmount:",
-            unsent.len(),
-            wait.as_secs()
-        );
-        for path in unsent {
+            .fetch_add(lost.len() as u64, Ordering::Relaxed);
+        for path in lost {
             tracing::error!("not invalidated: {path}");
         }
     }

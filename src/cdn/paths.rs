@@ -7,15 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 /// What CloudFront wants encoded in an invalidation path: non-ASCII, the
-/// characters RFC 1738 calls unsafe, and `?` and `*`, which would start a query or
-/// make a wildcard. Anything else must stay as it is, or the path would not match
-/// the cached URL.
+/// characters RFC 1738 calls unsafe, and `?`, which would start a query (and which
+/// browsers encode in a file name). Anything else must stay as it is, or the path
+/// would not match the cached URL.
 const UNSAFE: &AsciiSet = &CONTROLS
     .add(b' ')
     .add(b'"')
     .add(b'#')
     .add(b'%')
-    .add(b'*')
     .add(b'<')
     .add(b'>')
     .add(b'?')
@@ -71,8 +70,18 @@ impl UrlPaths {
                 None => self.root.clone(),
             });
         }
-        paths
+        paths.into_iter().map(wildcard_at_star).collect()
     }
+}
+
+/// CloudFront reads `*` as a wildcard, allowed only at the end, and a `*` left
+/// as it is in a name is what browsers request: a name with one is invalidated
+/// as everything that starts like it, up to the first `*`.
+fn wildcard_at_star(mut path: String) -> String {
+    if let Some(star) = path.find('*') {
+        path.truncate(star + 1);
+    }
+    path
 }
 
 fn encode(path: &str) -> String {
@@ -87,9 +96,13 @@ pub struct Budget {
 }
 
 /// The paths of one invalidation that covers every path of `paths` (all below
-/// `root`): a directory with more than `collapse_above` entries changed becomes
-/// `dir/*`, and more is collapsed, the fullest directories first, until the
-/// paths fit `budget`. None if even `root*` does not fit.
+/// `root`), or None if even `root*` does not fit `budget`.
+///
+/// A directory with more than `collapse_above` entries changed becomes `dir/*`
+/// while wildcards are left in the budget (so a budget short of wildcards sends
+/// files rather than wait). Then, while the paths exceed the budget, the fullest
+/// directories are collapsed (those holding wildcards first when wildcards are
+/// short), up to `root*`.
 pub fn plan(
     paths: &BTreeSet<String>,
     root: &str,
@@ -97,39 +110,120 @@ pub fn plan(
     budget: Budget,
 ) -> Option<Vec<String>> {
     let mut items = paths.clone();
+    let mut count = Count::of(&items);
     // Deepest directories first, so that a collapsed directory counts as one
     // entry of its parent.
     let deepest = items.iter().map(|p| depth(p)).max().unwrap_or(0);
     for level in (0..=deepest).rev() {
-        let crowded: Vec<String> = groups(&items, root)
-            .into_iter()
-            .filter(|(dir, entries)| depth(dir) == level && entries.len() > collapse_above)
-            .map(|(dir, _)| dir)
-            .collect();
-        for dir in crowded {
-            collapse(&mut items, &dir);
+        for (dir, entries) in groups(&items, root) {
+            if depth(&dir) != level || entries.len() <= collapse_above {
+                continue;
+            }
+            let merges = entries.iter().any(|e| e.ends_with('*'));
+            if merges || count.wildcards < budget.wildcards {
+                count.collapse(&mut items, &dir);
+            }
         }
     }
-    while !fits(&items, budget) {
+    // Each pass collapses directories until the paths fit: it lowers the count,
+    // or moves paths up, so it ends at `root*` (which is in no directory).
+    while !count.fits(budget) {
         let groups = groups(&items, root);
-        // The directory with the most entries (the deepest of equals) gains the
-        // most; when each has one, moving the deepest up merges it with others.
-        let fullest = groups
-            .iter()
-            .max_by_key(|(dir, entries)| (entries.len(), depth(dir)))
-            .filter(|(_, entries)| entries.len() > 1)
-            .or_else(|| groups.iter().max_by_key(|(dir, _)| depth(dir)));
-        // Each step lowers the count or moves a path up: it ends at `root*`,
-        // which is in no directory.
-        let (dir, _) = fullest?;
-        collapse(&mut items, &dir.clone());
+        if groups.is_empty() {
+            return None;
+        }
+        let wildcards_short = count.wildcards > budget.wildcards;
+        let mut order: Vec<(usize, usize, usize, String)> = groups
+            .into_iter()
+            .map(|(dir, entries)| {
+                let wildcards = entries.iter().filter(|e| e.ends_with('*')).count();
+                (wildcards, entries.len(), depth(&dir), dir)
+            })
+            .filter(|(wildcards, _, _, _)| !wildcards_short || *wildcards > 0)
+            .collect();
+        // What gains most first: merging the most wildcards, or removing the most
+        // entries; when no directory holds two, the deepest move up.
+        if wildcards_short {
+            order.sort_by_key(|g| std::cmp::Reverse((g.0, g.1, g.2)));
+        } else {
+            order.sort_by_key(|g| std::cmp::Reverse((g.1, g.2)));
+        }
+        let gains = order.first().is_some_and(
+            |(w, len, _, _)| {
+                if wildcards_short { *w > 1 } else { *len > 1 }
+            },
+        );
+        if !gains {
+            let deepest = order.iter().map(|g| g.2).max().unwrap_or(0);
+            order.retain(|g| g.2 == deepest);
+        }
+        for (_, len, _, dir) in order {
+            if gains && len < 2 {
+                break;
+            }
+            if !is_covered(&items, &dir, root) {
+                count.collapse(&mut items, &dir);
+                if count.fits(budget) {
+                    break;
+                }
+            }
+        }
     }
     Some(items.into_iter().collect())
 }
 
-fn fits(items: &BTreeSet<String>, budget: Budget) -> bool {
-    let wildcards = items.iter().filter(|p| p.ends_with('*')).count();
-    wildcards <= budget.wildcards && items.len() - wildcards <= budget.files
+/// Files and wildcards among the paths.
+#[derive(Debug, Clone, Copy)]
+struct Count {
+    files: usize,
+    wildcards: usize,
+}
+
+impl Count {
+    fn of(items: &BTreeSet<String>) -> Self {
+        let wildcards = items.iter().filter(|p| p.ends_with('*')).count();
+        Self {
+            files: items.len() - wildcards,
+            wildcards,
+        }
+    }
+
+    fn fits(&self, budget: Budget) -> bool {
+        self.files <= budget.files && self.wildcards <= budget.wildcards
+    }
+
+    /// Replace everything under `dir` by `dir*`.
+    fn collapse(&mut self, items: &mut BTreeSet<String>, dir: &str) {
+        let under: Vec<String> = items
+            .range(dir.to_string()..)
+            .take_while(|p| p.starts_with(dir))
+            .cloned()
+            .collect();
+        for p in under {
+            if p.ends_with('*') {
+                self.wildcards -= 1;
+            } else {
+                self.files -= 1;
+            }
+            items.remove(&p);
+        }
+        items.insert(format!("{dir}*"));
+        self.wildcards += 1;
+    }
+}
+
+/// Is `dir` (or a directory above it, up to `root`) already a wildcard?
+fn is_covered(items: &BTreeSet<String>, dir: &str, root: &str) -> bool {
+    let mut d = dir;
+    loop {
+        if items.contains(&format!("{d}*")) {
+            return true;
+        }
+        if d.len() <= root.len() {
+            return false;
+        }
+        d = parent(d);
+    }
 }
 
 /// Slashes in a path: its depth in the tree.
@@ -162,19 +256,6 @@ fn parent(dir: &str) -> &str {
     &dir[..inner.rfind('/').map_or(0, |i| i + 1)]
 }
 
-/// Replace everything under `dir` by `dir*`.
-fn collapse(items: &mut BTreeSet<String>, dir: &str) {
-    let under: Vec<String> = items
-        .range(dir.to_string()..)
-        .take_while(|p| p.starts_with(dir))
-        .cloned()
-        .collect();
-    for p in under {
-        items.remove(&p);
-    }
-    items.insert(format!("{dir}*"));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,7 +275,8 @@ mod tests {
         assert_eq!(urls.of("style.css"), ["/style.css"]);
         assert_eq!(urls.of("img/a b.png"), ["/img/a%20b.png"]);
         assert_eq!(urls.of("café/menü.html"), ["/caf%C3%A9/men%C3%BC.html"]);
-        assert_eq!(urls.of("a*b?c#d%e~"), ["/a%2Ab%3Fc%23d%25e%7E"]);
+        assert_eq!(urls.of("a?c#d%e~"), ["/a%3Fc%23d%25e%7E"]);
+        assert_eq!(urls.of("img/a*b.png"), ["/img/a*"]);
         // Characters CloudFront wants left alone.
         assert_eq!(urls.of("a+b&c=d(1)!$,;:@'"), ["/a+b&c=d(1)!$,;:@'"]);
     }
@@ -278,6 +360,42 @@ mod tests {
             wildcards: 1,
         };
         assert_eq!(plan(&paths, "/", 10, budget).unwrap(), ["/*"]);
+    }
+
+    #[test]
+    fn crowded_directories_stay_files_when_wildcards_run_short() {
+        // Four crowded directories, three wildcards left: one stays files rather
+        // than all becoming `/*`.
+        let mut paths = BTreeSet::new();
+        for d in 0..4 {
+            for f in 0..11 {
+                paths.insert(format!("/d{d}/{f:02}"));
+            }
+        }
+        let budget = Budget {
+            files: 3000,
+            wildcards: 3,
+        };
+        let planned = plan(&paths, "/", 10, budget).unwrap();
+        assert_eq!(planned[..3], ["/d0/*", "/d1/*", "/d2/*"]);
+        assert_eq!(planned.len(), 3 + 11);
+        // No wildcard left at all: the files go as they are.
+        let files: BTreeSet<String> = (0..11).map(|i| format!("/img/{i}")).collect();
+        let budget = Budget {
+            files: 3000,
+            wildcards: 0,
+        };
+        assert_eq!(plan(&files, "/", 10, budget).unwrap().len(), 11);
+    }
+
+    #[test]
+    fn a_hundred_thousand_sparse_paths_are_planned_within_the_limits() {
+        let paths: BTreeSet<String> = (0..100_000)
+            .map(|i| format!("/{}/{}/{i}.html", i % 97, i % 13))
+            .collect();
+        let planned = plan(&paths, "/", 10_000, LIMITS).unwrap();
+        let count = Count::of(&planned.iter().cloned().collect());
+        assert!(count.fits(LIMITS), "{count:?}");
     }
 
     #[test]

@@ -90,7 +90,11 @@ impl Pending {
     /// delays after its first change.
     pub fn due(&self, delay: Duration) -> Option<Instant> {
         let (first, last) = (self.first?, self.last?);
-        Some((last + delay).min(first + delay * MAX_DELAYS))
+        let quiet = last.checked_add(delay)?;
+        Some(match first.checked_add(delay.saturating_mul(MAX_DELAYS)) {
+            Some(longest) => quiet.min(longest),
+            None => quiet,
+        })
     }
 
     /// Take the batch, leaving an empty one.

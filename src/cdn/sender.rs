@@ -13,8 +13,10 @@ use super::cloudfront::{Cdn, CdnError};
 use super::paths::{Budget, plan};
 
 /// CloudFront's limits on invalidations in progress per distribution.
-const MAX_FILES_IN_PROGRESS: usize = 3000;
-const MAX_WILDCARDS_IN_PROGRESS: usize = 15;
+const LIMITS: Budget = Budget {
+    files: 3000,
+    wildcards: 15,
+};
 /// Backoff between tries of a batch that could not go.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LAST_RETRY: Duration = Duration::from_secs(60);
@@ -35,7 +37,13 @@ struct Sender {
     /// Set after a failed try: when to try again, and the wait after that.
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// The paths and caller reference of the last request that failed: the same
+    /// paths again go with the same reference, so that a request CloudFront did
+    /// take (its answer lost) is not made twice.
+    last_try: Option<(Vec<String>, String)>,
     sequence: u64,
+    /// The unmount was seen: a retry waiting for its backoff goes at once.
+    finishing: bool,
 }
 
 pub(super) async fn run(shared: Arc<Shared>, cdn: Arc<dyn Cdn>) {
@@ -45,24 +53,39 @@ pub(super) async fn run(shared: Arc<Shared>, cdn: Arc<dyn Cdn>) {
         in_progress: Vec::new(),
         retry_at: None,
         backoff: FIRST_RETRY,
+        last_try: None,
         sequence: 0,
+        finishing: false,
     };
     loop {
-        let due = {
+        let (pending_due, finishing) = {
             let state = sender.shared.state();
-            let waiting = !state.unsent.is_empty() || state.everything;
-            if waiting {
-                Some(sender.retry_at.unwrap_or_else(Instant::now))
-            } else if state.pending.is_empty() {
-                if state.finishing {
-                    return;
-                }
-                None
-            } else if state.finishing {
-                Some(Instant::now())
-            } else {
-                state.pending.due(sender.shared.batching.delay)
+            let due = (!state.pending.is_empty()).then(|| {
+                state
+                    .pending
+                    .due(sender.shared.batching.delay)
+                    .unwrap_or_else(Instant::now)
+            });
+            (due, state.finishing)
+        };
+        if finishing && !sender.finishing {
+            sender.finishing = true;
+            sender.retry_at = None;
+            sender.backoff = FIRST_RETRY;
+        }
+        let waiting = {
+            let unsent = sender.shared.unsent();
+            !unsent.paths.is_empty() || unsent.everything
+        };
+        let due = if waiting {
+            Some(sender.retry_at.unwrap_or_else(Instant::now))
+        } else if finishing {
+            match pending_due {
+                Some(_) => Some(Instant::now()),
+                None => return,
             }
+        } else {
+            pending_due
         };
         match due {
             Some(due) if due <= Instant::now() => sender.send_batch().await,
@@ -82,34 +105,27 @@ pub(super) async fn run(shared: Arc<Shared>, cdn: Arc<dyn Cdn>) {
 impl Sender {
     /// Move the pending batch into the unsent paths and try to send them all.
     async fn send_batch(&mut self) {
-        let (unsent, everything) = {
-            let mut state = self.shared.state();
-            let batch = state.pending.take();
-            let before = state.unsent.len();
-            for path in &batch.paths {
-                let urls = self.shared.urls.of(path);
-                state.unsent.extend(urls);
+        self.shared.take_batch();
+        let root = self.shared.urls.root().to_string();
+        let wanted = {
+            let unsent = self.shared.unsent();
+            if unsent.everything {
+                BTreeSet::from([format!("{root}*")])
+            } else {
+                unsent.paths.clone()
             }
-            let queued = state.unsent.len() - before;
-            self.shared
-                .counters
-                .queued
-                .fetch_add(queued as u64, Ordering::Relaxed);
-            state.everything |= batch.everything;
-            (state.unsent.clone(), state.everything)
         };
-        if unsent.is_empty() && !everything {
+        if wanted.is_empty() {
             return;
         }
-        self.forget_completed().await;
-        let root = self.shared.urls.root();
-        let wanted = if everything {
-            BTreeSet::from([format!("{root}*")])
-        } else {
-            unsent
-        };
-        let budget = self.budget();
-        let Some(paths) = plan(&wanted, root, self.shared.batching.collapse_above, budget) else {
+        let wanted = Arc::new(wanted);
+        let mut planned = self.plan(&wanted, self.budget()).await;
+        // Ask after our invalidations in progress only when they change the plan.
+        if !self.in_progress.is_empty() && planned != self.plan(&wanted, LIMITS).await {
+            self.forget_completed().await;
+            planned = self.plan(&wanted, self.budget()).await;
+        }
+        let Some(paths) = planned else {
             tracing::info!(
                 "CloudFront: waiting for invalidations in progress before sending {} paths",
                 wanted.len()
@@ -117,16 +133,11 @@ impl Sender {
             self.retry_later();
             return;
         };
-        self.sequence += 1;
-        let reference = format!(
-            "s3mount-{}-{}-{}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis()),
-            self.sequence
-        );
-        match self.cdn.invalidate(paths.clone(), reference).await {
+        let reference = match &self.last_try {
+            Some((tried, reference)) if *tried == paths => reference.clone(),
+            _ => self.new_reference(),
+        };
+        match self.cdn.invalidate(paths.clone(), reference.clone()).await {
             Ok(accepted) => {
                 let shown: Vec<&str> = paths
                     .iter()
@@ -165,6 +176,7 @@ impl Sender {
                     paths.len(),
                     self.backoff.as_secs()
                 );
+                self.last_try = Some((paths, reference));
                 self.retry_later();
             }
             Err(e) => {
@@ -186,14 +198,37 @@ impl Sender {
         }
     }
 
+    /// Plan off the runtime's workers: a large batch takes a while.
+    async fn plan(&self, wanted: &Arc<BTreeSet<String>>, budget: Budget) -> Option<Vec<String>> {
+        let (wanted, root) = (wanted.clone(), self.shared.urls.root().to_string());
+        let collapse_above = self.shared.batching.collapse_above;
+        tokio::task::spawn_blocking(move || plan(&wanted, &root, collapse_above, budget))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!("CloudFront: planning an invalidation failed: {e}");
+                None
+            })
+    }
+
+    fn new_reference(&mut self) -> String {
+        self.sequence += 1;
+        format!(
+            "s3mount-{}-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis()),
+            self.sequence
+        )
+    }
+
     /// The unsent paths are done with, sent or given up. (Only this task adds to
     /// them, so they are still those of the request.)
     fn settle(&mut self) {
-        let mut state = self.shared.state();
-        state.unsent.clear();
-        state.everything = false;
+        *self.shared.unsent() = Default::default();
         self.retry_at = None;
         self.backoff = FIRST_RETRY;
+        self.last_try = None;
     }
 
     fn retry_later(&mut self) {
@@ -206,8 +241,8 @@ impl Sender {
         let files: usize = self.in_progress.iter().map(|i| i.files).sum();
         let wildcards: usize = self.in_progress.iter().map(|i| i.wildcards).sum();
         Budget {
-            files: MAX_FILES_IN_PROGRESS.saturating_sub(files),
-            wildcards: MAX_WILDCARDS_IN_PROGRESS.saturating_sub(wildcards),
+            files: LIMITS.files.saturating_sub(files),
+            wildcards: LIMITS.wildcards.saturating_sub(wildcards),
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -20,7 +21,7 @@ struct FakeCdn {
     progress: Mutex<VecDeque<bool>>,
     accept_in_progress: bool,
     requests: mpsc::UnboundedSender<Vec<String>>,
-    asked: Mutex<Vec<String>>,
+    accepted: AtomicU64,
 }
 
 #[async_trait]
@@ -30,21 +31,20 @@ impl Cdn for FakeCdn {
         if let Some(e) = self.failures.lock().unwrap().pop_front() {
             return Err(e);
         }
+        let n = self.accepted.fetch_add(1, Ordering::Relaxed) + 1;
         Ok(Accepted {
-            id: "I1".into(),
+            id: format!("I{n}"),
             in_progress: self.accept_in_progress,
         })
     }
 
-    async fn in_progress(&self, id: &str) -> Result<bool, CdnError> {
-        self.asked.lock().unwrap().push(id.to_string());
+    async fn in_progress(&self, _: &str) -> Result<bool, CdnError> {
         Ok(self.progress.lock().unwrap().pop_front().unwrap_or(false))
     }
 }
 
 struct Setup {
     queue: Invalidator,
-    cdn: Arc<FakeCdn>,
     requests: mpsc::UnboundedReceiver<Vec<String>>,
 }
 
@@ -59,7 +59,7 @@ fn setup_with(failures: Vec<CdnError>, accept_in_progress: bool, progress: Vec<b
         progress: Mutex::new(progress.into()),
         accept_in_progress,
         requests: tx,
-        asked: Mutex::new(vec![]),
+        accepted: AtomicU64::new(0),
     });
     let batching = Batching {
         delay: DELAY,
@@ -70,16 +70,12 @@ fn setup_with(failures: Vec<CdnError>, accept_in_progress: bool, progress: Vec<b
             .collect(),
     };
     let queue = Invalidator::start(
-        cdn.clone(),
+        cdn,
         UrlPaths::new("", None),
         batching,
         &tokio::runtime::Handle::current(),
     );
-    Setup {
-        queue,
-        cdn,
-        requests,
-    }
+    Setup { queue, requests }
 }
 
 impl Setup {
@@ -180,8 +176,8 @@ async fn unmount_waits_a_bounded_time_for_a_cdn_that_is_down() {
 #[tokio::test(start_paused = true)]
 async fn invalidations_in_progress_hold_back_what_would_exceed_the_limits() {
     // Crowded directories become wildcards: ten, then five, fill the limit of 15
-    // wildcards in progress.
-    let mut s = setup_with(vec![], true, vec![true, true, true]);
+    // wildcards in progress (the fake says "in progress" to the first five asks).
+    let mut s = setup_with(vec![], true, vec![true; 5]);
     let crowd = |s: &Setup, dirs: std::ops::Range<usize>| {
         for d in dirs {
             for f in 0..11 {
@@ -193,12 +189,44 @@ async fn invalidations_in_progress_hold_back_what_would_exceed_the_limits() {
     assert_eq!(s.next().await.len(), 10);
     crowd(&s, 10..15);
     assert_eq!(s.next().await.len(), 5);
-    // The third needs a wildcard: it waits until CloudFront says the first two
-    // completed (the fake says "in progress" three times).
+    // Crowded files alone go as files while no wildcard is left...
     let t0 = Instant::now();
     crowd(&s, 15..16);
-    assert_eq!(s.next().await, ["/d15/*"]);
+    assert_eq!(s.next().await.len(), 11);
+    assert_eq!(Instant::now() - t0, DELAY);
+    // ...but more files than the limit need one: they wait until CloudFront says
+    // the first ones completed, one backoff later.
+    let t0 = Instant::now();
+    for f in 0..3001 {
+        s.queue.changed(&format!("big/{f}"), NEW);
+    }
+    assert_eq!(s.next().await, ["/big/*"]);
     assert_eq!(Instant::now() - t0, DELAY + Duration::from_secs(1));
-    assert_eq!(s.cdn.asked.lock().unwrap().len(), 5);
     s.queue.finish(Duration::from_secs(30)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn unmount_retries_at_once_a_batch_waiting_for_its_backoff() {
+    let down = || CdnError::Transient("timeout".into());
+    let mut s = setup((0..5).map(|_| down()).collect());
+    s.queue.changed("a", NEW);
+    for _ in 0..5 {
+        assert_eq!(s.next().await, ["/a"]);
+    }
+    // The next try is 16 s away; the unmount does not wait for it.
+    let t0 = Instant::now();
+    s.queue.finish(Duration::from_secs(30)).await;
+    assert_eq!(s.next().await, ["/a"]);
+    assert!(Instant::now() - t0 < Duration::from_secs(1));
+    assert_eq!(s.counters(), [1, 1, 1, 0]);
+}
+
+#[test]
+fn paths_waiting_beyond_the_bound_become_everything() {
+    let mut unsent = Unsent::default();
+    assert_eq!(unsent.extend(["/a".to_string()]), 1);
+    unsent.extend((0..MAX_PENDING).map(|i| format!("/f{i}")));
+    assert!(unsent.everything);
+    assert!(unsent.paths.is_empty());
+    assert_eq!(unsent.extend(["/b".to_string()]), 0);
 }

@@ -390,6 +390,7 @@ impl Fs {
         }
         of.upload_failed = uploaded.is_err();
         let mut etag = uploaded?;
+        self.published(&key, Change::Written { new: inode.local });
         let mut written = options;
         if let Some(streamed) = streamed {
             // The upload took its metadata when it began, without times: it is
@@ -405,7 +406,6 @@ impl Fs {
             }
         }
         let headers = self.wrote(&key, &etag, &written, since);
-        self.published(&key, Change::Written { new: inode.local });
         let mut state = self.state();
         if let Some(inode) = state.inodes.get_mut(ino) {
             inode.dirty = false;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::inode::{Attr, Kind};
 use super::meta::FileMeta;
-use super::{Errno, Fs, FsResult};
+use super::{Change, Errno, Fs, FsResult};
 use crate::store::CopyOptions;
 
 /// The changes of one setattr request; `None` leaves a field as it is.
@@ -105,6 +105,9 @@ impl Fs {
         };
         let since = SystemTime::now();
         let etag = self.uploader.copy(&key, &key, inode.size, &copy).await?;
+        // The content is the same, but the headers served with it (Last-Modified,
+        // ETag, maybe Content-Type) are not.
+        self.published(&key, Change::Written { new: false });
         let headers = self.wrote(&key, &etag, &options, since);
         let mut state = self.state();
         if let Some(stored) = state.inodes.get_mut(inode.ino) {

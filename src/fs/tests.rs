@@ -1301,6 +1301,12 @@ async fn changes_are_reported_once_s3_has_them_saying_whether_the_key_is_new() {
         .await
         .unwrap();
     fs.unlink(ROOT_INO, name("old.css")).await.unwrap();
+    let moved = fs.lookup(ROOT_INO, name("moved.css")).await.unwrap();
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    fs.setattr(moved.ino, chmod).await.unwrap();
     fs.mkdir(ROOT_INO, name("empty"), DIR_MODE, ME)
         .await
         .unwrap();
@@ -1325,6 +1331,7 @@ async fn changes_are_reported_once_s3_has_them_saying_whether_the_key_is_new() {
         ("moved.css", Written { new: true }),
         ("new.css", Deleted),
         ("old.css", Deleted),
+        ("moved.css", Written { new: false }),
         ("dir2/x", Written { new: true }),
         ("dir/x", Deleted),
         ("moved.css", Deleted),
