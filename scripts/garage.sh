@@ -84,18 +84,11 @@ ENV
 
 # Start the server of DIR in the background and wait (bounded) until the node answers.
 run_server() {
-  local dir=$1 i
+  local dir=$1
   local g=("$GARAGE" -c "$dir/garage.toml")
   RUST_LOG=warn "${g[@]}" server >> "$dir/garage.log" 2>&1 &
   echo $! > "$dir/garage.pid"
-  for i in $(seq 1 150); do
-    if "${g[@]}" status > /dev/null 2>&1; then return 0; fi
-    if ! kill -0 "$(cat "$dir/garage.pid")" 2>/dev/null; then
-      echo "garage exited; see $dir/garage.log" >&2; tail -n 20 "$dir/garage.log" >&2; return 1
-    fi
-    sleep 0.2
-  done
-  echo "garage did not answer within 30 s; see $dir/garage.log" >&2; return 1
+  wait_answering garage "$dir/garage.pid" "$dir/garage.log" "${g[@]}" status
 }
 
 # Wait (bounded) until the S3 API on PORT answers HTTP (any status).

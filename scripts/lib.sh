@@ -18,3 +18,17 @@ stop_pidfile() {
   fi
   rm -f "$pidfile"
 }
+
+# Wait (bounded, 30 s) until COMMAND... succeeds while the process whose id is in
+# PIDFILE lives; NAME and LOG are for the message when it does not.
+wait_answering() {
+  local name=$1 pidfile=$2 log=$3; shift 3
+  for _ in $(seq 1 150); do
+    if "$@" > /dev/null 2>&1; then return 0; fi
+    if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+      echo "$name exited; see $log" >&2; tail -n 20 "$log" >&2; return 1
+    fi
+    sleep 0.2
+  done
+  echo "$name did not answer within 30 s; see $log" >&2; return 1
+}

@@ -34,22 +34,11 @@ start() {
   port=$(free_port)
   "$MOTO" -H 127.0.0.1 -p "$port" >> "$dir/moto.log" 2>&1 &
   echo $! > "$dir/moto.pid"
-  for _ in $(seq 1 150); do
-    if python3 - "$port" 2>/dev/null <<'PY'
-import sys, urllib.request
-urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/moto-api/", timeout=1)
-PY
-    then
-      echo "export CLOUDFRONT_ENDPOINT=http://127.0.0.1:$port" > "$dir/env"
-      cat "$dir/env"
-      return 0
-    fi
-    if ! kill -0 "$(cat "$dir/moto.pid")" 2>/dev/null; then
-      echo "moto exited; see $dir/moto.log" >&2; tail -n 20 "$dir/moto.log" >&2; return 1
-    fi
-    sleep 0.2
-  done
-  echo "moto did not answer within 30 s; see $dir/moto.log" >&2; return 1
+  wait_answering moto "$dir/moto.pid" "$dir/moto.log" python3 -c \
+    'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
+    "http://127.0.0.1:$port/moto-api/"
+  echo "export CLOUDFRONT_ENDPOINT=http://127.0.0.1:$port" > "$dir/env"
+  cat "$dir/env"
 }
 
 stop() {

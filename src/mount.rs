@@ -179,19 +179,28 @@ async fn check_bucket(store: &dyn ObjectStore, config: &MountConfig) -> Result<(
         continuation: None,
         max_keys: Some(1),
     });
-    match tokio::time::timeout(CONNECT_TIMEOUT, request).await {
-        Err(_) => Err(format!(
-            "no answer from {endpoint} within {} s",
-            CONNECT_TIMEOUT.as_secs()
-        )),
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(StoreError::NoSuchBucket)) => Err(format!("bucket {bucket} does not exist")),
-        Ok(Err(StoreError::AccessDenied(why))) => Err(format!(
+    match answer_within(&endpoint, request).await? {
+        Ok(_) => Ok(()),
+        Err(StoreError::NoSuchBucket) => Err(format!("bucket {bucket} does not exist")),
+        Err(StoreError::AccessDenied(why)) => Err(format!(
             "access denied to bucket {bucket} ({why}); check the credentials"
         )),
-        Ok(Err(StoreError::Unreachable(why))) => Err(format!("cannot reach {endpoint}: {why}")),
-        Ok(Err(e)) => Err(format!("cannot list bucket {bucket}: {e}")),
+        Err(StoreError::Unreachable(why)) => Err(format!("cannot reach {endpoint}: {why}")),
+        Err(e) => Err(format!("cannot list bucket {bucket}: {e}")),
     }
+}
+
+/// The answer of `endpoint` to the mount's first request, or why none came in
+/// time.
+async fn answer_within<T>(endpoint: &str, request: impl Future<Output = T>) -> Result<T, String> {
+    tokio::time::timeout(CONNECT_TIMEOUT, request)
+        .await
+        .map_err(|_| {
+            format!(
+                "no answer from {endpoint} within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            )
+        })
 }
 
 /// Ask CloudFront for the distribution, so that a wrong id, credentials that may
@@ -202,20 +211,16 @@ async fn check_distribution(cloudfront: &CloudFront, settings: &CdnSettings) -> 
         .endpoint_url
         .clone()
         .unwrap_or_else(|| "CloudFront".into());
-    match tokio::time::timeout(CONNECT_TIMEOUT, cloudfront.check()).await {
-        Err(_) => Err(format!(
-            "no answer from {endpoint} within {} s",
-            CONNECT_TIMEOUT.as_secs()
-        )),
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(CdnError::NoSuchDistribution)) => {
+    match answer_within(&endpoint, cloudfront.check()).await? {
+        Ok(()) => Ok(()),
+        Err(CdnError::NoSuchDistribution) => {
             Err(format!("CloudFront distribution {id} does not exist"))
         }
-        Ok(Err(CdnError::AccessDenied(why))) => Err(format!(
+        Err(CdnError::AccessDenied(why)) => Err(format!(
             "access denied to CloudFront distribution {id} ({why}); check the credentials"
         )),
-        Ok(Err(CdnError::Transient(why))) => Err(format!("cannot reach {endpoint}: {why}")),
-        Ok(Err(CdnError::Rejected(why))) => {
+        Err(CdnError::Transient(why)) => Err(format!("cannot reach {endpoint}: {why}")),
+        Err(CdnError::Rejected(why)) => {
             Err(format!("cannot use CloudFront distribution {id}: {why}"))
         }
     }

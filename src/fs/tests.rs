@@ -1283,20 +1283,8 @@ async fn changes_are_reported_once_s3_has_them_saying_whether_the_key_is_new() {
     let fs = Fs::new(s.store.clone(), s.fs.config().clone())
         .unwrap()
         .reporting_changes_to(recorded.clone());
-    let write = |file: &'static str, flags: i32| {
-        let fs = &fs;
-        async move {
-            let (_, fh) = fs
-                .create(ROOT_INO, name(file), FILE_MODE, flags, ME)
-                .await
-                .unwrap();
-            fs.write(fh, 0, b"new".to_vec()).await.unwrap();
-            fs.flush(fh, ME.process).await.unwrap();
-            fs.release(fh).await;
-        }
-    };
-    write("new.css", libc::O_WRONLY).await;
-    write("old.css", libc::O_WRONLY | libc::O_TRUNC).await;
+    write_file(&fs, ROOT_INO, "new.css", b"new").await.unwrap();
+    write_file(&fs, ROOT_INO, "old.css", b"new").await.unwrap();
     fs.rename(ROOT_INO, name("new.css"), ROOT_INO, name("moved.css"), 0)
         .await
         .unwrap();
