@@ -6,7 +6,7 @@
 use std::ffi::OsStr;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 
@@ -413,12 +413,13 @@ impl Fs {
             inode.times_set = false;
             // The kernel's pages are what was written through it: this version.
             inode.cached_version = Some(etag.clone());
-            inode.etag = Some(etag);
-            inode.validated = Some(Instant::now());
+            inode.stored(etag);
             inode.meta = meta::FileMeta::from_metadata(&headers.metadata);
             inode.modified = SystemTime::now();
             inode.headers = Some(headers);
         }
+        drop(state);
+        self.object_stored(&inode.path);
         tracing::debug!("uploaded {key} ({} bytes)", inode.size);
         Ok(())
     }

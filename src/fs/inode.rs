@@ -89,6 +89,9 @@ pub struct Inode {
     pub times_set: bool,
     /// The object version whose data the kernel's page cache holds.
     pub cached_version: Option<String>,
+    /// When this mount last changed the object in S3: a HEAD or a listing begun
+    /// before then may show the version before the change, and is not taken.
+    pub changed_here: Option<Instant>,
     lookups: u64,
     /// False once unlinked or renamed away: the path no longer names this inode.
     linked: bool,
@@ -111,6 +114,7 @@ impl Inode {
             dirty: false,
             times_set: false,
             cached_version: None,
+            changed_here: None,
             lookups,
             linked: true,
         }
@@ -121,8 +125,28 @@ impl Inode {
         Self::new(0, path, kind, modified, 0)
     }
 
-    /// Take what a HEAD says about the object.
-    pub fn set_head(&mut self, meta: &ObjectMeta) {
+    /// This mount stored version `etag` of the object: it holds now, and what S3
+    /// said of the object in answer to a request begun before now is older.
+    pub fn stored(&mut self, etag: String) {
+        let now = Instant::now();
+        self.etag = Some(etag);
+        self.validated = Some(now);
+        self.changed_here = Some(now);
+    }
+
+    /// Can what S3 said in an answer to a request begun at `seen` be taken? Not
+    /// if this mount changed the object after that: the answer may be older than
+    /// the change, and taking it would put an older version under the next edit.
+    pub fn is_newer(&self, seen: Instant) -> bool {
+        self.changed_here.is_none_or(|changed| seen >= changed)
+    }
+
+    /// Take what a HEAD begun at `seen` says about the object (unless it is older
+    /// than a change made here).
+    pub fn set_head(&mut self, meta: &ObjectMeta, seen: Instant) {
+        if !self.is_newer(seen) {
+            return;
+        }
         if self.etag != meta.etag {
             self.target = None;
         }
@@ -138,9 +162,13 @@ impl Inode {
         self.validated = Some(Instant::now());
     }
 
-    /// Take what a listing says, with the headers remembered for that version (if
-    /// any): without them, a changed object shows the mount's defaults.
-    pub fn set_listed(&mut self, meta: &ObjectMeta, headers: Option<ObjectHeaders>) {
+    /// Take what a listing begun at `seen` says, with the headers remembered for
+    /// that version (if any): without them, a changed object shows the mount's
+    /// defaults. A listing older than a change made here is not taken.
+    pub fn set_listed(&mut self, meta: &ObjectMeta, headers: Option<ObjectHeaders>, seen: Instant) {
+        if !self.is_newer(seen) {
+            return;
+        }
         let changed = self.etag != meta.etag;
         if changed {
             self.target = None;

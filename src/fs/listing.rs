@@ -18,8 +18,8 @@ const MAX_NAMES: usize = 10_000;
 
 /// What the records say about a name.
 pub enum Known {
-    /// Listed, with what the listing said.
-    Listed(DirEntry),
+    /// Listed, with what the listing said and when it began.
+    Listed(DirEntry, Instant),
     /// Not there: a complete listing did not have it, or a lookup found nothing.
     Missing,
     /// Nothing recent.
@@ -142,7 +142,7 @@ impl Listings {
             return Known::Unknown;
         }
         match listing.entries.get(name) {
-            Some((at, _, e)) if at.elapsed() < ttl => Known::Listed(e.clone()),
+            Some((at, _, e)) if at.elapsed() < ttl => Known::Listed(e.clone(), listing.started),
             None if listing.complete => Known::Missing,
             _ => Known::Unknown,
         }
@@ -221,6 +221,11 @@ impl Listings {
         }
     }
 
+    /// When `path` last changed here, if it is still remembered.
+    pub fn changed_at(&mut self, path: &str) -> Option<Instant> {
+        self.changed.peek(path).map(|(_, at)| *at)
+    }
+
     /// Directory `dir` moved: nothing recorded at or below it holds.
     pub fn moved(&mut self, dir: &str) {
         let below = format!("{dir}/");
@@ -270,10 +275,10 @@ mod tests {
         l.record("d", started, &[entry("a")]);
         assert!(matches!(l.find("d", "b", "d/b"), Known::Unknown));
         l.complete("d", started);
-        assert!(matches!(l.find("d", "a", "d/a"), Known::Listed(_)));
+        assert!(matches!(l.find("d", "a", "d/a"), Known::Listed(..)));
         assert!(matches!(l.find("d", "b", "d/b"), Known::Missing));
         l.changed("d", "d/b");
-        assert!(matches!(l.find("d", "a", "d/a"), Known::Listed(_)));
+        assert!(matches!(l.find("d", "a", "d/a"), Known::Listed(..)));
         assert!(matches!(l.find("d", "b", "d/b"), Known::Unknown));
     }
 
@@ -291,7 +296,7 @@ mod tests {
         let after = Instant::now();
         l.record("d", after, &[entry("b")]);
         l.complete("d", after);
-        assert!(matches!(l.find("d", "b", "d/b"), Known::Listed(_)));
+        assert!(matches!(l.find("d", "b", "d/b"), Known::Listed(..)));
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub(super) type Remembered = (String, String, Option<std::time::SystemTime>);
 
 /// What a lookup learnt before it enters the table.
 enum Found {
-    Listed(DirEntry, Option<ObjectHeaders>),
+    /// What a listing begun at the instant showed.
+    Listed(DirEntry, Option<ObjectHeaders>, Instant),
     Resolved(Resolved),
 }
 
@@ -138,17 +139,17 @@ impl Fs {
         }
         match known {
             Known::Missing => return Ok(None),
-            Known::Listed(entry) if entry.kind == Kind::Dir || entry.meta.is_some() => {
+            Known::Listed(entry, listed) if entry.kind == Kind::Dir || entry.meta.is_some() => {
                 let remembered = self.remembered(path, &entry).await;
                 if remembered.is_none() && !self.config.head_listed {
-                    return Ok(Some(Found::Listed(entry, None)));
+                    return Ok(Some(Found::Listed(entry, None, listed)));
                 }
                 return Ok(self
                     .complete_listed(path, entry, remembered)
                     .await?
-                    .map(|(entry, headers)| Found::Listed(entry, Some(headers))));
+                    .map(|(entry, headers)| Found::Listed(entry, Some(headers), listed)));
             }
-            Known::Listed(_) | Known::Unknown => {}
+            Known::Listed(..) | Known::Unknown => {}
         }
         match self.resolve(path).await? {
             Some(resolved) => Ok(Some(Found::Resolved(resolved))),
@@ -221,7 +222,7 @@ impl Fs {
             return Ok(Some(inode.kind));
         }
         Ok(self.find(path).await?.map(|found| match found {
-            Found::Listed(entry, headers) => listed_kind(&entry, headers.as_ref()),
+            Found::Listed(entry, headers, _) => listed_kind(&entry, headers.as_ref()),
             Found::Resolved(r) => r.kind,
         }))
     }
@@ -233,14 +234,19 @@ impl Fs {
             let inode = state.inodes.lookup(&path, inode.kind, self.mount_time);
             return Ok(self.attr(&inode.clone()));
         }
+        let seen = Instant::now();
         match self.find(&path).await?.ok_or(Errno::ENOENT)? {
-            Found::Listed(entry, headers) => Ok(self.enter_listed(&path, &entry, headers)),
+            Found::Listed(entry, headers, listed) => {
+                Ok(self.enter_listed(&path, &entry, headers, listed))
+            }
             Found::Resolved(resolved) => {
+                let changed = self.changed_here(&path);
                 let mut state = self.state();
                 let inode = state.inodes.lookup(&path, resolved.kind, self.mount_time);
+                inode.changed_here = inode.changed_here.max(changed);
                 if !inode.dirty {
                     match &resolved.head {
-                        Some(head) => inode.set_head(head),
+                        Some(head) => inode.set_head(head, seen),
                         None => inode.validated = Some(Instant::now()),
                     }
                 }
@@ -250,14 +256,16 @@ impl Fs {
         }
     }
 
-    /// Enter what a listing showed at `path` in the table, with one more kernel
-    /// reference, and trust it for the TTL.
+    /// Enter what a listing begun at `seen` showed at `path` in the table, with
+    /// one more kernel reference, and trust it for the TTL.
     pub(super) fn enter_listed(
         &self,
         path: &str,
         entry: &DirEntry,
         headers: Option<ObjectHeaders>,
+        seen: Instant,
     ) -> Attr {
+        let changed = self.changed_here(path);
         let mut state = self.state();
         // An inode with changes of its own keeps them.
         if let Some(ino) = state.inodes.ino_of(path)
@@ -270,8 +278,9 @@ impl Fs {
         }
         let kind = listed_kind(entry, headers.as_ref());
         let inode = state.inodes.lookup(path, kind, self.mount_time);
+        inode.changed_here = inode.changed_here.max(changed);
         match &entry.meta {
-            Some(meta) => inode.set_listed(meta, headers),
+            Some(meta) => inode.set_listed(meta, headers, seen),
             None => {
                 if let Some(h) = headers {
                     inode.meta = FileMeta::from_metadata(&h.metadata);
@@ -301,6 +310,7 @@ impl Fs {
     /// HEAD the object again and take what S3 says.
     pub(super) async fn revalidate(&self, ino: u64) -> FsResult<Attr> {
         let path = self.inode(ino)?.path;
+        let seen = Instant::now();
         let result = self.store.head(&self.key(&path)).await;
         if let Ok(head) = &result {
             self.learn(head);
@@ -308,7 +318,7 @@ impl Fs {
         let mut state = self.state();
         let inode = state.inodes.get_mut(ino).ok_or(Errno::ENOENT)?;
         if !inode.dirty && inode.path == path {
-            inode.set_head(&result?);
+            inode.set_head(&result?, seen);
         }
         let inode = inode.clone();
         Ok(self.attr(&inode))
@@ -330,6 +340,7 @@ impl Fs {
             // The root of a bucket: no key, so no metadata.
             return Ok(());
         }
+        let seen = Instant::now();
         let head = match self.store.head(&key).await {
             Ok(head) => head,
             // An implicit directory has no marker and so no metadata.
@@ -341,7 +352,7 @@ impl Fs {
         if let Some(inode) = state.inodes.get_mut(ino)
             && !inode.dirty
         {
-            inode.set_head(&head);
+            inode.set_head(&head, seen);
         }
         Ok(())
     }

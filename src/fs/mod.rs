@@ -24,7 +24,7 @@ use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::cache::meta::MetaCache;
 use crate::cache::{BlockCache, CacheConfig};
@@ -361,6 +361,18 @@ impl Fs {
             inode.meta.mtime = Some(now);
             inode.meta.ctime = Some(now);
         }
+    }
+
+    /// This mount stored a new version of the object at `path`: what listings
+    /// begun before now recorded of it no longer holds.
+    fn object_stored(&self, path: &str) {
+        self.listings().changed(inode::parent_of(path), path);
+    }
+
+    /// When this mount last changed what is at `path`, if recently: for an inode
+    /// entered afresh (the one that saw the change may be forgotten).
+    fn changed_here(&self, path: &str) -> Option<Instant> {
+        self.listings().changed_at(path)
     }
 
     fn new_fh(&self) -> u64 {

@@ -61,11 +61,14 @@ impl Fs {
         if let Some(ino) = self.state().inodes.ino_of(path) {
             return Ok(ino);
         }
+        let seen = Instant::now();
         let resolved = self.resolve(path).await?.ok_or(Errno::ENOENT)?;
+        let changed = self.changed_here(path);
         let mut state = self.state();
         let inode = state.inodes.entry(path, resolved.kind, self.mount_time);
+        inode.changed_here = inode.changed_here.max(changed);
         if let Some(head) = &resolved.head {
-            inode.set_head(head);
+            inode.set_head(head, seen);
         }
         Ok(inode.ino)
     }
@@ -130,8 +133,7 @@ impl Fs {
         if let Some(inode) = state.inodes.get_mut(ino) {
             inode.meta.ctime = Some(now);
             if let Some((etag, headers)) = copied {
-                inode.etag = Some(etag);
-                inode.validated = Some(Instant::now());
+                inode.stored(etag);
                 inode.headers = Some(headers);
             }
         }
@@ -249,7 +251,7 @@ impl Fs {
         }
         for (ino, etag) in new_etags {
             if let Some(inode) = state.inodes.get_mut(ino) {
-                inode.etag = Some(etag);
+                inode.stored(etag);
             }
         }
         Ok(())

@@ -5,7 +5,7 @@
 //! copying the object onto itself with new metadata (server-side: no data moves).
 //! A directory keeps them on its marker object.
 
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 
@@ -111,10 +111,11 @@ impl Fs {
         let headers = self.wrote(&key, &etag, &options, since);
         let mut state = self.state();
         if let Some(stored) = state.inodes.get_mut(inode.ino) {
-            stored.etag = Some(etag);
-            stored.validated = Some(Instant::now());
+            stored.stored(etag);
             stored.headers = Some(headers);
         }
+        drop(state);
+        self.object_stored(&inode.path);
         Ok(())
     }
 
@@ -130,9 +131,11 @@ impl Fs {
         let headers = self.wrote_marker(&marker, &options);
         let mut state = self.state();
         if let Some(stored) = state.inodes.get_mut(inode.ino) {
-            stored.etag = Some(etag);
+            stored.stored(etag);
             stored.headers = Some(headers);
         }
+        drop(state);
+        self.object_stored(&inode.path);
         Ok(())
     }
 }

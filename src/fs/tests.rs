@@ -1330,3 +1330,58 @@ async fn changes_are_reported_once_s3_has_them_saying_whether_the_key_is_new() {
     .collect();
     assert_eq!(got, expected);
 }
+
+/// Open `ino` read-write, write `data` at `offset`, close (flush and release).
+async fn edit(fs: &Fs, ino: u64, offset: u64, data: &[u8]) {
+    let fh = fs.open(ino, libc::O_RDWR, ME).await.unwrap();
+    fs.write(fh, offset, data.to_vec()).await.unwrap();
+    fs.flush(fh, ME.process).await.unwrap();
+    fs.release(fh).await;
+}
+
+#[tokio::test]
+async fn an_edit_saved_here_is_not_undone_by_an_older_listing() {
+    // The pattern of an editor saving in place, with the kernel dropping its
+    // inodes in between: the listing made before the second save must not bring
+    // back the version it saw, or the third save is staged over it.
+    let s = setup();
+    let missing = s.fs.lookup(ROOT_INO, name("f")).await.unwrap_err();
+    assert_eq!(missing, Errno::ENOENT);
+    let ino = write_file(&s.fs, ROOT_INO, "f", &vec![b'a'; 300])
+        .await
+        .unwrap();
+    // The kernel forgets the inode; the next lookup lists the directory.
+    s.fs.forget(ino, 1);
+    let ino = s.fs.lookup(ROOT_INO, name("f")).await.unwrap().ino;
+    edit(&s.fs, ino, 0, b"second").await;
+    s.fs.forget(ino, 1);
+    let ino = s.fs.lookup(ROOT_INO, name("f")).await.unwrap().ino;
+    edit(&s.fs, ino, 100, b"third").await;
+    let mut want = vec![b'a'; 300];
+    want[..6].copy_from_slice(b"second");
+    want[100..105].copy_from_slice(b"third");
+    assert_eq!(&s.store.object("f").unwrap().body[..], &want[..]);
+    assert_eq!(read_all(&s.fs, ino).await, want);
+}
+
+#[tokio::test]
+async fn a_directory_handle_listed_before_a_save_does_not_undo_it() {
+    // `ls` started before the save and read on after it (or rewound): its
+    // snapshot holds the version before the save.
+    let s = setup();
+    let ino = write_file(&s.fs, ROOT_INO, "f", &vec![b'a'; 300])
+        .await
+        .unwrap();
+    let dh = s.fs.opendir(ROOT_INO).unwrap();
+    s.fs.readdir(ROOT_INO, dh, 0, 100, true).await.unwrap();
+    edit(&s.fs, ino, 0, b"second").await;
+    // What the handle shows again must not bring back the version before.
+    s.fs.readdir(ROOT_INO, dh, 0, 100, true).await.unwrap();
+    s.fs.releasedir(dh);
+    edit(&s.fs, ino, 100, b"third").await;
+    let mut want = vec![b'a'; 300];
+    want[..6].copy_from_slice(b"second");
+    want[100..105].copy_from_slice(b"third");
+    assert_eq!(&s.store.object("f").unwrap().body[..], &want[..]);
+    assert_eq!(read_all(&s.fs, ino).await, want);
+}

@@ -321,6 +321,7 @@ impl Fs {
             .entries_from(&self.store, from, max - out.len())
             .await?
             .to_vec();
+        let seen = handle.begun();
         {
             let mut listings = self.listings();
             listings.record(&dir.path, handle.begun(), &entries);
@@ -364,7 +365,7 @@ impl Fs {
             for (i, (done, path)) in completed.into_iter().zip(&paths).enumerate() {
                 // Gone since it was listed: leave it out.
                 let Some((e, headers)) = done? else { continue };
-                let attr = self.enter_listed(path, &e, headers);
+                let attr = self.enter_listed(path, &e, headers, seen);
                 out.push(Listed {
                     ino: attr.ino,
                     next_offset: (from + i + 3) as u64,
@@ -385,7 +386,7 @@ impl Fs {
                         && !inode.local
                         && inode.kind != Kind::Dir
                     {
-                        inode.set_listed(meta, None);
+                        inode.set_listed(meta, None, seen);
                     }
                     (inode.ino, inode.kind)
                 }
