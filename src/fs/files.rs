@@ -310,9 +310,9 @@ impl Fs {
             Ok(())
         }
         .await;
-        if temporary {
-            self.close_file(ino).await;
-        }
+        // The write state was taken here, open or not: given back here (the last
+        // user tears it down).
+        self.close_file(ino).await;
         result
     }
 

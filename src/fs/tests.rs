@@ -1385,3 +1385,24 @@ async fn a_directory_handle_listed_before_a_save_does_not_undo_it() {
     assert_eq!(&s.store.object("f").unwrap().body[..], &want[..]);
     assert_eq!(read_all(&s.fs, ino).await, want);
 }
+
+#[tokio::test]
+async fn truncating_an_open_file_leaves_nothing_behind_at_its_close() {
+    // ftruncate() and truncate() of an open file: the write state is torn down at
+    // the close as usual, so the staging file goes and a failed upload at the
+    // close is reported as one.
+    let s = setup();
+    let ino = write_file(&s.fs, ROOT_INO, "f", b"hello world")
+        .await
+        .unwrap();
+    let fh = s.fs.open(ino, libc::O_RDWR, ME).await.unwrap();
+    let cut = SetAttr {
+        size: Some(5),
+        ..SetAttr::default()
+    };
+    s.fs.setattr(ino, cut).await.unwrap();
+    s.fs.flush(fh, ME.process).await.unwrap();
+    s.fs.release(fh).await;
+    assert_eq!(&s.store.object("f").unwrap().body[..], b"hello");
+    assert!(staged_files(&s).is_empty(), "staging file left behind");
+}
