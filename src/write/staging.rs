@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
+/// Names tried for one staging file before giving up.
+const MAX_TRIES: u32 = 10_000;
+
 pub struct StagingDir {
     dir: PathBuf,
     counter: AtomicU64,
@@ -34,7 +37,6 @@ impl StagingDir {
 
     /// A new, empty staging file for `key`.
     pub fn create(&self, key: &str) -> io::Result<StagingFile> {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let base: String = key
             .rsplit('/')
             .next()
@@ -49,12 +51,26 @@ impl StagingDir {
             })
             .take(100)
             .collect();
-        let path = self.dir.join(format!("{}-{n}-{base}", std::process::id()));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        // A file kept from an earlier mount may have the name (process ids are
+        // reused, and a mount restarted in-process counts from 0 again): it is
+        // left alone and the next number taken.
+        let mut tries = 0;
+        let (path, file) = loop {
+            let n = self.counter.fetch_add(1, Ordering::Relaxed);
+            let path = self.dir.join(format!("{}-{n}-{base}", std::process::id()));
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(file) => break (path, file),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < MAX_TRIES => {
+                    tries += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         Ok(StagingFile {
             path,
             reader: StagingReader {
@@ -168,5 +184,21 @@ mod tests {
         let path = f.path().to_path_buf();
         f.remove();
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn files_kept_by_an_earlier_mount_are_not_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = {
+            let earlier = StagingDir::new(dir.path().to_path_buf()).unwrap();
+            let f = earlier.create("f").unwrap();
+            std::fs::write(f.path(), b"kept").unwrap();
+            f.path().to_path_buf()
+        };
+        // A mount in the same process counts from the start again.
+        let staging = StagingDir::new(dir.path().to_path_buf()).unwrap();
+        let f = staging.create("f").unwrap();
+        assert_ne!(f.path(), kept);
+        assert_eq!(std::fs::read(&kept).unwrap(), b"kept");
     }
 }
