@@ -332,10 +332,19 @@ impl Fs {
             return Ok(());
         }
         let inode = self.inode(handle.ino)?;
-        if inode.local && inode.size == 0 {
+        if inode.local && inode.size == 0 && !self.upload_failed(handle.ino).await {
             return Ok(());
         }
         self.fsync(fh).await
+    }
+
+    /// Did the last upload of `ino` fail (an fsync's)? Then the last release,
+    /// which does not try again, must not be left to upload the file.
+    async fn upload_failed(&self, ino: u64) -> bool {
+        match self.open_state(ino) {
+            Some(of) => of.lock().await.upload_failed,
+            None => false,
+        }
     }
 
     /// fsync(): upload what was written, whoever asks.

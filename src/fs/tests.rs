@@ -1406,3 +1406,21 @@ async fn truncating_an_open_file_leaves_nothing_behind_at_its_close() {
     assert_eq!(&s.store.object("f").unwrap().body[..], b"hello");
     assert!(staged_files(&s).is_empty(), "staging file left behind");
 }
+
+#[tokio::test]
+async fn a_new_empty_file_whose_fsync_failed_is_uploaded_at_its_close() {
+    // An empty new file normally goes up at the last release; after a failed
+    // fsync, which the release does not retry, the close must upload it.
+    let s = setup();
+    let (_, fh) =
+        s.fs.create(ROOT_INO, name("new"), FILE_MODE, libc::O_RDWR, ME)
+            .await
+            .unwrap();
+    s.store
+        .fail_next(Op::Put, StoreError::Unreachable("server down".into()));
+    assert_eq!(s.fs.fsync(fh).await.unwrap_err(), Errno::EIO);
+    s.fs.flush(fh, ME.process).await.unwrap();
+    s.fs.release(fh).await;
+    assert!(s.store.object("new").is_some());
+    assert!(staged_files(&s).is_empty(), "staging file left behind");
+}
