@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 pub use super::Op;
 use super::{
@@ -44,7 +44,8 @@ impl StoredObject {
 struct Upload {
     key: String,
     options: PutOptions,
-    parts: BTreeMap<i32, Bytes>,
+    /// Parts by number: ETag and body.
+    parts: BTreeMap<i32, (String, Bytes)>,
 }
 
 #[derive(Default)]
@@ -53,7 +54,7 @@ pub struct MemoryStore {
     uploads: Mutex<HashMap<String, Upload>>,
     faults: Mutex<HashMap<Op, Vec<StoreError>>>,
     /// Operations held until their gate opens (see [`MemoryStore::hold`]).
-    gates: Mutex<HashMap<Op, Arc<Semaphore>>>,
+    gates: Mutex<HashMap<Op, Arc<GateState>>>,
     counter: AtomicU64,
     calls: Mutex<HashMap<Op, u64>>,
 }
@@ -71,9 +72,22 @@ impl MemoryStore {
     /// Hold every call of `op` (counted, but not carried out) until the returned
     /// gate is opened, so a test can act while the call is under way.
     pub fn hold(&self, op: Op) -> Gate {
-        let gate = Arc::new(Semaphore::new(0));
+        let gate = Arc::new(GateState {
+            open: Semaphore::new(0),
+            waiting: watch::channel(0).0,
+        });
         lock(&self.gates).insert(op, gate.clone());
         Gate(gate)
+    }
+
+    /// Withdraw every fault not yet met.
+    pub fn clear_faults(&self) {
+        lock(&self.faults).clear();
+    }
+
+    /// Faults queued for `op` and not yet met by a call.
+    pub fn pending_faults(&self, op: Op) -> usize {
+        lock(&self.faults).get(&op).map_or(0, Vec::len)
     }
 
     /// How many times `op` was called (failed calls included).
@@ -92,6 +106,11 @@ impl MemoryStore {
     /// Number of multipart uploads started and neither completed nor aborted.
     pub fn open_uploads(&self) -> usize {
         lock(&self.uploads).len()
+    }
+
+    /// Delete an object as another S3 client would.
+    pub fn remove(&self, key: &str) {
+        lock(&self.objects).remove(key);
     }
 
     /// Put an object as another S3 client would.
@@ -129,7 +148,8 @@ impl MemoryStore {
         *lock(&self.calls).entry(op).or_default() += 1;
         let gate = lock(&self.gates).get(&op).cloned();
         if let Some(gate) = gate {
-            let _ = gate.acquire().await;
+            gate.waiting.send_modify(|n| *n += 1);
+            let _ = gate.open.acquire().await;
         }
         let mut faults = lock(&self.faults);
         match faults.get_mut(&op) {
@@ -165,21 +185,38 @@ impl MemoryStore {
             .get_mut(upload_id)
             .filter(|u| u.key == key)
             .ok_or(StoreError::NotFound)?;
-        upload.parts.insert(number, body);
-        Ok(format!("\"part-{number}\""))
+        // Like S3's (an MD5 of the body), a part's ETag is new each time it is sent.
+        let etag = format!(
+            "\"part-{number}-{}\"",
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        );
+        upload.parts.insert(number, (etag.clone(), body));
+        Ok(etag)
     }
 }
 
+struct GateState {
+    open: Semaphore,
+    /// Calls that reached the gate.
+    waiting: watch::Sender<usize>,
+}
+
 /// Opens (when dropped, or with [`Gate::open`]) the calls held by [`MemoryStore::hold`].
-pub struct Gate(Arc<Semaphore>);
+pub struct Gate(Arc<GateState>);
 
 impl Gate {
     pub fn open(self) {}
+
+    /// Wait until `n` calls have reached the gate.
+    pub async fn reached(&self, n: usize) {
+        let mut rx = self.0.waiting.subscribe();
+        let _ = rx.wait_for(|waiting| *waiting >= n).await;
+    }
 }
 
 impl Drop for Gate {
     fn drop(&mut self) {
-        self.0.close();
+        self.0.open.close();
     }
 }
 
@@ -214,9 +251,15 @@ impl ObjectStore for MemoryStore {
             return Err(StoreError::PreconditionFailed);
         }
         let len = o.body.len() as u64;
-        let start = range.start.min(len) as usize;
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        if range.start >= len {
+            // What S3 answers: 416 InvalidRange.
+            return Err(StoreError::Other("InvalidRange (HTTP 416)".into()));
+        }
         let end = range.end.min(len) as usize;
-        Ok(o.body.slice(start..end))
+        Ok(o.body.slice(range.start as usize..end))
     }
 
     async fn list(&self, request: ListRequest<'_>) -> StoreResult<ListPage> {
@@ -227,7 +270,8 @@ impl ObjectStore for MemoryStore {
         let mut count = 0;
         // Continuation tokens are simply the last key or prefix returned.
         let start = request.continuation.clone().unwrap_or_default();
-        let mut last = None;
+        // The last entry returned, and whether it was a common prefix.
+        let mut last: Option<(String, bool)> = None;
         for (key, o) in objects.range(request.prefix.to_string()..) {
             if !key.starts_with(request.prefix) {
                 break;
@@ -243,11 +287,11 @@ impl ObjectStore for MemoryStore {
                         continue;
                     }
                     page.prefixes.push(prefix.clone());
-                    prefix
+                    (prefix, true)
                 }
                 None => {
                     page.objects.push(o.meta(key, false));
-                    key.clone()
+                    (key.clone(), false)
                 }
             };
             count += 1;
@@ -256,12 +300,19 @@ impl ObjectStore for MemoryStore {
                 break;
             }
         }
-        if count == max {
-            // Only a page that is full can have a next page.
-            let last = last.unwrap_or_default();
+        if count == max
+            && let Some((last, is_prefix)) = last
+        {
+            // Only a page that is full can have a next page: one with a key after
+            // the last entry (after every key under it, for a common prefix).
             let more = objects
-                .range(last.clone()..)
-                .any(|(k, _)| k.starts_with(request.prefix) && !k.starts_with(&last));
+                .range::<str, _>((
+                    std::ops::Bound::Excluded(last.as_str()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .any(|(k, _)| {
+                    k.starts_with(request.prefix) && !(is_prefix && k.starts_with(&last))
+                });
             if more {
                 page.next_token = Some(last);
             }
@@ -354,18 +405,25 @@ impl ObjectStore for MemoryStore {
         parts: Vec<CompletedPart>,
     ) -> StoreResult<String> {
         self.enter(Op::CompleteMultipart).await?;
-        let upload = lock(&self.uploads)
-            .remove(upload_id)
+        let mut uploads = lock(&self.uploads);
+        let upload = uploads
+            .get(upload_id)
             .filter(|u| u.key == key)
             .ok_or(StoreError::NotFound)?;
         let mut body = BytesMut::new();
         for part in &parts {
-            let data = upload
-                .parts
-                .get(&part.number)
-                .ok_or_else(|| StoreError::Other(format!("part {} missing", part.number)))?;
+            let data = match upload.parts.get(&part.number) {
+                Some((etag, data)) if *etag == part.etag => data,
+                // What S3 answers for a part not sent, or sent again since; the
+                // upload stays, to be completed right or aborted.
+                _ => return Err(StoreError::Other(format!("InvalidPart {}", part.number))),
+            };
             body.extend_from_slice(data);
         }
+        let Some(upload) = uploads.remove(upload_id) else {
+            return Err(StoreError::NotFound);
+        };
+        drop(uploads);
         let etag = format!(
             "\"{}-{}\"",
             self.counter.fetch_add(1, Ordering::Relaxed),
