@@ -6,6 +6,8 @@
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 pub mod cdn;
+pub mod model;
+pub mod ops;
 pub mod tmux;
 
 use std::path::{Path, PathBuf};
@@ -259,18 +261,23 @@ impl Mount {
         if let Some(i) = args.iter().position(|a| *a == "--cache-dir") {
             cache = PathBuf::from(args[i + 1]);
         }
-        let log = dir.path().join("s3mount.log");
+        let mut log = dir.path().join("s3mount.log");
+        if let Some(i) = args.iter().position(|a| *a == "--log-file") {
+            log = PathBuf::from(args[i + 1]);
+        }
         let mut cmd = env.command();
         cmd.arg(source)
             .arg(&path)
             .arg("--foreground")
-            .args(["--log-file".as_ref(), log.as_os_str()])
             .args(["--log-level", "debug"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if !args.contains(&"--cache-dir") {
             cmd.args(["--cache-dir".as_ref(), cache.as_os_str()]);
+        }
+        if !args.contains(&"--log-file") {
+            cmd.args(["--log-file".as_ref(), log.as_os_str()]);
         }
         cmd.args(args);
         let child = cmd.spawn().expect("spawn s3mount");
