@@ -99,6 +99,18 @@ pub struct Cli {
     #[arg(long)]
     pub allow_other: bool,
 
+    /// When another writer changed a file since this mount read it: keep both
+    /// (theirs at the name, ours beside it as NAME.conflict-YYYYMMDD-HHMMSS, and
+    /// close() fails with ESTALE), or overwrite theirs (last writer wins)
+    #[arg(long, value_enum, value_name = "WHAT", default_value = "keep")]
+    pub on_conflict: ConflictChoice,
+
+    /// HEAD each object before uploading over it, to catch another writer's
+    /// change on servers that ignore If-Match / If-None-Match; `auto`: unless
+    /// the endpoint is AWS S3, which enforces them
+    #[arg(long, value_enum, value_name = "WHEN", default_value = "auto")]
+    pub check_before_upload: CheckBeforeUpload,
+
     /// Log level (error, warn, info, debug, trace); RUST_LOG, if set, wins
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
@@ -153,6 +165,19 @@ pub struct Cli {
         requires = "cloudfront_distribution_id"
     )]
     pub cloudfront_endpoint_url: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictChoice {
+    Keep,
+    Overwrite,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckBeforeUpload {
+    Auto,
+    Always,
+    Never,
 }
 
 fn parse_glob(s: &str) -> Result<glob::Pattern, String> {

@@ -17,6 +17,9 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_ARENA_MAX, 2);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
+    // The cache directory holds the bucket's data: nothing s3mount creates is
+    // for other users to read.
+    s3mount::private::restrict_umask();
     let cli = Cli::parse();
     let config = mountpoint::check(&cli.mountpoint).and_then(|mp| MountConfig::new(cli, mp));
     let config = match config {

@@ -12,10 +12,12 @@ use crate::cache::CacheConfig;
 use crate::cache::disk::DiskLimits;
 use crate::cdn::cloudfront::{CdnError, CloudFront};
 use crate::cdn::paths::UrlPaths;
+use crate::cdn::saved::SavedQueue;
 use crate::cdn::{Batching, COLLAPSE_ABOVE, CdnSettings, Invalidator};
-use crate::config::{Cli, default_cache_dir, parse_source};
+use crate::config::{CheckBeforeUpload, Cli, ConflictChoice, default_cache_dir, parse_source};
 use crate::daemon::Readiness;
-use crate::fs::{Fs, FsConfig};
+use crate::fs::changes::Changes;
+use crate::fs::{Fs, FsConfig, OnConflict, RetryPolicy};
 use crate::fuse::S3Fuse;
 use crate::store::counting::CountingStore;
 use crate::store::s3::{S3Settings, S3Store};
@@ -43,6 +45,7 @@ pub struct MountConfig {
     pub log_level: String,
     pub log_file: Option<PathBuf>,
     pub cdn: Option<CdnSettings>,
+    pub check_before_upload: CheckBeforeUpload,
 }
 
 impl MountConfig {
@@ -56,7 +59,7 @@ impl MountConfig {
             ));
         }
         let cache_dir = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
-        std::fs::create_dir_all(&cache_dir)
+        crate::private::create_dir(&cache_dir)
             .map_err(|e| format!("cache directory {}: {e}", cache_dir.display()))?;
         // The background process changes directory; keep paths absolute.
         let cache_dir = cache_dir
@@ -98,7 +101,7 @@ impl MountConfig {
             .or_else(|| (!cli.foreground).then(|| cache_dir.join("s3mount.log")));
         Ok(Self {
             settings: S3Settings {
-                bucket,
+                bucket: bucket.clone(),
                 endpoint_url: cli.endpoint_url.clone(),
                 region: cli.region.clone(),
                 force_path_style: cli.force_path_style,
@@ -112,7 +115,15 @@ impl MountConfig {
                 metadata_ttl: cli.metadata_ttl,
                 head_listed: cli.head_listed,
                 read_only: cli.read_only,
-                staging_dir: cache_dir.join("staging"),
+                bucket: bucket.clone(),
+                cache_dir: cache_dir.clone(),
+                on_conflict: match cli.on_conflict {
+                    ConflictChoice::Keep => OnConflict::Keep,
+                    ConflictChoice::Overwrite => OnConflict::Overwrite,
+                },
+                // Settled in `run`, once the endpoint is known.
+                check_before_upload: true,
+                retry: RetryPolicy::default(),
                 cache: CacheConfig {
                     block_size: cli.block_size,
                     memory_bytes: cli.max_memory / 4,
@@ -135,6 +146,7 @@ impl MountConfig {
             log_level: cli.log_level,
             log_file,
             cdn,
+            check_before_upload: cli.check_before_upload,
         })
     }
 }
@@ -228,8 +240,26 @@ async fn check_distribution(cloudfront: &CloudFront, settings: &CdnSettings) -> 
 
 /// Mount and serve until unmounted (or SIGINT/SIGTERM). Errors before the mount is
 /// ready come back as one line for the user.
-pub fn run(config: MountConfig, readiness: &mut Readiness) -> Result<(), String> {
+pub fn run(mut config: MountConfig, readiness: &mut Readiness) -> Result<(), String> {
+    // Before anything else, so that a second mount on the cache directory fails
+    // at once, and before anything of this run lands in it.
+    let tightened = crate::private::tighten(&config.cache_dir)
+        .map_err(|e| format!("cache directory {}: {e}", config.cache_dir.display()))?;
+    let holder = format!(
+        "s3://{}/{} on {}, process {}",
+        config.settings.bucket,
+        config.prefix,
+        config.mountpoint.display(),
+        std::process::id()
+    );
+    let _lock = crate::private::lock(&config.cache_dir, &holder)?;
     init_logging(&config)?;
+    if !tightened.is_empty() {
+        tracing::warn!(
+            "made private (only its owner may read them): {}",
+            tightened.join(", ")
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("s3mount")
@@ -237,6 +267,17 @@ pub fn run(config: MountConfig, readiness: &mut Readiness) -> Result<(), String>
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let (store, cdn) = rt.block_on(async {
         let sdk_config = crate::aws::load(config.settings.region.clone()).await?;
+        config.fs.check_before_upload = match config.check_before_upload {
+            CheckBeforeUpload::Always => true,
+            CheckBeforeUpload::Never => false,
+            // AWS S3 enforces If-Match and If-None-Match; other servers may not.
+            CheckBeforeUpload::Auto => config
+                .settings
+                .endpoint_url
+                .as_deref()
+                .or_else(|| sdk_config.endpoint_url())
+                .is_some(),
+        };
         let store = S3Store::new(&sdk_config, &config.settings);
         check_bucket(&store, &config).await?;
         let cdn = match &config.cdn {
@@ -247,23 +288,35 @@ pub fn run(config: MountConfig, readiness: &mut Readiness) -> Result<(), String>
                     &settings.distribution_id,
                 );
                 check_distribution(&cloudfront, settings).await?;
+                let path = config
+                    .cache_dir
+                    .join("journal")
+                    .join(format!("cloudfront-{}.queue", settings.distribution_id));
+                let saved = SavedQueue::open(path.clone())
+                    .map_err(|e| format!("CloudFront queue {}: {e}", path.display()))?;
                 Some(Arc::new(Invalidator::start(
                     Arc::new(cloudfront),
                     settings.urls.clone(),
                     settings.batching.clone(),
                     &tokio::runtime::Handle::current(),
+                    Some(saved),
                 )))
             }
             None => None,
         };
         Ok::<_, String>((Arc::new(CountingStore::new(store)), cdn))
     })?;
-    let mut fs = Fs::new(store.clone(), config.fs.clone())
-        .map_err(|e| format!("staging directory {}: {e}", config.fs.staging_dir.display()))?;
-    if let Some(cdn) = &cdn {
-        fs = fs.reporting_changes_to(cdn.clone());
-    }
-    let fs = Arc::new(fs);
+    let changes = cdn.clone().map(|c| c as Arc<dyn Changes>);
+    let fs = {
+        let _runtime = rt.enter();
+        let fs = Fs::new(store.clone(), config.fs.clone(), changes)
+            .map_err(|e| format!("cache directory {}: {e}", config.cache_dir.display()))?;
+        // The journal of an earlier run: before the first request, so that its
+        // files show their new content from the start.
+        rt.block_on(fs.resume())
+            .map_err(|e| format!("journal in {}: {e}", config.cache_dir.display()))?;
+        fs
+    };
 
     let mut options = fuser::Config::default();
     options.mount_options = vec![

@@ -160,7 +160,7 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         store.insert("k", data(1000));
         let r = reader(&store, "k");
-        store.insert("k", data(1000));
+        store.insert("k", vec![7u8; 1000]);
         assert_eq!(r.read(0, 10).await, Err(StoreError::PreconditionFailed));
     }
 

@@ -1,9 +1,17 @@
 //! The operation alphabet of `model_mount.rs`, run on the filesystem core over the
 //! in-memory store (no FUSE, no server: thousands of sequences a minute), against
 //! an in-memory model of the file. It adds what a mount cannot do cheaply: other
-//! S3 clients replacing or deleting the object between operations, injected
-//! faults (a part upload that fails once, a GET that fails part way, a PutObject
-//! that fails), and a slow GET that finishes after a later write.
+//! S3 clients replacing or deleting the object between operations (conflicts
+//! with changes not uploaded yet), injected faults (a part upload that fails
+//! once, a GET that fails part way, a PutObject that fails), a slow GET that
+//! finishes after a later write, and crashes (every in-memory state dropped, the
+//! cache directory and the bucket kept, the journal taken up by a new mount).
+//!
+//! What the model promises: a file whose close() succeeded, or failed after its
+//! writer finished, is never lost (it is in S3, or is uploaded later and shows
+//! meanwhile); another writer's version is never replaced silently (both are
+//! kept); a file whose writer did not finish never becomes an object (its data
+//! is put aside).
 //!
 //! The harness plays the kernel: it looks names up before opening them, counts
 //! the references it holds and forgets them when "dropping caches", and writes in
@@ -24,7 +32,7 @@ use common::ops::{Alphabet, At, Case, Fault, Len, MIB, Op, SizeClass, case, patt
 use s3mount::cache::CacheConfig;
 use s3mount::cache::disk::DiskLimits;
 use s3mount::fs::inode::ROOT_INO;
-use s3mount::fs::{Caller, Errno, Fs, FsConfig, SetAttr};
+use s3mount::fs::{Caller, Errno, Fs, FsConfig, OnConflict, RetryPolicy, SetAttr};
 use s3mount::store::StoreError;
 use s3mount::store::memory::{MemoryStore, Op as StoreOp};
 
@@ -62,6 +70,21 @@ struct Model {
     named: Option<usize>,
     /// What S3 has at the name.
     saved: Option<Vec<u8>>,
+    /// The named file has changes S3 does not have.
+    unsaved: bool,
+    /// What S3 had when those changes began: their upload requires that it
+    /// still has it (else both versions are kept).
+    base: Option<Vec<u8>>,
+    /// The named file was finished (closed or fsync'ed) but its upload failed:
+    /// it is uploaded later and shows meanwhile.
+    pending: bool,
+    /// The open handle changed the named file since it was last finished.
+    writing: bool,
+    /// Our versions kept beside another writer's (conflict copies), or put
+    /// aside when they could not be rebuilt.
+    copies: Vec<Vec<u8>>,
+    /// Files put aside in `recovered/` because their writer never finished.
+    aside: usize,
 }
 
 impl Model {
@@ -72,6 +95,48 @@ impl Model {
     fn new_file(&mut self, data: Vec<u8>) -> usize {
         self.files.push(data);
         self.files.len() - 1
+    }
+
+    /// A program changes file `file`: if it is the named one and has no
+    /// unsaved changes yet, they begin over what S3 has now.
+    fn change(&mut self, file: usize) {
+        if self.named != Some(file) {
+            return;
+        }
+        if !self.unsaved {
+            self.unsaved = true;
+            self.base = self.saved.clone();
+        }
+        self.writing = true;
+    }
+
+    /// Would an upload of the named file meet another writer's version?
+    fn conflict(&self) -> bool {
+        self.unsaved && self.saved != self.base
+    }
+
+    /// An upload of the named file succeeded, or found another writer's
+    /// version and kept both.
+    fn uploaded(&mut self) {
+        let Some(file) = self.named else { return };
+        if self.conflict() {
+            self.copies.push(self.files[file].clone());
+            self.named = self.saved.clone().map(|theirs| {
+                self.files.push(theirs);
+                self.files.len() - 1
+            });
+        } else {
+            self.saved = Some(self.files[file].clone());
+        }
+        self.settled();
+    }
+
+    /// The named file has no changes left to upload.
+    fn settled(&mut self) {
+        self.unsaved = false;
+        self.pending = false;
+        self.writing = false;
+        self.base = None;
     }
 }
 
@@ -93,6 +158,16 @@ struct Armed {
     put: bool,
 }
 
+/// How an upload of the named file may end.
+#[derive(Debug, PartialEq, Eq)]
+enum Upload {
+    Stored,
+    /// Failed for an injected fault: the file is pending.
+    Failed,
+    /// Another writer's version is there: both kept, the call fails.
+    Conflict,
+}
+
 struct Core {
     store: Arc<MemoryStore>,
     fs: Arc<Fs>,
@@ -103,8 +178,19 @@ struct Core {
     handle: Option<Handle>,
     model: Model,
     armed: Armed,
-    /// An operation failed as an injected fault allowed: data may be kept aside.
-    faulted: bool,
+}
+
+/// A cache directory for one case: on tmpfs where there is one, since every case
+/// creates and removes hundreds of small files (a sixth of the run on ext4).
+fn scratch_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    let builder = tempfile::Builder::new();
+    if shm.is_dir() {
+        builder.tempdir_in(shm)
+    } else {
+        builder.tempdir()
+    }
+    .expect("tempdir")
 }
 
 fn err(e: Errno) -> String {
@@ -113,7 +199,7 @@ fn err(e: Errno) -> String {
 
 impl Core {
     fn new(case: &Case) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = scratch_dir();
         let store = Arc::new(MemoryStore::new());
         // Other writers are seen at the next open only with a TTL of zero; without
         // them, everything the mount records is trusted.
@@ -134,7 +220,16 @@ impl Core {
             },
             head_listed: false,
             read_only: false,
-            staging_dir: dir.path().join("staging"),
+            bucket: "model".into(),
+            cache_dir: dir.path().to_path_buf(),
+            on_conflict: OnConflict::Keep,
+            check_before_upload: false,
+            // Retried only by the operations (deterministic): never in the
+            // background while a case runs.
+            retry: RetryPolicy {
+                first: Duration::from_secs(3600),
+                max: Duration::from_secs(3600),
+            },
             cache: CacheConfig {
                 block_size: MIB,
                 memory_bytes: 8 * MIB,
@@ -149,7 +244,7 @@ impl Core {
             },
             upload_memory: 64 * MIB,
         };
-        let fs = Arc::new(Fs::new(store.clone(), config.clone()).expect("fs"));
+        let fs = Fs::new(store.clone(), config.clone(), None).expect("fs");
         Self {
             store,
             fs,
@@ -159,7 +254,6 @@ impl Core {
             handle: None,
             model: Model::default(),
             armed: Armed::default(),
-            faulted: false,
         }
     }
 
@@ -196,6 +290,7 @@ impl Core {
     async fn open(&mut self, trunc: bool, append: bool) -> Result<(), String> {
         self.close().await?;
         let flags = libc::O_RDWR | if trunc { libc::O_TRUNC } else { 0 };
+        let mut created = false;
         let (ino, fh) = match self.lookup(name()).await {
             Ok((ino, _)) => {
                 let fh = self.fs.open(ino, flags, ME).await.map_err(err)?;
@@ -219,6 +314,8 @@ impl Core {
                 *self.lookups.entry(attr.ino).or_default() += 1;
                 let file = self.model.new_file(Vec::new());
                 self.model.named = Some(file);
+                self.model.settled();
+                created = true;
                 (attr.ino, fh)
             }
             Err(e) => return Err(format!("lookup: {e:?}")),
@@ -226,6 +323,9 @@ impl Core {
         let file = self.model.named.ok_or("the model has no file")?;
         if trunc {
             self.model.files[file].clear();
+        }
+        if trunc || created {
+            self.model.change(file);
         }
         self.handle = Some(Handle {
             fh,
@@ -243,49 +343,86 @@ impl Core {
         self.handle.ok_or_else(|| "no handle".into())
     }
 
-    /// close(): flush then release. A failure is allowed only for a fault
-    /// injected into the upload; then the file shows what S3 has.
+    /// close(): flush then release. It fails only for an injected fault (the
+    /// file is then pending: uploaded later, shown meanwhile) or for another
+    /// writer's version (both kept).
     async fn close(&mut self) -> Result<(), String> {
         let Some(h) = self.handle.take() else {
             return Ok(());
         };
+        let named = self.model.named == Some(h.file);
+        // Only an upload of the named file with changes S3 lacks can conflict.
+        let expected_conflict = named && self.model.conflict();
         let put_faults = self.store.pending_faults(StoreOp::Put);
-        // A new file still empty goes up at the release, which cannot report a
-        // failure (a deliberate difference, docs/POSIX.md): it is then gone.
-        let new_and_empty = self.model.named == Some(h.file)
-            && self.model.saved.is_none()
-            && self.model.files[h.file].is_empty();
         let flushed = self.fs.flush(h.fh, ME.process).await;
         self.fs.release(h.fh).await;
-        match flushed {
+        if !named {
+            // An unlinked file: nothing of it is uploaded.
+            return flushed.map_err(|e| format!("close of a removed file: {e:?}"));
+        }
+        // A new file still empty goes up at the release, which cannot report a
+        // failure (a deliberate difference, docs/POSIX.md): it is pending then.
+        let outcome = match flushed {
             Ok(()) if self.store.pending_faults(StoreOp::Put) < put_faults => {
+                let new_and_empty =
+                    self.model.saved.is_none() && self.model.files[h.file].is_empty();
                 if !new_and_empty {
                     return Err("a PutObject failed, but close() succeeded".into());
                 }
                 self.armed.put = self.store.pending_faults(StoreOp::Put) > 0;
-                self.faulted = true;
-                self.model.named = None;
+                Upload::Failed
+            }
+            Ok(()) => Upload::Stored,
+            Err(e) => self.upload_failure(e, put_faults, expected_conflict)?,
+        };
+        self.upload_outcome(outcome, expected_conflict)
+    }
+
+    /// An upload of the named file (close, fsync, truncate of a closed file)
+    /// failed with `e`: for an injected fault (EIO), or for a conflict
+    /// (ESTALE) where one was due.
+    fn upload_failure(
+        &mut self,
+        e: Errno,
+        put_faults_before: usize,
+        expected_conflict: bool,
+    ) -> Result<Upload, String> {
+        if e == Errno::ESTALE && expected_conflict {
+            return Ok(Upload::Conflict);
+        }
+        self.allow_failure(e, put_faults_before)?;
+        Ok(Upload::Failed)
+    }
+
+    /// What the model does after an upload of the named file ended so.
+    fn upload_outcome(&mut self, outcome: Upload, expected_conflict: bool) -> Result<(), String> {
+        match outcome {
+            Upload::Stored if expected_conflict => {
+                Err("the upload replaced another writer's version".into())
+            }
+            Upload::Stored | Upload::Conflict => {
+                self.model.uploaded();
                 Ok(())
             }
-            Ok(()) => {
-                if self.model.named == Some(h.file) {
-                    self.model.saved = Some(self.model.files[h.file].clone());
+            Upload::Failed => {
+                // The writer finished: kept, and uploaded later.
+                if self.model.unsaved {
+                    self.model.pending = true;
                 }
-                Ok(())
-            }
-            Err(e) => {
-                self.allow_failure(e, put_faults)?;
-                // What S3 has is what the file shows from now on.
-                if self.model.named == Some(h.file) {
-                    let saved = self.model.saved.clone();
-                    match saved {
-                        Some(data) => self.model.files[h.file] = data,
-                        None => self.model.named = None,
-                    }
-                }
+                self.model.writing = false;
                 Ok(())
             }
         }
+    }
+
+    /// A read of `file` failed with `e`: for an injected fault, or because bytes
+    /// it had not fetched went with a version another writer replaced (the
+    /// file changed in place, its upload pending).
+    fn read_failure(&mut self, e: Errno, file: usize) -> Result<(), String> {
+        if e == Errno::ESTALE && self.model.named == Some(file) && self.model.conflict() {
+            return Ok(());
+        }
+        self.allow_failure(e, self.store.pending_faults(StoreOp::Put))
     }
 
     /// An operation failed with `e`: only EIO, and only for an injected fault
@@ -303,7 +440,6 @@ impl Core {
         } else {
             return Err(format!("failed with {e:?} without an injected fault"));
         }
-        self.faulted = true;
         Ok(())
     }
 
@@ -363,7 +499,7 @@ impl Core {
     ) -> Result<(), String> {
         match self.read_at(fh, offset, len).await {
             Ok(got) => same("read", &got, &self.expected(file, offset, len)),
-            Err(e) => self.allow_failure(e, self.store.pending_faults(StoreOp::Put)),
+            Err(e) => self.read_failure(e, file),
         }
     }
 
@@ -389,6 +525,7 @@ impl Core {
                     start = self.model.files[h.file].len() as u64;
                 }
                 let data = pattern(*seed, start, len);
+                self.model.change(h.file);
                 self.write_at(h, start, &data).await.map_err(err)?;
                 self.model_write(h.file, start, &data);
                 format!("write {start}+{len}")
@@ -407,23 +544,26 @@ impl Core {
                 let (ino, _) = self.lookup(name()).await.map_err(err)?;
                 let put_faults = self.store.pending_faults(StoreOp::Put);
                 let open = self.handle.is_some_and(|h| h.file == file);
+                self.model.change(file);
+                let expected_conflict = !open && self.model.conflict();
                 let changes = SetAttr {
                     size: Some(to),
                     ..SetAttr::default()
                 };
-                match self.fs.setattr(ino, changes).await {
-                    Ok(_) => {
-                        self.model.files[file].resize(to as usize, 0);
-                        if !open {
-                            // A closed file is uploaded at once.
-                            self.model.saved = Some(self.model.files[file].clone());
-                        }
-                    }
-                    // The cut was not made; the file shows what S3 has.
-                    Err(e) if !open => {
-                        self.allow_failure(e, put_faults)?;
-                    }
-                    Err(e) => return Err(format!("truncate: {e:?}")),
+                let result = self.fs.setattr(ino, changes).await;
+                // The cut is made, whether the upload that follows it (the file
+                // is not open) succeeds or not.
+                self.model.files[file].resize(to as usize, 0);
+                if open {
+                    result.map_err(|e| format!("truncate: {e:?}"))?;
+                } else {
+                    // Nobody has the file open: the truncate is its writer,
+                    // finished, and uploads at once.
+                    let outcome = match result {
+                        Ok(_) => Upload::Stored,
+                        Err(e) => self.upload_failure(e, put_faults, expected_conflict)?,
+                    };
+                    self.upload_outcome(outcome, expected_conflict)?;
                 }
                 format!("truncate {to}")
             }
@@ -434,6 +574,7 @@ impl Core {
                     size: Some(to),
                     ..SetAttr::default()
                 };
+                self.model.change(h.file);
                 self.fs.setattr(h.ino, changes).await.map_err(err)?;
                 self.model.files[h.file].resize(to as usize, 0);
                 format!("ftruncate {to}")
@@ -441,14 +582,25 @@ impl Core {
             Op::Fsync => {
                 let h = self.handle().await?;
                 let put_faults = self.store.pending_faults(StoreOp::Put);
-                match self.fs.fsync(h.fh).await {
-                    Ok(()) => {
-                        if self.model.named == Some(h.file) {
-                            self.model.saved = Some(self.model.files[h.file].clone());
-                        }
+                let named = self.model.named == Some(h.file);
+                let expected_conflict = named && self.model.conflict();
+                let result = self.fs.fsync(h.fh).await;
+                if named {
+                    let outcome = match result {
+                        Ok(()) => Upload::Stored,
+                        Err(e) => self.upload_failure(e, put_faults, expected_conflict)?,
+                    };
+                    let conflict = outcome == Upload::Conflict;
+                    self.upload_outcome(outcome, expected_conflict)?;
+                    if conflict {
+                        // Told ESTALE, the program gives the descriptor up.
+                        self.handle = None;
+                        let flushed = self.fs.flush(h.fh, ME.process).await;
+                        self.fs.release(h.fh).await;
+                        flushed.map_err(|e| format!("close after a conflict: {e:?}"))?;
                     }
-                    // The changes stay staged; the next close sends them.
-                    Err(e) => self.allow_failure(e, put_faults)?,
+                } else {
+                    result.map_err(|e| format!("fsync of a removed file: {e:?}"))?;
                 }
                 "fsync".into()
             }
@@ -531,8 +683,9 @@ impl Core {
                 written.map_err(err)?;
                 if let Err(e) = flushed {
                     // A program whose temporary file failed to save does not
-                    // rename it.
+                    // rename it, and removes it.
                     self.allow_failure(e, put_faults)?;
+                    self.fs.unlink(ROOT_INO, tmp_name()).await.map_err(err)?;
                     return Ok(format!("new file of {len} bytes: its close failed"));
                 }
                 if let Err(e) = self
@@ -551,28 +704,40 @@ impl Core {
                 let file = self.model.new_file(data.clone());
                 self.model.named = Some(file);
                 self.model.saved = Some(data);
+                // Whatever the old file had not uploaded went with it.
+                self.model.settled();
                 format!("rename a new file of {len} bytes over it")
             }
             Op::ExternalPut { len, seed } => {
-                if !self.quiet() {
+                if self.handle.is_some() {
                     return Ok("external put (skipped: the file is open)".into());
                 }
                 let len = len.resolve(0);
                 let data = pattern(seed.wrapping_add(1), 0, len);
                 self.store.insert("f", data.clone());
-                let file = self.model.new_file(data.clone());
-                self.model.named = Some(file);
+                if !self.model.unsaved {
+                    let file = self.model.new_file(data.clone());
+                    self.model.named = Some(file);
+                }
+                // Else the file shows its changes until their upload meets
+                // this version.
                 self.model.saved = Some(data);
                 format!("another client puts {len} bytes")
             }
             Op::ExternalDelete => {
-                if !self.quiet() {
+                if self.handle.is_some() {
                     return Ok("external delete (skipped: the file is open)".into());
                 }
                 self.store.remove("f");
-                self.model.named = None;
+                if !self.model.unsaved {
+                    self.model.named = None;
+                }
                 self.model.saved = None;
                 "another client deletes it".into()
+            }
+            Op::Crash => {
+                self.crash().await?;
+                "crash".into()
             }
             Op::Inject(fault) => {
                 match fault {
@@ -610,11 +775,6 @@ impl Core {
         })
     }
 
-    /// Nothing of the file is open or unsaved: another client may change it.
-    fn quiet(&self) -> bool {
-        self.handle.is_none() && self.model.named().cloned() == self.model.saved
-    }
-
     /// A read whose GET (if it makes one) is held while a write covers the same
     /// bytes; the read returns the bytes from before or after the write.
     async fn slow_read(&mut self, h: Handle, start: u64, len: u64, seed: u8) -> Result<(), String> {
@@ -628,6 +788,7 @@ impl Core {
             r = &mut read => Some(r),
             () = gate.reached(1) => None,
         };
+        self.model.change(h.file);
         let fs = self.fs.clone();
         let write_data = data.clone();
         let write = tokio::spawn(async move { fs.write(h.fh, start, write_data).await });
@@ -665,32 +826,83 @@ impl Core {
                     ));
                 }
             }
-            Err(e) => self.allow_failure(e, self.store.pending_faults(StoreOp::Put))?,
+            Err(e) => self.read_failure(e, h.file)?,
         }
         Ok(())
     }
 
+    /// Unmount (a last upload of what is pending) and mount again with the
+    /// same cache directory.
     async fn remount(&mut self) -> Result<(), String> {
         self.fs.shutdown().await;
+        self.mount_again().await
+    }
+
+    /// The daemon dies between two operations. A file open with changes its
+    /// writer had not finished is put aside; finished ones are uploaded by the
+    /// next mount.
+    async fn crash(&mut self) -> Result<(), String> {
+        if let Some(h) = self.handle.take()
+            && self.model.named == Some(h.file)
+            && self.model.writing
+        {
+            self.model.aside += 1;
+            self.model.named = self.model.saved.clone().map(|d| self.model.new_file(d));
+            self.model.settled();
+        }
+        self.fs.halt();
+        // A dead process writes nothing more.
+        self.fs.settle().await;
+        self.mount_again().await
+    }
+
+    /// A new mount over the same cache directory and bucket; what the journal
+    /// holds is uploaded (faults withdrawn, so that it is, now).
+    async fn mount_again(&mut self) -> Result<(), String> {
+        self.store.clear_faults();
+        self.armed = Armed::default();
         self.lookups.clear();
         self.fs =
-            Arc::new(Fs::new(self.store.clone(), self.config.clone()).map_err(|e| e.to_string())?);
+            Fs::new(self.store.clone(), self.config.clone(), None).map_err(|e| e.to_string())?;
+        self.fs.resume().await.map_err(|e| format!("resume: {e}"))?;
+        self.upload_pending().await
+    }
+
+    /// What is pending goes up now (or meets another writer's version): no
+    /// fault is armed, so it must.
+    async fn upload_pending(&mut self) -> Result<(), String> {
+        self.fs.retry_pending().await;
+        let left = self.fs.pending().await;
+        if left > 0 {
+            return Err(format!(
+                "{left} files still pending after a retry without faults"
+            ));
+        }
+        if self.model.pending {
+            self.model.uploaded();
+        }
         Ok(())
     }
 
-    /// After the last operation: closed, read back whole, the bucket checked,
-    /// and no staging file left unless a fault made one stay.
+    /// After the last operation: closed, read back whole, unmounted (what is
+    /// pending goes up), and the bucket and the cache directory checked.
     async fn finish(&mut self) -> Result<(), String> {
         self.close().await?;
         // What is checked from here on must not meet a fault left armed.
         self.store.clear_faults();
         self.armed = Armed::default();
+        self.upload_pending().await?;
         match (self.lookup(name()).await, self.model.named) {
             (Ok((ino, size)), Some(file)) => {
-                let fh = self.fs.open(ino, libc::O_RDONLY, ME).await.map_err(err)?;
-                let got = self.read_at(fh, 0, size.max(1) + 1).await.map_err(err);
+                let fh = self
+                    .fs
+                    .open(ino, libc::O_RDONLY, ME)
+                    .await
+                    .map_err(|e| format!("final open: {e:?}"))?;
+                let got = self.read_at(fh, 0, size.max(1) + 1).await;
                 self.fs.release(fh).await;
-                same("final read", &got?, &self.model.files[file])?;
+                let got = got.map_err(|e| format!("final read: {e:?}"))?;
+                same("final read", &got, &self.model.files[file])?;
             }
             (Err(Errno::ENOENT), None) => {}
             (got, want) => {
@@ -713,24 +925,66 @@ impl Core {
                 ));
             }
         }
-        let keys = self.store.keys();
-        if keys.iter().any(|k| k != "f") {
-            return Err(format!("the bucket holds {keys:?}"));
-        }
+        self.check_kept_aside()?;
         if self.store.open_uploads() > 0 {
             return Err(format!(
                 "{} multipart uploads left open",
                 self.store.open_uploads()
             ));
         }
-        let staged = std::fs::read_dir(self.dir.path().join("staging"))
-            .map(|d| d.count())
-            .unwrap_or(0);
-        if staged > 0 && !self.faulted {
+        let staged = files_in(&self.dir.path().join("staging")).len();
+        if staged > 0 {
             return Err(format!("{staged} staging files left behind"));
+        }
+        let records = files_in(&self.dir.path().join("journal")).len();
+        if records > 0 {
+            return Err(format!("{records} journal records left behind"));
         }
         Ok(())
     }
+
+    /// Every version of ours kept beside another writer's is in the bucket as
+    /// a conflict copy, or (when it could not be rebuilt) in `recovered/`, as
+    /// is every file whose writer never finished; nothing else is in either.
+    fn check_kept_aside(&self) -> Result<(), String> {
+        let mut expected = self.model.copies.clone();
+        let mut copies = 0;
+        for key in self.store.keys() {
+            if key == "f" {
+                continue;
+            }
+            if !key.starts_with("f.conflict-") {
+                return Err(format!("the bucket holds {key}"));
+            }
+            let body = self.store.object(&key).map(|o| o.body.to_vec());
+            match expected.iter().position(|e| Some(e) == body.as_ref()) {
+                Some(i) => {
+                    expected.remove(i);
+                    copies += 1;
+                }
+                None => return Err(format!("{key} holds no version of ours")),
+            }
+        }
+        let aside = files_in(&self.dir.path().join("recovered"))
+            .iter()
+            .filter(|p| p.extension().is_none_or(|e| e != "json"))
+            .count();
+        let want = self.model.copies.len() + self.model.aside;
+        if copies + aside != want {
+            return Err(format!(
+                "{copies} conflict copies and {aside} files put aside; the model has {} versions kept beside another writer's and {} writers that never finished",
+                self.model.copies.len(),
+                self.model.aside
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn files_in(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
 }
 
 fn same(what: &str, got: &[u8], want: &[u8]) -> Result<(), String> {
@@ -753,6 +1007,13 @@ fn first_difference(got: &[u8], want: &[u8]) -> String {
 }
 
 fn check(rt: &tokio::runtime::Runtime, case: &Case) -> Result<(), String> {
+    // S3MOUNT_LOG=debug shows what the core does (for a replay).
+    if std::env::var_os("S3MOUNT_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("S3MOUNT_LOG"))
+            .with_test_writer()
+            .try_init();
+    }
     rt.block_on(async {
         let mut core = Core::new(case);
         let mut done = Vec::new();

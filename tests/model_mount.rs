@@ -380,9 +380,11 @@ impl<'a> Run<'a> {
                 self.both("rename over", |s| s.rename_over(&data))?;
                 format!("rename a new file of {len} bytes over it")
             }
-            Op::ExternalPut { .. } | Op::ExternalDelete | Op::Inject(_) | Op::SlowRead { .. } => {
-                "(not run through a mount)".into()
-            }
+            Op::ExternalPut { .. }
+            | Op::ExternalDelete
+            | Op::Crash
+            | Op::Inject(_)
+            | Op::SlowRead { .. } => "(not run through a mount)".into(),
         };
         Ok(what)
     }

@@ -5,13 +5,16 @@
 //! relies on, and both stores must pass it.
 //!
 //! Where servers differ, the suite checks only what the core relies on:
-//! - ETags: S3 and Garage give a part-less object the MD5 of its body (so equal
-//!   bodies share an ETag) and a multipart one `"…-N"`; the memory store gives
-//!   every version a new ETag. The core needs only that different bodies have
-//!   different ETags, and that `If-Match` on GET, CopyObject and UploadPartCopy
-//!   is enforced; all three stores do both.
-//! - Conditional PutObject (`If-None-Match`, `If-Match`) is enforced by AWS S3,
-//!   ignored by Garage 2.5.0: the core does not use it.
+//! - `If-Match` on GET, CopyObject and UploadPartCopy is enforced by all.
+//! - Conditional PutObject and CompleteMultipartUpload (`If-None-Match: *`,
+//!   `If-Match`) are enforced by AWS S3 (and the memory store, unless told to
+//!   ignore them), on PutObject only by moto 5.2, and ignored by Garage 2.5.0.
+//!   The core sends them, and where the server may not enforce them (any
+//!   endpoint but AWS) asks with a HEAD first.
+//! - ETags are the MD5 of the body, and of the parts' MD5s for a multipart
+//!   object, on all of them: the core recognises by them an upload of its own
+//!   that an earlier run completed without noting it (elsewhere it would keep
+//!   both versions, never lose one).
 //! - A range past the end of an object: S3 and Garage answer 416 (an error), as
 //!   the memory store does; the core never asks for one (it clamps reads to the
 //!   size it knows, and a shorter object than that fails as a short read).
@@ -31,7 +34,8 @@ use futures::future::BoxFuture;
 use s3mount::store::memory::MemoryStore;
 use s3mount::store::s3::{S3Settings, S3Store};
 use s3mount::store::{
-    CompletedPart, CopyOptions, ListRequest, ObjectStore, PutOptions, StoreError, UserMetadata,
+    CompletedPart, Condition, CopyOptions, ListRequest, ObjectStore, PutOptions, StoreError,
+    UserMetadata, etag,
 };
 
 type Store = Arc<dyn ObjectStore>;
@@ -71,10 +75,17 @@ async fn put_head_and_get_round_trip(store: Store, p: String) -> Result<(), Stri
         &[("mode", "33188"), ("mtime", "1700000000.5")],
     );
     let before = SystemTime::now() - Duration::from_secs(60);
-    let etag = store.put(&key, data.clone(), &opts).await.map_err(e)?;
+    let etag = store
+        .put(&key, data.clone(), &opts, None)
+        .await
+        .map_err(e)?;
     ensure!(
         etag.starts_with('"') && etag.ends_with('"') && etag.len() > 2,
         "ETag {etag:?} is not quoted"
+    );
+    ensure!(
+        etag == etag::of_body(&data),
+        "the ETag of a PutObject is the MD5 of its body: {etag}"
     );
     let head = store.head(&key).await.map_err(e)?;
     ensure!(head.size == 1000, "size {}", head.size);
@@ -108,7 +119,7 @@ async fn ranges_and_short_reads(store: Store, p: String) -> Result<(), String> {
     let key = format!("{p}r");
     let data = body(3 * MIB + 17, 2);
     store
-        .put(&key, data.clone(), &PutOptions::default())
+        .put(&key, data.clone(), &PutOptions::default(), None)
         .await
         .map_err(e)?;
     let len = data.len() as u64;
@@ -141,7 +152,7 @@ async fn ranges_and_short_reads(store: Store, p: String) -> Result<(), String> {
     );
     let empty = format!("{p}empty");
     store
-        .put(&empty, Bytes::new(), &PutOptions::default())
+        .put(&empty, Bytes::new(), &PutOptions::default(), None)
         .await
         .map_err(e)?;
     ensure!(
@@ -159,11 +170,11 @@ async fn etags_follow_the_content_and_if_match_holds(
 ) -> Result<(), String> {
     let key = format!("{p}e");
     let first = store
-        .put(&key, body(5000, 3), &PutOptions::default())
+        .put(&key, body(5000, 3), &PutOptions::default(), None)
         .await
         .map_err(e)?;
     let second = store
-        .put(&key, body(5000, 4), &PutOptions::default())
+        .put(&key, body(5000, 4), &PutOptions::default(), None)
         .await
         .map_err(e)?;
     ensure!(first != second, "two bodies, one ETag {first}");
@@ -199,6 +210,7 @@ async fn listing_pages_and_delimiters(store: Store, p: String) -> Result<(), Str
                 &format!("{p}{n}"),
                 Bytes::from_static(b"x"),
                 &PutOptions::default(),
+                None,
             )
             .await
             .map_err(e)?;
@@ -300,7 +312,7 @@ async fn multipart_with_part_copies(store: Store, p: String) -> Result<(), Strin
     let source = format!("{p}source");
     let src = body(12 * MIB, 5);
     let src_etag = store
-        .put(&source, src.clone(), &PutOptions::default())
+        .put(&source, src.clone(), &PutOptions::default(), None)
         .await
         .map_err(e)?;
     let key = format!("{p}multi");
@@ -339,13 +351,38 @@ async fn multipart_with_part_copies(store: Store, p: String) -> Result<(), Strin
             etag: p3,
         },
     ];
+    let listed = store.list_parts(&key, &id).await.map_err(e)?;
+    let listed: Vec<(i32, &str, u64)> = listed
+        .iter()
+        .map(|l| (l.number, l.etag.as_str(), l.size))
+        .collect();
+    ensure!(
+        listed
+            == [
+                (1, parts[0].etag.as_str(), 6 * MIB),
+                (2, parts[1].etag.as_str(), 6 * MIB),
+                (3, parts[2].etag.as_str(), 1000),
+            ],
+        "ListParts before completion: {listed:?}"
+    );
+    let etags: Vec<&str> = parts.iter().map(|p| p.etag.as_str()).collect();
+    let expected = etag::of_parts(&etags);
     let etag = store
-        .complete_multipart(&key, &id, parts)
+        .complete_multipart(&key, &id, parts.clone(), None)
         .await
         .map_err(e)?;
     ensure!(
         etag.ends_with("-3\""),
         "a multipart ETag ends with the part count: {etag}"
+    );
+    ensure!(
+        expected.as_deref() == Some(etag.as_str()),
+        "a multipart ETag is the MD5 of its parts' MD5s: {etag}, not {expected:?}"
+    );
+    let gone = store.list_parts(&key, &id).await;
+    ensure!(
+        gone == Err(StoreError::NotFound),
+        "ListParts of a completed upload: {gone:?}"
     );
     let mut want = local.to_vec();
     want.extend_from_slice(&src[3 * MIB as usize..9 * MIB as usize]);
@@ -368,7 +405,7 @@ async fn multipart_with_part_copies(store: Store, p: String) -> Result<(), Strin
         .await
         .map_err(e)?;
     store
-        .put(&source, body(12 * MIB, 8), &PutOptions::default())
+        .put(&source, body(12 * MIB, 8), &PutOptions::default(), None)
         .await
         .map_err(e)?;
     let stale = store
@@ -396,7 +433,10 @@ async fn copy_keeps_or_replaces_metadata(store: Store, p: String) -> Result<(), 
     let from = format!("{p}from file.css");
     let data = body(2000, 10);
     let opts = options("text/css", &[("mode", "33188"), ("uid", "1000")]);
-    let etag = store.put(&from, data.clone(), &opts).await.map_err(e)?;
+    let etag = store
+        .put(&from, data.clone(), &opts, None)
+        .await
+        .map_err(e)?;
     let kept = format!("{p}dir/kept \u{e9}+%.css");
     store
         .copy(
@@ -440,7 +480,10 @@ async fn copy_keeps_or_replaces_metadata(store: Store, p: String) -> Result<(), 
     );
     // If-Match an ETag the source no longer has (a copy may keep the ETag: only
     // a changed body is sure to change it).
-    store.put(&from, body(2000, 11), &opts).await.map_err(e)?;
+    store
+        .put(&from, body(2000, 11), &opts, None)
+        .await
+        .map_err(e)?;
     let stale = store
         .copy(
             &from,
@@ -479,7 +522,7 @@ async fn errors_are_sorted(store: Store, p: String) -> Result<(), String> {
         .map_err(|err| format!("deleting nothing is no error: {err:?}"))?;
     let key = format!("{p}d");
     store
-        .put(&key, body(10, 1), &PutOptions::default())
+        .put(&key, body(10, 1), &PutOptions::default(), None)
         .await
         .map_err(e)?;
     store.delete(&key).await.map_err(e)?;
@@ -506,7 +549,7 @@ async fn errors_are_sorted(store: Store, p: String) -> Result<(), String> {
         number: 1,
         etag: "\"0123456789abcdef0123456789abcdef\"".into(),
     }];
-    let done = store.complete_multipart(&key, &id, wrong).await;
+    let done = store.complete_multipart(&key, &id, wrong, None).await;
     let _ = store.abort_multipart(&key, &id).await;
     ensure!(done.is_err(), "completed with a part's wrong ETag");
     Ok(())
@@ -536,13 +579,112 @@ const CHECKS: &[(&str, Check)] = &[
     }),
 ];
 
+/// Conditional writes: where the server enforces them, a PutObject or a
+/// CompleteMultipartUpload whose condition fails is refused (412) and changes
+/// nothing; where it does not (Garage 2.5), it replaces the object, and the core
+/// must ask with a HEAD first (`--check-before-upload`).
+/// `multipart`: CompleteMultipartUpload is tried too (not on moto, whose answer
+/// to it, a `CompleteMultipartUploadResponse`, the SDK takes for an error).
+async fn conditional_writes(
+    store: Store,
+    p: String,
+    enforced: bool,
+    multipart: bool,
+) -> Result<(), String> {
+    let key = format!("{p}cond");
+    let v1 = store
+        .put(
+            &key,
+            body(100, 1),
+            &PutOptions::default(),
+            Some(&Condition::Absent),
+        )
+        .await
+        .map_err(e)?;
+    let over = store
+        .put(
+            &key,
+            body(100, 2),
+            &PutOptions::default(),
+            Some(&Condition::Absent),
+        )
+        .await;
+    let stale = Condition::Matches(etag::of_body(b"another version"));
+    let replaced = store
+        .put(&key, body(100, 3), &PutOptions::default(), Some(&stale))
+        .await;
+    let now = store.head(&key).await.map_err(e)?.etag;
+    let completed = if multipart {
+        let id = store
+            .create_multipart(&key, &PutOptions::default())
+            .await
+            .map_err(e)?;
+        let part = store
+            .upload_part(&key, &id, 1, body(100, 4))
+            .await
+            .map_err(e)?;
+        let parts = vec![CompletedPart {
+            number: 1,
+            etag: part,
+        }];
+        let completed = store
+            .complete_multipart(&key, &id, parts, Some(&stale))
+            .await;
+        let _ = store.abort_multipart(&key, &id).await;
+        completed.map(|_| ())
+    } else {
+        Ok(())
+    };
+    if enforced {
+        ensure!(
+            over == Err(StoreError::PreconditionFailed),
+            "If-None-Match: * over an object: {over:?}"
+        );
+        ensure!(
+            replaced == Err(StoreError::PreconditionFailed),
+            "If-Match of another version: {replaced:?}"
+        );
+        ensure!(
+            now.as_deref() == Some(v1.as_str()),
+            "a refused write changed the object"
+        );
+    } else {
+        ensure!(
+            over.is_ok() && replaced.is_ok(),
+            "a server that ignores conditions took {over:?} / {replaced:?}"
+        );
+    }
+    // Whether CompleteMultipartUpload checks it varies (moto 5.2 does not):
+    // the core's HEAD covers it. It must not fail any other way.
+    ensure!(
+        matches!(completed, Ok(_) | Err(StoreError::PreconditionFailed)),
+        "a conditional completion: {completed:?}"
+    );
+    let current = store.head(&key).await.map_err(e)?.etag.ok_or("no ETag")?;
+    store
+        .put(
+            &key,
+            body(100, 5),
+            &PutOptions::default(),
+            Some(&Condition::Matches(current)),
+        )
+        .await
+        .map_err(|err| format!("If-Match of the current version: {err:?}"))?;
+    Ok(())
+}
+
 /// Run every check, each under its own prefix; panic with all that failed.
-async fn conforms(store: Store) {
+/// `enforced`: the server enforces conditional writes.
+async fn conforms(store: Store, enforced: bool) {
     let mut failed = Vec::new();
     for (i, (name, check)) in CHECKS.iter().enumerate() {
         if let Err(why) = check(store.clone(), format!("check{i}/")).await {
             failed.push(format!("{name}: {why}"));
         }
+    }
+    if let Err(why) = conditional_writes(store.clone(), "conditions/".into(), enforced, true).await
+    {
+        failed.push(format!("conditional writes: {why}"));
     }
     assert!(
         failed.is_empty(),
@@ -554,23 +696,46 @@ async fn conforms(store: Store) {
 
 #[tokio::test]
 async fn the_memory_store_conforms() {
-    conforms(Arc::new(MemoryStore::new())).await;
+    conforms(Arc::new(MemoryStore::new()), true).await;
+    let like_garage = MemoryStore::new();
+    like_garage.ignore_conditions(true);
+    conforms(Arc::new(like_garage), false).await;
+}
+
+/// The S3 store over `env`, for `bucket`.
+async fn s3_store(env: &S3Env, bucket: &str) -> Store {
+    let config = s3mount::aws::load(Some(env.region.clone()))
+        .await
+        .expect("AWS configuration");
+    let settings = S3Settings {
+        bucket: bucket.to_string(),
+        endpoint_url: Some(env.endpoint.clone()),
+        region: Some(env.region.clone()),
+        force_path_style: true,
+    };
+    Arc::new(S3Store::new(&config, &settings))
 }
 
 #[test]
 fn the_s3_store_on_garage_conforms() {
     let env = S3Env::from_env();
     let bucket = common::TestBucket::new("conformance");
+    bucket
+        .rt
+        .block_on(async { conforms(s3_store(&env, &bucket.name).await, false).await });
+}
+
+/// moto, an S3 server that enforces conditions on PutObject (not on
+/// CompleteMultipartUpload, which is left out here): the S3 store's conditional
+/// headers are sent and its 412 understood.
+#[test]
+fn the_s3_store_on_moto_sends_conditions() {
+    let env = S3Env::moto();
+    let bucket = common::TestBucket::on(env.clone(), "cond");
     bucket.rt.block_on(async {
-        let config = s3mount::aws::load(Some(env.region.clone()))
-            .await
-            .expect("AWS configuration");
-        let settings = S3Settings {
-            bucket: bucket.name.clone(),
-            endpoint_url: Some(env.endpoint.clone()),
-            region: Some(env.region.clone()),
-            force_path_style: true,
-        };
-        conforms(Arc::new(S3Store::new(&config, &settings))).await;
+        let store = s3_store(&env, &bucket.name).await;
+        if let Err(why) = conditional_writes(store, "conditions/".into(), true, false).await {
+            panic!("conditional writes on moto: {why}");
+        }
     });
 }

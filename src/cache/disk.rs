@@ -10,8 +10,10 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -34,7 +36,12 @@ pub struct DiskLimits {
 pub struct DiskCache {
     dir: PathBuf,
     limits: DiskLimits,
-    index: Mutex<Index>,
+    index: Arc<Mutex<Index>>,
+    /// Numbers the temporary files of block writes.
+    writes: AtomicU64,
+    /// The files found at open are all in the index (until then, a block not
+    /// in it may still be on disk).
+    indexed: Arc<AtomicBool>,
 }
 
 struct Index {
@@ -93,39 +100,46 @@ fn parse(id: &BlockId, file: &[u8]) -> Option<Bytes> {
 }
 
 impl DiskCache {
-    /// Open (and index) the cache in `dir`.
+    /// Open the cache in `dir`. The files already there are indexed in the
+    /// background (a cache of 100,000 blocks must not hold the mount up):
+    /// meanwhile a block not in the index is looked for on disk all the same,
+    /// and the limits are applied once the index is whole.
     pub fn open(dir: PathBuf, limits: DiskLimits) -> io::Result<Self> {
-        fs::create_dir_all(&dir)?;
-        let mut found: Vec<(SystemTime, String, u64)> = Vec::new();
-        for entry in fs::read_dir(&dir)? {
-            let entry = entry?;
-            let md = entry.metadata()?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !md.is_file() || name.ends_with(".tmp") {
-                // A block being written when the last mount ended.
-                let _ = fs::remove_file(entry.path());
-                continue;
-            }
-            let len = md.len();
-            found.push((md.modified().unwrap_or(SystemTime::UNIX_EPOCH), name, len));
-        }
-        found.sort();
-        let mut index = Index {
-            lru: LruCache::unbounded(),
-            bytes: 0,
-        };
-        for (_, name, len) in found {
-            index.bytes += len;
-            index.lru.put(name, len);
-        }
+        crate::private::create_dir(&dir)?;
         let cache = Self {
-            dir,
-            limits,
-            index: Mutex::new(index),
+            dir: dir.clone(),
+            limits: limits.clone(),
+            index: Arc::new(Mutex::new(Index {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+            })),
+            writes: AtomicU64::new(0),
+            indexed: Arc::new(AtomicBool::new(false)),
         };
-        // The limits may be smaller than at the last mount.
-        let _ = cache.reserve(0);
+        let (index, indexed) = (cache.index.clone(), cache.indexed.clone());
+        let opened = SystemTime::now();
+        std::thread::Builder::new()
+            .name("s3mount-index".into())
+            .spawn(move || {
+                match scan(&dir, opened) {
+                    Ok(found) => {
+                        let mut index = lock(&index);
+                        merge(&mut index, found);
+                        // The limits may be smaller than at the last mount.
+                        reserve_in(&mut index, &dir, &limits, 0);
+                    }
+                    Err(e) => tracing::warn!("cannot index the cache in {}: {e}", dir.display()),
+                }
+                indexed.store(true, Ordering::Release);
+            })?;
         Ok(cache)
+    }
+
+    /// Wait until the files found at open are indexed (tests).
+    pub fn wait_indexed(&self) {
+        while !self.indexed.load(Ordering::Acquire) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -133,7 +147,7 @@ impl DiskCache {
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.index)
     }
 
     /// Bytes of block files on disk.
@@ -144,8 +158,12 @@ impl DiskCache {
     /// The block, if a valid copy is on disk. A damaged or foreign file is removed.
     pub fn get(&self, id: &BlockId) -> Option<Bytes> {
         let name = file_name(id);
-        // Known to the index (which also marks it as just used)?
-        self.index().lru.get(&name)?;
+        // Known to the index (which also marks it as just used)? Before the
+        // index is whole, a file of an earlier mount may be there all the same.
+        let known = self.index().lru.get(&name).is_some();
+        if !known && self.indexed.load(Ordering::Acquire) {
+            return None;
+        }
         let path = self.path(&name);
         let parsed = fs::read(&path).ok().and_then(|file| parse(id, &file));
         match &parsed {
@@ -175,9 +193,16 @@ impl DiskCache {
             return Ok(());
         }
         let path = self.path(&name);
-        let tmp = self.path(&format!("{name}.tmp"));
+        // Its own temporary name: two writers of one block must not share it.
+        let n = self.writes.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.path(&format!("{name}.{n}.tmp"));
         let written = (|| {
-            let mut file = fs::File::create(&tmp)?;
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(crate::private::FILE_MODE)
+                .open(&tmp)?;
             io::Write::write_all(&mut file, &header)?;
             io::Write::write_all(&mut file, data)?;
             fs::rename(&tmp, &path)
@@ -206,23 +231,80 @@ impl DiskCache {
     /// Make room for `incoming` bytes, removing the least recently used blocks, and
     /// count them in; `false` if there cannot be room (the block is not written).
     fn reserve(&self, incoming: u64) -> bool {
-        let mut index = self.index();
-        loop {
-            let free = free_space(&self.dir).unwrap_or(u64::MAX);
-            let over_size = index.bytes + incoming > self.limits.max_bytes;
-            let low_disk = free < self.limits.min_free.saturating_add(incoming);
-            if !over_size && !low_disk {
-                index.bytes += incoming;
-                return true;
-            }
-            match index.lru.pop_lru() {
-                Some((name, len)) => {
-                    index.bytes -= len;
-                    let _ = fs::remove_file(self.path(&name));
-                }
-                None => return false,
-            }
+        reserve_in(&mut self.index(), &self.dir, &self.limits, incoming)
+    }
+}
+
+fn lock(index: &Mutex<Index>) -> std::sync::MutexGuard<'_, Index> {
+    index.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// See [`DiskCache::reserve`].
+fn reserve_in(index: &mut Index, dir: &Path, limits: &DiskLimits, incoming: u64) -> bool {
+    loop {
+        let free = free_space(dir).unwrap_or(u64::MAX);
+        let over_size = index.bytes + incoming > limits.max_bytes;
+        let low_disk = free < limits.min_free.saturating_add(incoming);
+        if !over_size && !low_disk {
+            index.bytes += incoming;
+            return true;
         }
+        match index.lru.pop_lru() {
+            Some((name, len)) => {
+                index.bytes -= len;
+                let _ = fs::remove_file(dir.join(&name));
+            }
+            None => return false,
+        }
+    }
+}
+
+/// The block files in `dir`: (modified, name, length), oldest first. Temporary
+/// files of writes an earlier mount did not finish go (those older than a
+/// minute before `opened`: file times are coarse, and this mount's own must
+/// stay); files readable by others are made private.
+fn scan(dir: &Path, opened: SystemTime) -> io::Result<Vec<(SystemTime, String, u64)>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let md = match entry.metadata() {
+            Ok(md) => md,
+            // Gone since the directory was read.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let modified = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        if !md.is_file() || name.ends_with(".tmp") {
+            let stale = opened
+                .checked_sub(std::time::Duration::from_secs(60))
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            if modified < stale {
+                // A block being written when the last mount ended.
+                let _ = fs::remove_file(entry.path());
+            }
+            continue;
+        }
+        if md.permissions().mode() & !crate::private::FILE_MODE & 0o777 != 0 {
+            // Written by a version that made them readable by all.
+            let _ = crate::private::tighten_one(&entry.path(), crate::private::FILE_MODE);
+        }
+        found.push((modified, name, md.len()));
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Add the files found at open to the index, as less recently used than every
+/// block this mount used meanwhile.
+fn merge(index: &mut Index, found: Vec<(SystemTime, String, u64)>) {
+    for (_, name, len) in found.into_iter().rev() {
+        if index.lru.contains(&name) {
+            continue;
+        }
+        index.bytes += len;
+        index.lru.put(name.clone(), len);
+        index.lru.demote(&name);
     }
 }
 
@@ -289,6 +371,31 @@ mod tests {
             assert!(!path.exists());
             assert_eq!(cache.bytes(), 0);
         }
+    }
+
+    #[test]
+    fn an_earlier_mounts_blocks_are_indexed_in_the_background_within_the_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = header(&id("k", "e", 0), &[0; 100]).len() as u64 + 100;
+        let cache = DiskCache::open(dir.path().into(), limits(1 << 20)).unwrap();
+        for i in 0..3 {
+            cache.put(&id("k", "e", i), &[i as u8; 100]).unwrap();
+            // Distinct times: the order survives the reopen.
+            let path = dir.path().join(file_name(&id("k", "e", i)));
+            let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000 + i);
+            fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        drop(cache);
+        let cache = DiskCache::open(dir.path().into(), limits(2 * one)).unwrap();
+        cache.wait_indexed();
+        assert_eq!(cache.bytes(), 2 * one);
+        assert!(cache.get(&id("k", "e", 0)).is_none(), "the oldest went");
+        assert!(cache.get(&id("k", "e", 2)).is_some());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod cloudfront;
 pub mod paths;
 mod pending;
+pub mod saved;
 mod sender;
 
 use std::collections::BTreeSet;
@@ -27,6 +28,7 @@ use crate::fs::changes::{Change, Changes};
 use cloudfront::Cdn;
 use paths::UrlPaths;
 use pending::Pending;
+use saved::{Saved, SavedQueue};
 
 /// Files of one batch kept by name; beyond, the batch invalidates everything.
 const MAX_PENDING: usize = 100_000;
@@ -114,6 +116,8 @@ struct Shared {
     urls: UrlPaths,
     batching: Batching,
     counters: Counters,
+    /// The queue on disk, when there is one. Taken before `state`.
+    saved: Option<Mutex<SavedQueue>>,
 }
 
 impl Shared {
@@ -123,6 +127,19 @@ impl Shared {
 
     fn unsent(&self) -> MutexGuard<'_, Unsent> {
         self.unsent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Once a batch is settled, the queue on disk keeps only what waits.
+    fn save_waiting(&self) {
+        let Some(saved) = &self.saved else { return };
+        let mut saved = saved.lock().unwrap_or_else(|e| e.into_inner());
+        let (changes, everything) = self.state().pending.changes();
+        if let Err(e) = saved.rewrite(&Saved {
+            changes,
+            everything,
+        }) {
+            tracing::warn!("CloudFront: cannot rewrite the saved queue: {e}");
+        }
     }
 
     /// Move the pending batch into the unsent paths, counting them as queued.
@@ -145,16 +162,36 @@ pub struct Invalidator {
 }
 
 impl Invalidator {
-    /// Start the sending task on `runtime`.
+    /// Start the sending task on `runtime`. With `saved` (the queue on disk
+    /// and what an earlier run left in it), what was left is queued again and
+    /// every change is noted there until it is sent.
     pub fn start(
         cdn: Arc<dyn Cdn>,
         urls: UrlPaths,
         batching: Batching,
         runtime: &tokio::runtime::Handle,
+        saved: Option<(SavedQueue, Saved)>,
     ) -> Self {
+        let mut pending = Pending::new(MAX_PENDING);
+        let (saved, left) = match saved {
+            Some((queue, left)) => (Some(Mutex::new(queue)), left),
+            None => (None, Saved::default()),
+        };
+        if !left.changes.is_empty() || left.everything {
+            tracing::info!(
+                "CloudFront: {} paths left by an earlier run are queued again",
+                left.changes.len()
+            );
+        }
+        for (path, change) in &left.changes {
+            pending.record(path, *change, Instant::now());
+        }
+        if left.everything {
+            pending.record_everything(Instant::now());
+        }
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                pending: Pending::new(MAX_PENDING),
+                pending,
                 finishing: false,
             }),
             unsent: Mutex::new(Unsent::default()),
@@ -162,6 +199,7 @@ impl Invalidator {
             urls,
             batching,
             counters: Counters::default(),
+            saved,
         });
         let task = runtime.spawn(sender::run(shared.clone(), cdn));
         Self {
@@ -198,8 +236,13 @@ impl Invalidator {
             .counters
             .failed
             .fetch_add(lost.len() as u64, Ordering::Relaxed);
+        let kept = if self.shared.saved.is_some() {
+            " (kept for the next mount)"
+        } else {
+            ""
+        };
         for path in lost {
-            tracing::error!("not invalidated: {path}");
+            tracing::error!("not invalidated: {path}{kept}");
         }
     }
 
@@ -222,11 +265,24 @@ impl Changes for Invalidator {
         if self.shared.batching.ignore.iter().any(|p| p.matches(name)) {
             return;
         }
+        // The line goes to disk before the change joins the batch, and under the
+        // same lock as a rewrite, so none is lost between the two.
+        let mut saved = self
+            .shared
+            .saved
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(saved) = saved.as_mut()
+            && let Err(e) = saved.append(path, change)
+        {
+            tracing::warn!("CloudFront: cannot save the path of {path} to the queue on disk: {e}");
+        }
         let began = self
             .shared
             .state()
             .pending
             .record(path, change, Instant::now());
+        drop(saved);
         if began {
             self.shared.wake.notify_one();
         }

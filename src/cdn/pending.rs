@@ -86,6 +86,14 @@ impl Pending {
         began
     }
 
+    /// Everything is to be invalidated (an earlier run's queue said so).
+    pub fn record_everything(&mut self, now: Instant) {
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+        self.entries.clear();
+        self.everything = true;
+    }
+
     /// When the batch goes: after `delay` without a change, or `MAX_DELAYS`
     /// delays after its first change.
     pub fn due(&self, delay: Duration) -> Option<Instant> {
@@ -95,6 +103,26 @@ impl Pending {
             Some(longest) => quiet.min(longest),
             None => quiet,
         })
+    }
+
+    /// The changes gathered, as changes again (to be saved): `(path, change)`,
+    /// and whether everything is to be invalidated.
+    pub fn changes(&self) -> (Vec<(String, Change)>, bool) {
+        let changes = self
+            .entries
+            .iter()
+            .filter_map(|(path, e)| {
+                let change = match (e.existed_before, e.exists_now) {
+                    (_, true) => Change::Written {
+                        new: !e.existed_before,
+                    },
+                    (true, false) => Change::Deleted,
+                    (false, false) => return None,
+                };
+                Some((path.clone(), change))
+            })
+            .collect();
+        (changes, self.everything)
     }
 
     /// Take the batch, leaving an empty one.

@@ -226,6 +226,7 @@ impl Sender {
     /// them, so they are still those of the request.)
     fn settle(&mut self) {
         *self.shared.unsent() = Default::default();
+        self.shared.save_waiting();
         self.retry_at = None;
         self.backoff = FIRST_RETRY;
         self.last_try = None;

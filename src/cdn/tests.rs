@@ -74,6 +74,7 @@ fn setup_with(failures: Vec<CdnError>, accept_in_progress: bool, progress: Vec<b
         UrlPaths::new("", None),
         batching,
         &tokio::runtime::Handle::current(),
+        None,
     );
     Setup { queue, requests }
 }

@@ -27,6 +27,7 @@ impl Errno {
     pub const ELOOP: Errno = Errno(libc::ELOOP);
     pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
     pub const EFBIG: Errno = Errno(libc::EFBIG);
+    pub const ESTALE: Errno = Errno(libc::ESTALE);
 }
 
 impl fmt::Debug for Errno {

@@ -12,10 +12,9 @@ use bytes::Bytes;
 
 use super::inode::{Attr, Kind};
 use super::meta;
-use super::{Caller, Change, Errno, FileHandle, Fs, FsResult, OpenFile, SharedOpenFile};
+use super::{Caller, Errno, FileHandle, Fs, FsResult, OpenFile, SharedOpenFile};
 use crate::cache::ObjectVersion;
 use crate::read::Reader;
-use crate::store::CopyOptions;
 use crate::write::staged::{Base, Staged};
 use crate::write::upload::FIRST_PART_SIZE;
 
@@ -32,12 +31,18 @@ impl Fs {
         (entry.1.clone(), entry.0 == 1)
     }
 
-    /// Give `of` a staged view of the file, over the object as it is now.
-    fn ensure_staged<'a>(&self, ino: u64, of: &'a mut OpenFile) -> FsResult<&'a mut Staged> {
+    /// Give `of` a staged view of the file, over the object as it is now;
+    /// `changes`: for changes to upload (else only to keep what handles read).
+    pub(super) fn ensure_staged<'a>(
+        &self,
+        ino: u64,
+        of: &'a mut OpenFile,
+        changes: bool,
+    ) -> FsResult<&'a mut Staged> {
         if of.staged.is_none() {
             let inode = self.inode(ino)?;
             let key = self.key(&inode.path);
-            let file = self.staging.create(&key)?;
+            let file = self.staging.create(&key, !changes)?;
             let base = (!inode.local && inode.size > 0).then(|| Base {
                 key,
                 etag: inode.etag.clone(),
@@ -83,7 +88,7 @@ impl Fs {
         if writable && flags & libc::O_TRUNC != 0 {
             let mut of = open.lock().await;
             let result = async {
-                self.ensure_staged(ino, &mut of)?.set_len(0).await?;
+                self.begin_change(ino, &mut of).await?.set_len(0).await?;
                 Ok(())
             }
             .await;
@@ -107,6 +112,11 @@ impl Fs {
         let keep = inode.etag.is_some() && inode.cached_version == inode.etag;
         inode.cached_version = inode.etag.clone();
         keep
+    }
+
+    /// Does a program have `ino` open?
+    fn has_handles(&self, ino: u64) -> bool {
+        self.state().handles.files.values().any(|h| h.ino == ino)
     }
 
     fn new_handle(&self, ino: u64, writable: bool, opener: u32) -> u64 {
@@ -162,11 +172,13 @@ impl Fs {
         let (open, _) = self.open_file(ino);
         let staged = {
             let mut of = open.lock().await;
-            self.ensure_staged(ino, &mut of).map(|_| ())
+            self.begin_change(ino, &mut of).await.map(|_| ())
         };
         if let Err(e) = staged {
-            self.close_file(ino).await;
+            // Gone before the state is closed, or closing would upload it.
             self.state().inodes.unlink(&path);
+            self.entry_changed(&path);
+            self.close_file(ino).await;
             return Err(e);
         }
         let fh = self.new_handle(ino, true, caller.process);
@@ -221,7 +233,7 @@ impl Fs {
         let open = self.open_state(handle.ino).ok_or(Errno::EBADF)?;
         let mut of = open.lock().await;
         let written = async {
-            let staged = self.ensure_staged(handle.ino, &mut of)?;
+            let staged = self.begin_change(handle.ino, &mut of).await?;
             staged.write(offset, data).await?;
             Ok(staged.size())
         }
@@ -258,7 +270,14 @@ impl Fs {
             let mut options = self.put_options(&key, &inode);
             options.metadata = meta::without_times(&options.metadata);
             match self.uploader.start_stream(&key, options).await {
-                Ok(stream) => of.stream = Some(stream),
+                Ok(stream) => {
+                    of.stream = Some(stream);
+                    // Noted, so that a later mount aborts it if this file is
+                    // never finished.
+                    if let Err(e) = self.save_record(&inode, of, false).await {
+                        tracing::warn!("{key}: the upload under way is not in the journal ({e:?})");
+                    }
+                }
                 // The file goes up at close instead.
                 Err(e) => tracing::debug!("cannot start sending {key} while written: {e}"),
             }
@@ -298,14 +317,16 @@ impl Fs {
     /// Cut or extend the staged view of `ino`; upload at once if the file is not
     /// open (a truncate of a closed file).
     async fn set_size(&self, ino: u64, size: u64) -> FsResult<()> {
-        let (open, temporary) = self.open_file(ino);
+        let (open, _) = self.open_file(ino);
+        let temporary = !self.has_handles(ino);
         let result = async {
             let mut of = open.lock().await;
-            self.ensure_staged(ino, &mut of)?.set_len(size).await?;
+            self.begin_change(ino, &mut of).await?.set_len(size).await?;
             self.mark_written(ino, size);
             self.stream(ino, &mut of, size..u64::MAX).await;
             if temporary {
                 self.upload_locked(ino, &mut of).await?;
+                self.uploaded_while_pending(ino, &mut of);
             }
             Ok(())
         }
@@ -355,82 +376,19 @@ impl Fs {
         }
         let open = self.open_state(handle.ino).ok_or(Errno::EBADF)?;
         let mut of = open.lock().await;
-        self.upload_locked(handle.ino, &mut of).await
+        self.upload_locked(handle.ino, &mut of).await?;
+        self.uploaded_while_pending(handle.ino, &mut of);
+        Ok(())
     }
 
-    /// Upload the staged file of a dirty file. On failure the staging file stays
-    /// on disk and its path is logged.
-    pub(super) async fn upload_locked(&self, ino: u64, of: &mut OpenFile) -> FsResult<()> {
-        let inode = self.inode(ino)?;
-        if !inode.dirty || !inode.is_linked() {
-            return Ok(());
+    /// A caller that holds the write state of `ino` (a handle, a truncate)
+    /// uploaded it: a pending state gives back its hold, and its task stops.
+    fn uploaded_while_pending(&self, ino: u64, of: &mut OpenFile) {
+        if of.pending.take().is_some()
+            && let Some((n, _)) = self.state().handles.open.get_mut(&ino)
+        {
+            *n = n.saturating_sub(1);
         }
-        let key = self.key(&inode.path);
-        if let Some(e) = of.write_error {
-            if let Some(staged) = &of.staged {
-                tracing::error!(
-                    "{key}: not uploaded because a write failed ({e:?}); what was written is kept in {}",
-                    staged.file().path().display()
-                );
-            }
-            return Err(e);
-        }
-        let options = self.put_options(&key, &inode);
-        let stream = of.stream.take();
-        let streamed = stream.as_ref().map(|s| s.options().clone());
-        let since = stream
-            .as_ref()
-            .map_or_else(SystemTime::now, |s| s.created());
-        let staged = self.ensure_staged(ino, of)?;
-        let uploaded = self.uploader.upload(&key, staged, &options, stream).await;
-        if let Err(e) = &uploaded {
-            if let Err(sync) = staged.file().sync().await {
-                tracing::error!("cannot sync {}: {sync}", staged.file().path().display());
-            }
-            let path = staged.file().path().display();
-            if staged.is_complete() {
-                tracing::error!("upload of {key} failed: {e}; the data is kept in {path}");
-            } else {
-                tracing::error!(
-                    "upload of {key} failed: {e}; the changes are kept in {path} \
-                     (a sparse file: the bytes not written are the object's)"
-                );
-            }
-        }
-        of.upload_failed = uploaded.is_err();
-        let mut etag = uploaded?;
-        self.published(&key, Change::Written { new: inode.local });
-        let mut written = options;
-        if let Some(streamed) = streamed {
-            // The upload took its metadata when it began, without times: it is
-            // right if nothing but the times changed since, and no time was set.
-            if streamed.metadata == meta::without_times(&written.metadata) && !inode.times_set {
-                written = streamed;
-            } else {
-                let copy = CopyOptions {
-                    replace: Some(written.clone()),
-                    if_match: Some(etag.clone()),
-                };
-                etag = self.uploader.copy(&key, &key, inode.size, &copy).await?;
-            }
-        }
-        let headers = self.wrote(&key, &etag, &written, since);
-        let mut state = self.state();
-        if let Some(inode) = state.inodes.get_mut(ino) {
-            inode.dirty = false;
-            inode.local = false;
-            inode.times_set = false;
-            // The kernel's pages are what was written through it: this version.
-            inode.cached_version = Some(etag.clone());
-            inode.stored(etag);
-            inode.meta = meta::FileMeta::from_metadata(&headers.metadata);
-            inode.modified = SystemTime::now();
-            inode.headers = Some(headers);
-        }
-        drop(state);
-        self.object_stored(&inode.path);
-        tracing::debug!("uploaded {key} ({} bytes)", inode.size);
-        Ok(())
     }
 
     /// The last close of a handle. Data not uploaded yet is uploaded now; data that
@@ -444,10 +402,11 @@ impl Fs {
     }
 
     /// One user of the write state of `ino` is done; the last one uploads what is
-    /// left and tears the state down. The state stays registered until then, so
-    /// that an unlink or a rename meanwhile waits for the upload.
+    /// left and tears the state down, or, if the upload fails, keeps the file
+    /// pending (see [`Fs::keep_pending`]). The state stays registered until
+    /// then, so that an unlink or a rename meanwhile waits for the upload.
     pub(super) async fn close_file(&self, ino: u64) {
-        let of = {
+        let shared = {
             let mut state = self.state();
             let Some((n, of)) = state.handles.open.get_mut(&ino) else {
                 return;
@@ -458,15 +417,25 @@ impl Fs {
             }
             of.clone()
         };
-        let mut of = of.lock().await;
+        let mut of = shared.lock().await;
         let (dirty, linked) = self
             .state()
             .inodes
             .get(ino)
             .map_or((false, false), |i| (i.dirty, i.is_linked()));
-        if dirty && linked && !of.upload_failed && of.write_error.is_none() {
-            // Errors are logged there; release cannot report them.
-            let _ = self.upload_locked(ino, &mut of).await;
+        if dirty && linked && of.write_error.is_none() && of.pending.is_none() {
+            // After a failed close, the next attempt waits for the backoff.
+            let retry_now = !of.upload_failed;
+            let failed = retry_now && self.upload_locked(ino, &mut of).await.is_err();
+            let still_dirty = self
+                .state()
+                .inodes
+                .get(ino)
+                .is_some_and(|i| i.dirty && i.is_linked());
+            if still_dirty && of.record.is_some() && (failed || !retry_now) {
+                self.keep_pending(ino, &shared, &mut of, self.config.retry.first);
+                return;
+            }
         }
         {
             let mut state = self.state();
@@ -486,12 +455,23 @@ impl Fs {
         if let Some(staged) = of.staged.take() {
             let inode = self.state().inodes.get(ino).cloned();
             match inode {
-                Some(inode) if inode.dirty && linked => {
-                    tracing::warn!(
-                        "{}: not uploaded; the changes are kept in {}",
-                        self.key(&inode.path),
-                        staged.file().path().display()
-                    );
+                // (Linked now: a conflict at the upload above unlinks the inode,
+                // its data stored as the conflict copy.)
+                Some(inode) if inode.dirty && inode.is_linked() => {
+                    // A write failed: the writer never finished the file.
+                    let key = self.key(&inode.path);
+                    let name = staged.file().name();
+                    drop(staged);
+                    match self.journal.put_aside(&key, &name) {
+                        Ok(path) => tracing::warn!(
+                            "{key}: not uploaded (a write failed); what was written is in {}",
+                            path.display()
+                        ),
+                        Err(e) => tracing::error!(
+                            "{key}: not uploaded (a write failed); what was written stays in {} ({e})",
+                            self.staging.path().join(&name).display()
+                        ),
+                    }
                     // What S3 has is what the file shows from now on.
                     let mut state = self.state();
                     if let Some(inode) = state.inodes.get_mut(ino) {
@@ -500,7 +480,12 @@ impl Fs {
                         inode.validated = None;
                     }
                 }
-                _ => staged.into_file().remove(),
+                _ => {
+                    if of.record.take().is_some() {
+                        self.journal.remove(&staged.file().name());
+                    }
+                    staged.into_file().remove();
+                }
             }
         }
         self.state().inodes.remove_if_unreferenced(ino);
@@ -517,31 +502,36 @@ impl Fs {
     }
 
     pub(super) async fn keep_locked(&self, ino: u64, of: &mut OpenFile) -> FsResult<()> {
-        let staged = self.ensure_staged(ino, of)?;
+        let staged = self.ensure_staged(ino, of, false)?;
         let size = staged.size();
         staged.fill(&self.cache, 0..size).await?;
         Ok(())
     }
 
-    /// At unmount: upload every file that still has unsaved writes, and let the
-    /// block fetches in flight reach the disk cache.
+    /// At unmount: a last attempt for every file that is complete and not in
+    /// S3 yet; what still fails stays in the journal for the next mount, and a
+    /// file still being written (its writer never closed it) is left to it
+    /// too. Block fetches in flight are let reach the disk cache.
     pub async fn shutdown(&self) {
-        let open: Vec<(u64, SharedOpenFile)> = self
-            .state()
-            .handles
-            .open
-            .iter()
-            .map(|(ino, (_, of))| (*ino, of.clone()))
-            .collect();
-        for (ino, of) in open {
+        self.halt();
+        for (ino, of) in self.open_states() {
             let mut of = of.lock().await;
+            if of.being_written() {
+                if let Ok(inode) = self.inode(ino) {
+                    tracing::warn!(
+                        "{}: still being written at unmount; not uploaded (the next mount puts its data aside)",
+                        self.key(&inode.path)
+                    );
+                }
+                continue;
+            }
             if self.upload_locked(ino, &mut of).await.is_ok()
+                && of.record.is_none()
                 && let Some(staged) = of.staged.take()
             {
                 staged.into_file().remove();
             }
         }
-        self.cache.settle().await;
-        self.meta.settle().await;
+        self.settle().await;
     }
 }

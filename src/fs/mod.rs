@@ -18,16 +18,18 @@ mod lookup;
 mod rename;
 mod setattr;
 mod tree;
+mod write_back;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cache::meta::MetaCache;
 use crate::cache::{BlockCache, CacheConfig};
+use crate::journal::Journal;
 use crate::read::Reader;
 use crate::store::{ObjectStore, PutOptions};
 use crate::write::staged::Staged;
@@ -39,6 +41,7 @@ use dir::{DirHandle, S3FS_DIR_SUFFIX, is_showable};
 pub use error::{Errno, FsResult};
 use inode::{Attr, Inode, InodeTable, Kind, join};
 pub use setattr::SetAttr;
+pub use write_back::{OnConflict, RetryPolicy, conflict_key};
 
 /// Longest key S3 accepts, in bytes.
 const MAX_KEY_LEN: usize = 1024;
@@ -61,8 +64,17 @@ pub struct FsConfig {
     /// what the listing says of them.
     pub head_listed: bool,
     pub read_only: bool,
-    /// Where staging files go.
-    pub staging_dir: PathBuf,
+    /// The bucket, named in journal records.
+    pub bucket: String,
+    /// The cache directory: staging files, the journal, data put aside.
+    pub cache_dir: PathBuf,
+    /// Whose version wins when another writer changed an object.
+    pub on_conflict: OnConflict,
+    /// HEAD the object before each conditional upload (for servers that do not
+    /// enforce `If-Match` / `If-None-Match`).
+    pub check_before_upload: bool,
+    /// How failed uploads are tried again.
+    pub retry: RetryPolicy,
     /// The block cache for reads.
     pub cache: CacheConfig,
     /// Memory for parts being uploaded, across all uploads.
@@ -122,8 +134,18 @@ struct OpenFile {
     /// A write failed (a full disk): what was staged is incomplete, so it is never
     /// uploaded, and close() reports this error.
     write_error: Option<Errno>,
-    /// The parts of a new file sent while it is written.
+    /// The multipart upload under way: the parts of a new file sent while it is
+    /// written, or those an earlier attempt sent.
     stream: Option<Stream>,
+    /// The journal record of the changes, once there are any.
+    record: Option<write_back::RecordState>,
+    /// Complete, waiting for an upload that failed: a background task tries
+    /// again, holding the state like an open handle. The number tells that
+    /// task from those of earlier pending spells.
+    pending: Option<u64>,
+    /// Taken from the journal of an earlier run: an attempt of that run may
+    /// have stored the file already.
+    resumed: bool,
 }
 
 type SharedOpenFile = Arc<tokio::sync::Mutex<OpenFile>>;
@@ -158,11 +180,24 @@ pub struct Fs {
     mount_time: SystemTime,
     /// Told of each change S3 has.
     changes: Option<Arc<dyn Changes>>,
+    journal: Journal,
+    /// Stops the background tasks.
+    halt: write_back::Halt,
+    /// For the background tasks, which must not keep the filesystem alive.
+    me: Weak<Fs>,
 }
 
 impl Fs {
-    pub fn new(store: Arc<dyn ObjectStore>, config: FsConfig) -> std::io::Result<Self> {
-        let staging = StagingDir::new(config.staging_dir.clone())?;
+    /// The filesystem over `store`, telling `changes` (if any) of every change
+    /// S3 has. [`Fs::resume`] takes up the journal an earlier run left.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        config: FsConfig,
+        changes: Option<Arc<dyn Changes>>,
+    ) -> std::io::Result<Arc<Self>> {
+        crate::private::create_dir(&config.cache_dir)?;
+        let journal = Journal::new(&config.cache_dir)?;
+        let staging = StagingDir::new(journal.staging_dir().to_path_buf())?;
         let cache = Arc::new(BlockCache::new(store.clone(), config.cache.clone())?);
         let parts_in_memory =
             (config.upload_memory / crate::write::upload::FIRST_PART_SIZE).max(1) as usize;
@@ -175,7 +210,7 @@ impl Fs {
         let meta = Arc::new(MetaCache::new(cache.disk()));
         let mount_time = SystemTime::now();
         let listings = Arc::new(Mutex::new(listing::Listings::new(config.metadata_ttl)));
-        Ok(Self {
+        Ok(Arc::new_cyclic(|me| Self {
             store,
             cache,
             meta,
@@ -190,14 +225,11 @@ impl Fs {
             ahead: list_ahead::Ahead::default(),
             next_fh: AtomicU64::new(1),
             mount_time,
-            changes: None,
-        })
-    }
-
-    /// Tell `changes` of every change made to an object.
-    pub fn reporting_changes_to(mut self, changes: Arc<dyn Changes>) -> Self {
-        self.changes = Some(changes);
-        self
+            changes,
+            journal,
+            halt: write_back::Halt::default(),
+            me: me.clone(),
+        }))
     }
 
     /// S3 has `change` of the object `key`. Directory markers are not reported:
@@ -319,6 +351,16 @@ impl Fs {
         self.is_fresh(inode).then(|| inode.clone())
     }
 
+    /// Every file with write state (open, or pending), and that state.
+    fn open_states(&self) -> Vec<(u64, SharedOpenFile)> {
+        self.state()
+            .handles
+            .open
+            .iter()
+            .map(|(ino, (_, of))| (*ino, of.clone()))
+            .collect()
+    }
+
     /// The write state of `ino` if it has open handles.
     fn open_state(&self, ino: u64) -> Option<SharedOpenFile> {
         self.state()
@@ -404,3 +446,5 @@ fn synthetic_ino(path: &str) -> u64 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod write_back_tests;

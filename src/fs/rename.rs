@@ -114,7 +114,11 @@ impl Fs {
             };
             let since = SystemTime::now();
             let etag = self.uploader.copy(&from_key, &to_key, size, &copy).await?;
-            if let Some(staged) = guard.as_mut().and_then(|of| of.staged.as_mut()) {
+            // Changes move onto the copy only if it is of the version they are
+            // based on; else the upload meets the other writer's as a conflict.
+            if let Some(staged) = guard.as_mut().and_then(|of| of.staged.as_mut())
+                && staged.base().is_some_and(|b| b.etag == inode.etag)
+            {
                 staged.rebase(&to_key, etag.clone());
             }
             self.published(&to_key, Change::Written { new: !replacing });
@@ -128,17 +132,38 @@ impl Fs {
             self.store.delete(&to_key).await?;
             self.published(&to_key, Change::Deleted);
         }
-        let mut state = self.state();
-        state.inodes.rename(ino, to);
-        if let Some(inode) = state.inodes.get_mut(ino) {
-            inode.meta.ctime = Some(now);
-            if let Some((etag, headers)) = copied {
-                inode.stored(etag);
-                inode.headers = Some(headers);
+        let copied_version = inode.etag.clone();
+        {
+            let mut state = self.state();
+            state.inodes.rename(ino, to);
+            if let Some(inode) = state.inodes.get_mut(ino) {
+                inode.meta.ctime = Some(now);
+                if let Some((etag, headers)) = copied {
+                    if let Some(record) = guard.as_mut().and_then(|of| of.record.as_mut())
+                        && record.based_on.is_some()
+                        && record.based_on == copied_version
+                    {
+                        // The changes are now based on the copy.
+                        record.based_on = Some(etag.clone());
+                    }
+                    inode.stored(etag);
+                    inode.headers = Some(headers);
+                }
+            }
+            if open.is_none() {
+                state.inodes.remove_if_unreferenced(ino);
             }
         }
-        if open.is_none() {
-            state.inodes.remove_if_unreferenced(ino);
+        if let Some(of) = guard.as_deref() {
+            // The record names the new key (and the copy the changes are based on).
+            self.save_record(&self.inode(ino)?, of, false).await?;
+        }
+        drop(guard);
+        if let Some(replaced) = replaced
+            && replaced != ino
+            && let Some(of) = self.open_state(replaced)
+        {
+            self.drop_changes(&mut *of.lock().await).await;
         }
         Ok(())
     }
@@ -169,7 +194,7 @@ impl Fs {
         }
         let mut moved_any = false;
         // New ETags of the moved objects the table knows (a copy may change it).
-        let mut new_etags: Vec<(u64, String)> = Vec::new();
+        let mut new_etags: Vec<(u64, Option<String>, String)> = Vec::new();
         let mut token = None;
         loop {
             let page = self
@@ -198,12 +223,26 @@ impl Fs {
             let prefixes = (from_prefix.as_str(), to_prefix.as_str());
             self.carry_headers(&page.objects, &copied, prefixes, since)
                 .await;
+            // What was listed under the old name, by key: a change is moved onto
+            // the copy only if the copy is of the version it was based on (another
+            // writer's version moves too, and the upload then meets it as a
+            // conflict instead of replacing it).
+            let listed: HashMap<&str, Option<&str>> = page
+                .objects
+                .iter()
+                .map(|o| (o.key.as_str(), o.etag.as_deref()))
+                .collect();
             for guard in &mut guards {
                 if let Some(staged) = guard.staged.as_mut()
-                    && let Some(base) = staged.base().map(|b| b.key.clone())
-                    && let Some(etag) = copied.get(&base)
+                    && let Some(base) = staged.base().cloned()
+                    && let Some(etag) = copied.get(&base.key)
+                    && base.etag.is_some()
+                    && listed.get(base.key.as_str()) == Some(&base.etag.as_deref())
                 {
-                    let rest = base.strip_prefix(from_prefix.as_str()).unwrap_or_default();
+                    let rest = base
+                        .key
+                        .strip_prefix(from_prefix.as_str())
+                        .unwrap_or_default();
                     staged.rebase(&format!("{to_prefix}{rest}"), etag.clone());
                 }
             }
@@ -217,7 +256,8 @@ impl Fs {
                 for (key, etag) in &copied {
                     let path = key.strip_prefix(self.config.prefix.as_str());
                     if let Some(ino) = path.and_then(|p| state.inodes.ino_of(p)) {
-                        new_etags.push((ino, etag.clone()));
+                        let was = listed.get(key.as_str()).copied().flatten();
+                        new_etags.push((ino, was.map(str::to_string), etag.clone()));
                     }
                 }
             }
@@ -237,21 +277,40 @@ impl Fs {
             .await?;
         if !moved_any {
             self.store
-                .put(&to_prefix, bytes::Bytes::new(), &PutOptions::default())
+                .put(
+                    &to_prefix,
+                    bytes::Bytes::new(),
+                    &PutOptions::default(),
+                    None,
+                )
                 .await?;
         }
-        drop(guards);
-        let mut state = self.state();
-        state.inodes.rename_tree(from, to);
-        let mut listings = self.listings();
-        listings.moved(from);
-        listings.moved(to);
-        if let Some(dir) = state.inodes.by_path_mut(to) {
-            dir.meta.ctime = Some(SystemTime::now());
+        {
+            let mut state = self.state();
+            state.inodes.rename_tree(from, to);
+            let mut listings = self.listings();
+            listings.moved(from);
+            listings.moved(to);
+            if let Some(dir) = state.inodes.by_path_mut(to) {
+                dir.meta.ctime = Some(SystemTime::now());
+            }
+            for (ino, was, etag) in new_etags {
+                if let Some(inode) = state.inodes.get_mut(ino) {
+                    inode.stored(etag.clone());
+                }
+                if let Some(i) = open.iter().position(|(o, _)| *o == ino)
+                    && let Some(record) = guards[i].record.as_mut()
+                    && record.based_on.is_some()
+                    && record.based_on == was
+                {
+                    record.based_on = Some(etag);
+                }
+            }
         }
-        for (ino, etag) in new_etags {
-            if let Some(inode) = state.inodes.get_mut(ino) {
-                inode.stored(etag);
+        // The records name the new keys.
+        for ((ino, _), guard) in open.iter().zip(&guards) {
+            if let Ok(inode) = self.inode(*ino) {
+                self.save_record(&inode, guard, false).await?;
             }
         }
         Ok(())

@@ -127,7 +127,10 @@ impl Fs {
             return Ok(());
         }
         let options = self.put_options(&marker, inode);
-        let etag = self.store.put(&marker, Bytes::new(), &options).await?;
+        let etag = self
+            .store
+            .put(&marker, Bytes::new(), &options, None)
+            .await?;
         let headers = self.wrote_marker(&marker, &options);
         let mut state = self.state();
         if let Some(stored) = state.inodes.get_mut(inode.ino) {

@@ -11,16 +11,16 @@ use crate::store::StoreError;
 use crate::store::memory::{MemoryStore, Op};
 
 /// Who makes the requests of these tests.
-const ME: Caller = Caller {
+pub(super) const ME: Caller = Caller {
     process: 100,
     uid: 1000,
     gid: 1000,
 };
-const FILE_MODE: u32 = libc::S_IFREG | 0o644;
+pub(super) const FILE_MODE: u32 = libc::S_IFREG | 0o644;
 const DIR_MODE: u32 = 0o755;
 
 /// A block cache in memory only.
-fn test_cache() -> crate::cache::CacheConfig {
+pub(super) fn test_cache() -> crate::cache::CacheConfig {
     crate::cache::CacheConfig {
         block_size: 1 << 20,
         memory_bytes: 64 << 20,
@@ -31,30 +31,45 @@ fn test_cache() -> crate::cache::CacheConfig {
 
 struct Setup {
     store: Arc<MemoryStore>,
-    fs: Fs,
+    fs: Arc<Fs>,
     dir: tempfile::TempDir,
+}
+
+/// The configuration of these tests, with its cache directory in `dir`. Failed
+/// uploads are retried only when a test asks ([`Fs::retry_pending`]).
+pub(super) fn test_config(dir: &std::path::Path) -> FsConfig {
+    FsConfig {
+        prefix: String::new(),
+        uid: 1000,
+        gid: 1000,
+        file_mode: 0o644,
+        dir_mode: 0o755,
+        metadata_ttl: Duration::from_secs(60),
+        head_listed: false,
+        read_only: false,
+        bucket: "bucket".into(),
+        cache_dir: dir.to_path_buf(),
+        on_conflict: OnConflict::Keep,
+        // The memory store enforces conditions, as AWS S3 does.
+        check_before_upload: false,
+        retry: RetryPolicy {
+            first: Duration::from_secs(3600),
+            max: Duration::from_secs(3600),
+        },
+        cache: test_cache(),
+        upload_memory: 128 << 20,
+    }
 }
 
 fn setup_with(prefix: &str, read_only: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(MemoryStore::new());
-    let fs = Fs::new(
-        store.clone(),
-        FsConfig {
-            prefix: prefix.into(),
-            uid: 1000,
-            gid: 1000,
-            file_mode: 0o644,
-            dir_mode: 0o755,
-            metadata_ttl: Duration::from_secs(60),
-            head_listed: false,
-            read_only,
-            staging_dir: dir.path().join("staging"),
-            cache: test_cache(),
-            upload_memory: 128 << 20,
-        },
-    )
-    .unwrap();
+    let config = FsConfig {
+        prefix: prefix.into(),
+        read_only,
+        ..test_config(dir.path())
+    };
+    let fs = Fs::new(store.clone(), config, None).unwrap();
     Setup { store, fs, dir }
 }
 
@@ -66,7 +81,7 @@ fn setup_with_disk_cache() -> Setup {
 }
 
 /// Another mount of the same bucket, with the same disk cache.
-fn remount_with_disk_cache(s: &Setup) -> Fs {
+fn remount_with_disk_cache(s: &Setup) -> Arc<Fs> {
     let mut cache = test_cache();
     cache.disk = Some((
         s.dir.path().join("blocks"),
@@ -75,23 +90,11 @@ fn remount_with_disk_cache(s: &Setup) -> Fs {
             min_free: 0,
         },
     ));
-    Fs::new(
-        s.store.clone(),
-        FsConfig {
-            prefix: String::new(),
-            uid: 1000,
-            gid: 1000,
-            file_mode: 0o644,
-            dir_mode: 0o755,
-            metadata_ttl: Duration::from_secs(60),
-            head_listed: false,
-            read_only: false,
-            staging_dir: s.dir.path().join("staging"),
-            cache,
-            upload_memory: 128 << 20,
-        },
-    )
-    .unwrap()
+    let config = FsConfig {
+        cache,
+        ..test_config(s.dir.path())
+    };
+    Fs::new(s.store.clone(), config, None).unwrap()
 }
 
 /// A setup whose attributes are trusted for `ttl`.
@@ -99,7 +102,7 @@ fn setup_with_ttl(ttl: Duration) -> Setup {
     let s = setup();
     let mut config = s.fs.config().clone();
     config.metadata_ttl = ttl;
-    let fs = Fs::new(s.store.clone(), config).unwrap();
+    let fs = Fs::new(s.store.clone(), config, None).unwrap();
     Setup { fs, ..s }
 }
 
@@ -107,18 +110,21 @@ fn setup() -> Setup {
     setup_with("", false)
 }
 
-fn name(s: &str) -> &OsStr {
+pub(super) fn name(s: &str) -> &OsStr {
     OsStr::new(s)
 }
 
 fn staged_files(s: &Setup) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(s.dir.path().join("staging"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect()
+    files_in(&s.dir.path().join("staging"))
 }
 
-async fn write_file(fs: &Fs, parent: u64, file: &str, data: &[u8]) -> FsResult<u64> {
+pub(super) fn files_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default()
+}
+
+pub(super) async fn write_file(fs: &Fs, parent: u64, file: &str, data: &[u8]) -> FsResult<u64> {
     let (attr, fh) = fs
         .create(parent, name(file), FILE_MODE, libc::O_WRONLY, ME)
         .await?;
@@ -128,7 +134,7 @@ async fn write_file(fs: &Fs, parent: u64, file: &str, data: &[u8]) -> FsResult<u
     flushed.map(|()| attr.ino)
 }
 
-async fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
+pub(super) async fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
     let fh = fs.open(ino, libc::O_RDONLY, ME).await.unwrap();
     let mut out = Vec::new();
     loop {
@@ -456,38 +462,38 @@ async fn large_file_is_uploaded_as_multipart() {
 }
 
 #[tokio::test]
-async fn shutdown_uploads_files_still_open() {
+async fn shutdown_leaves_a_file_still_being_written_to_be_put_aside() {
     let s = setup();
     let (_, fh) =
         s.fs.create(ROOT_INO, name("open"), FILE_MODE, libc::O_WRONLY, ME)
             .await
             .unwrap();
-    s.fs.write(fh, 0, b"pending".to_vec()).await.unwrap();
+    s.fs.write(fh, 0, b"half of it".to_vec()).await.unwrap();
     s.fs.shutdown().await;
-    assert_eq!(&s.store.object("open").unwrap().body[..], b"pending");
+    assert!(s.store.object("open").is_none());
+    let again = Fs::new(s.store.clone(), s.fs.config().clone(), None).unwrap();
+    assert_eq!(again.resume().await.unwrap(), 0);
+    assert!(s.store.object("open").is_none());
+    let aside = files_in(&s.dir.path().join("recovered"));
+    assert!(
+        aside
+            .iter()
+            .any(|p| std::fs::read(p).unwrap() == b"half of it"),
+        "{aside:?}"
+    );
 }
 
 #[tokio::test]
 async fn changed_object_is_seen_after_the_ttl() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(MemoryStore::new());
-    let fs = Fs::new(
-        store.clone(),
-        FsConfig {
-            prefix: String::new(),
-            uid: 0,
-            gid: 0,
-            file_mode: 0o644,
-            dir_mode: 0o755,
-            metadata_ttl: Duration::ZERO,
-            head_listed: false,
-            read_only: false,
-            staging_dir: dir.path().to_path_buf(),
-            cache: test_cache(),
-            upload_memory: 128 << 20,
-        },
-    )
-    .unwrap();
+    let config = FsConfig {
+        uid: 0,
+        gid: 0,
+        metadata_ttl: Duration::ZERO,
+        ..test_config(dir.path())
+    };
+    let fs = Fs::new(store.clone(), config, None).unwrap();
     store.insert("f", "old");
     let f = fs.lookup(ROOT_INO, name("f")).await.unwrap();
     assert_eq!(read_all(&fs, f.ino).await, b"old");
@@ -511,35 +517,37 @@ async fn failed_write_is_never_uploaded_half_done() {
     assert_eq!(s.fs.flush(fh, ME.process).await.unwrap_err(), err);
     s.fs.release(fh).await;
     assert!(s.store.keys().is_empty());
-    assert_eq!(staged_files(&s).len(), 1);
+    // What was written is put aside, and no later mount uploads it.
+    assert!(staged_files(&s).is_empty());
+    let aside = files_in(&s.dir.path().join("recovered"));
+    assert_eq!(aside.len(), 2, "the data and its record: {aside:?}");
+    let data = aside
+        .iter()
+        .find(|p| p.extension().is_none_or(|e| e != "json"));
+    assert!(
+        std::fs::read(data.unwrap())
+            .unwrap()
+            .starts_with(b"first half")
+    );
+    let again = Fs::new(s.store.clone(), s.fs.config().clone(), None).unwrap();
+    assert_eq!(again.resume().await.unwrap(), 0);
+    assert!(s.store.keys().is_empty());
 }
 
 const MIB: usize = 1 << 20;
 
-fn pattern(len: usize) -> Vec<u8> {
+pub(super) fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
 }
 
 /// A second mount of the same bucket that remembers nothing and reads the
 /// headers of what it finds (with --head-listed): it sees what S3 holds.
-fn remount(s: &Setup) -> Fs {
-    Fs::new(
-        s.store.clone(),
-        FsConfig {
-            prefix: String::new(),
-            uid: 1000,
-            gid: 1000,
-            file_mode: 0o644,
-            dir_mode: 0o755,
-            metadata_ttl: Duration::from_secs(60),
-            head_listed: true,
-            read_only: false,
-            staging_dir: s.dir.path().join("staging2"),
-            cache: test_cache(),
-            upload_memory: 128 << 20,
-        },
-    )
-    .unwrap()
+fn remount(s: &Setup) -> Arc<Fs> {
+    let config = FsConfig {
+        head_listed: true,
+        ..test_config(&s.dir.path().join("second"))
+    };
+    Fs::new(s.store.clone(), config, None).unwrap()
 }
 
 fn meta_of(s: &Setup, key: &str) -> meta::FileMeta {
@@ -918,7 +926,7 @@ async fn with_head_listed_metadata_is_read_once_and_then_remembered() {
     let mut s = setup_with_disk_cache();
     let mut config = s.fs.config().clone();
     config.head_listed = true;
-    s.fs = Fs::new(s.store.clone(), config.clone()).unwrap();
+    s.fs = Fs::new(s.store.clone(), config.clone(), None).unwrap();
     fill_big_directory(&s);
     let big = s.fs.lookup(ROOT_INO, name("big")).await.unwrap();
     let (heads, lists) = (s.store.calls(Op::Head), s.store.calls(Op::List));
@@ -929,7 +937,7 @@ async fn with_head_listed_metadata_is_read_once_and_then_remembered() {
     s.fs.shutdown().await;
 
     // A remount with the same cache: listings only.
-    let again = Fs::new(s.store.clone(), config).unwrap();
+    let again = Fs::new(s.store.clone(), config, None).unwrap();
     let big = again.lookup(ROOT_INO, name("big")).await.unwrap();
     let heads = s.store.calls(Op::Head);
     let listed = list_dir(&again, big.ino, true).await;
@@ -1280,9 +1288,12 @@ async fn changes_are_reported_once_s3_has_them_saying_whether_the_key_is_new() {
     s.store.insert("site/old.css", "a");
     s.store.insert("site/dir/x", "b");
     let recorded = Arc::new(Recorded::default());
-    let fs = Fs::new(s.store.clone(), s.fs.config().clone())
-        .unwrap()
-        .reporting_changes_to(recorded.clone());
+    let fs = Fs::new(
+        s.store.clone(),
+        s.fs.config().clone(),
+        Some(recorded.clone()),
+    )
+    .unwrap();
     write_file(&fs, ROOT_INO, "new.css", b"new").await.unwrap();
     write_file(&fs, ROOT_INO, "old.css", b"new").await.unwrap();
     fs.rename(ROOT_INO, name("new.css"), ROOT_INO, name("moved.css"), 0)

@@ -42,7 +42,10 @@ impl Fs {
         dir.meta.ctime = Some(now);
         let options = self.put_options(&path, &dir);
         let marker = self.dir_prefix(&path);
-        let etag = self.store.put(&marker, Bytes::new(), &options).await?;
+        let etag = self
+            .store
+            .put(&marker, Bytes::new(), &options, None)
+            .await?;
         let headers = self.wrote_marker(&marker, &options);
         self.entry_changed(&path);
         self.listings().created_empty(&path, begun);
@@ -129,7 +132,12 @@ impl Fs {
         let since = SystemTime::now();
         let etag = self
             .store
-            .put(&key, Bytes::copy_from_slice(body.as_bytes()), &options)
+            .put(
+                &key,
+                Bytes::copy_from_slice(body.as_bytes()),
+                &options,
+                None,
+            )
             .await?;
         let headers = self.wrote(&key, &etag, &options, since);
         self.published(&key, Change::Written { new: true });
@@ -199,6 +207,9 @@ impl Fs {
             self.published(&key, Change::Deleted);
         }
         self.state().inodes.unlink(&path);
+        if let Some(of) = guard.as_deref_mut() {
+            self.drop_changes(of).await;
+        }
         self.entry_changed(&path);
         Ok(())
     }

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    CompletedPart, CopyOptions, ListPage, ListRequest, ObjectMeta, ObjectStore, Op, PutOptions,
-    StoreResult,
+    CompletedPart, Condition, CopyOptions, ListPage, ListRequest, ListedPart, ObjectMeta,
+    ObjectStore, Op, PutOptions, StoreResult,
 };
 
 pub struct CountingStore<S> {
@@ -76,9 +76,15 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         self.inner.list(request).await
     }
 
-    async fn put(&self, key: &str, body: Bytes, options: &PutOptions) -> StoreResult<String> {
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        options: &PutOptions,
+        condition: Option<&Condition>,
+    ) -> StoreResult<String> {
         self.count(Op::Put);
-        self.inner.put(key, body, options).await
+        self.inner.put(key, body, options, condition).await
     }
 
     async fn copy(&self, from: &str, to: &str, options: &CopyOptions) -> StoreResult<String> {
@@ -127,14 +133,22 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         key: &str,
         upload_id: &str,
         parts: Vec<CompletedPart>,
+        condition: Option<&Condition>,
     ) -> StoreResult<String> {
         self.count(Op::CompleteMultipart);
-        self.inner.complete_multipart(key, upload_id, parts).await
+        self.inner
+            .complete_multipart(key, upload_id, parts, condition)
+            .await
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
         self.count(Op::AbortMultipart);
         self.inner.abort_multipart(key, upload_id).await
+    }
+
+    async fn list_parts(&self, key: &str, upload_id: &str) -> StoreResult<Vec<ListedPart>> {
+        self.count(Op::ListParts);
+        self.inner.list_parts(key, upload_id).await
     }
 }
 
@@ -147,7 +161,7 @@ mod tests {
     async fn counts_each_kind_of_request() {
         let store = CountingStore::new(MemoryStore::new());
         store
-            .put("a", Bytes::from("x"), &PutOptions::default())
+            .put("a", Bytes::from("x"), &PutOptions::default(), None)
             .await
             .unwrap();
         store.head("a").await.unwrap();

@@ -12,6 +12,8 @@ pub enum StoreError {
     AccessDenied(String),
     #[error("the object changed (precondition failed)")]
     PreconditionFailed,
+    #[error("the object changed while the upload ran (conflict)")]
+    Conflict,
     #[error("the key is too long for S3")]
     KeyTooLong,
     #[error("cannot reach the S3 endpoint: {0}")]
@@ -32,7 +34,7 @@ impl StoreError {
         match self {
             StoreError::NotFound | StoreError::NoSuchBucket => libc::ENOENT,
             StoreError::AccessDenied(_) => libc::EACCES,
-            StoreError::PreconditionFailed => libc::ESTALE,
+            StoreError::PreconditionFailed | StoreError::Conflict => libc::ESTALE,
             StoreError::KeyTooLong => libc::ENAMETOOLONG,
             StoreError::Unreachable(_) | StoreError::Other(_) => libc::EIO,
         }

@@ -11,9 +11,10 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{Semaphore, watch};
 
 pub use super::Op;
+use super::etag;
 use super::{
-    CompletedPart, CopyOptions, ListPage, ListRequest, ObjectHeaders, ObjectMeta, ObjectStore,
-    PutOptions, StoreError, StoreResult, UserMetadata,
+    CompletedPart, Condition, CopyOptions, ListPage, ListRequest, ListedPart, ObjectHeaders,
+    ObjectMeta, ObjectStore, PutOptions, StoreError, StoreResult, UserMetadata,
 };
 
 #[derive(Debug, Clone)]
@@ -57,6 +58,11 @@ pub struct MemoryStore {
     gates: Mutex<HashMap<Op, Arc<GateState>>>,
     counter: AtomicU64,
     calls: Mutex<HashMap<Op, u64>>,
+    /// Accept conditional writes without checking them, as Garage 2.5 does.
+    ignore_conditions: std::sync::atomic::AtomicBool,
+    /// Calls that take effect but whose answer is lost (a timeout after the
+    /// server acted), by operation.
+    lost_answers: Mutex<HashMap<Op, usize>>,
 }
 
 impl MemoryStore {
@@ -78,6 +84,35 @@ impl MemoryStore {
         });
         lock(&self.gates).insert(op, gate.clone());
         Gate(gate)
+    }
+
+    /// Take conditional writes without checking their conditions (what Garage 2.5
+    /// does), or check them again (what AWS S3 does, the default).
+    pub fn ignore_conditions(&self, ignore: bool) {
+        self.ignore_conditions.store(ignore, Ordering::Relaxed);
+    }
+
+    /// The multipart uploads started and neither completed nor aborted, by id.
+    pub fn upload_ids(&self) -> Vec<String> {
+        lock(&self.uploads).keys().cloned().collect()
+    }
+
+    /// The next call of `op` takes effect, but its caller gets an error, as when
+    /// the connection drops after the server acted.
+    pub fn lose_next_answer(&self, op: Op) {
+        *lock(&self.lost_answers).entry(op).or_default() += 1;
+    }
+
+    /// `result`, unless the answer to this call of `op` is to be lost.
+    fn answer<T>(&self, op: Op, result: StoreResult<T>) -> StoreResult<T> {
+        let mut lost = lock(&self.lost_answers);
+        match lost.get_mut(&op) {
+            Some(n) if *n > 0 && result.is_ok() => {
+                *n -= 1;
+                Err(StoreError::Unreachable("the answer was lost".into()))
+            }
+            _ => result,
+        }
     }
 
     /// Withdraw every fault not yet met.
@@ -120,8 +155,27 @@ impl MemoryStore {
 
     /// Put an object with user metadata, as another S3 client would.
     pub fn insert_with(&self, key: &str, body: impl Into<Bytes>, metadata: UserMetadata) {
-        let etag = self.next_etag();
-        self.store(key, body.into(), etag, None, metadata);
+        let body = body.into();
+        let etag = etag::of_body(&body);
+        self.store(key, body, etag, None, metadata);
+    }
+
+    /// Fail unless the object at `key` meets `condition` (when conditions are
+    /// checked).
+    fn check(&self, key: &str, condition: Option<&Condition>) -> StoreResult<()> {
+        let Some(condition) = condition else {
+            return Ok(());
+        };
+        if self.ignore_conditions.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let objects = lock(&self.objects);
+        let etag = objects.get(key).map(|o| o.etag.as_str());
+        if condition.holds_for(etag) {
+            Ok(())
+        } else {
+            Err(StoreError::PreconditionFailed)
+        }
     }
 
     fn store(
@@ -166,10 +220,6 @@ impl MemoryStore {
         }
         Ok(o)
     }
-
-    fn next_etag(&self) -> String {
-        format!("\"{}\"", self.counter.fetch_add(1, Ordering::Relaxed))
-    }
 }
 
 impl MemoryStore {
@@ -185,11 +235,7 @@ impl MemoryStore {
             .get_mut(upload_id)
             .filter(|u| u.key == key)
             .ok_or(StoreError::NotFound)?;
-        // Like S3's (an MD5 of the body), a part's ETag is new each time it is sent.
-        let etag = format!(
-            "\"part-{number}-{}\"",
-            self.counter.fetch_add(1, Ordering::Relaxed)
-        );
+        let etag = etag::of_body(&body);
         upload.parts.insert(number, (etag.clone(), body));
         Ok(etag)
     }
@@ -320,9 +366,16 @@ impl ObjectStore for MemoryStore {
         Ok(page)
     }
 
-    async fn put(&self, key: &str, body: Bytes, options: &PutOptions) -> StoreResult<String> {
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        options: &PutOptions,
+        condition: Option<&Condition>,
+    ) -> StoreResult<String> {
         self.enter(Op::Put).await?;
-        let etag = self.next_etag();
+        self.check(key, condition)?;
+        let etag = etag::of_body(&body);
         self.store(
             key,
             body,
@@ -330,7 +383,7 @@ impl ObjectStore for MemoryStore {
             options.content_type.clone(),
             options.metadata.clone(),
         );
-        Ok(etag)
+        self.answer(Op::Put, Ok(etag))
     }
 
     async fn copy(&self, from: &str, to: &str, options: &CopyOptions) -> StoreResult<String> {
@@ -340,7 +393,7 @@ impl ObjectStore for MemoryStore {
             Some(r) => (r.content_type.clone(), r.metadata.clone()),
             None => (source.content_type, source.metadata),
         };
-        let etag = self.next_etag();
+        let etag = etag::of_body(&source.body);
         self.store(to, source.body, etag.clone(), content_type, metadata);
         Ok(etag)
     }
@@ -373,7 +426,8 @@ impl ObjectStore for MemoryStore {
         body: Bytes,
     ) -> StoreResult<String> {
         self.enter(Op::UploadPart).await?;
-        self.add_part(key, upload_id, number, body)
+        let etag = self.add_part(key, upload_id, number, body);
+        self.answer(Op::UploadPart, etag)
     }
 
     async fn upload_part_copy(
@@ -403,8 +457,10 @@ impl ObjectStore for MemoryStore {
         key: &str,
         upload_id: &str,
         parts: Vec<CompletedPart>,
+        condition: Option<&Condition>,
     ) -> StoreResult<String> {
         self.enter(Op::CompleteMultipart).await?;
+        self.check(key, condition)?;
         let mut uploads = lock(&self.uploads);
         let upload = uploads
             .get(upload_id)
@@ -424,11 +480,9 @@ impl ObjectStore for MemoryStore {
             return Err(StoreError::NotFound);
         };
         drop(uploads);
-        let etag = format!(
-            "\"{}-{}\"",
-            self.counter.fetch_add(1, Ordering::Relaxed),
-            parts.len()
-        );
+        let etags: Vec<&str> = parts.iter().map(|p| p.etag.as_str()).collect();
+        let etag = etag::of_parts(&etags)
+            .ok_or_else(|| StoreError::Other("a part's ETag is not an MD5".into()))?;
         self.store(
             key,
             body.freeze(),
@@ -436,13 +490,31 @@ impl ObjectStore for MemoryStore {
             upload.options.content_type,
             upload.options.metadata,
         );
-        Ok(etag)
+        self.answer(Op::CompleteMultipart, Ok(etag))
     }
 
     async fn abort_multipart(&self, _key: &str, upload_id: &str) -> StoreResult<()> {
         self.enter(Op::AbortMultipart).await?;
         lock(&self.uploads).remove(upload_id);
         Ok(())
+    }
+
+    async fn list_parts(&self, key: &str, upload_id: &str) -> StoreResult<Vec<ListedPart>> {
+        self.enter(Op::ListParts).await?;
+        let uploads = lock(&self.uploads);
+        let upload = uploads
+            .get(upload_id)
+            .filter(|u| u.key == key)
+            .ok_or(StoreError::NotFound)?;
+        Ok(upload
+            .parts
+            .iter()
+            .map(|(number, (etag, body))| ListedPart {
+                number: *number,
+                etag: etag.clone(),
+                size: body.len() as u64,
+            })
+            .collect())
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod counting;
 pub mod error;
+pub mod etag;
 pub mod memory;
 pub mod s3;
 
@@ -32,10 +33,11 @@ pub enum Op {
     UploadPartCopy,
     CompleteMultipart,
     AbortMultipart,
+    ListParts,
 }
 
 impl Op {
-    pub const ALL: [Op; 11] = [
+    pub const ALL: [Op; 12] = [
         Op::Head,
         Op::Get,
         Op::List,
@@ -47,6 +49,7 @@ impl Op {
         Op::UploadPartCopy,
         Op::CompleteMultipart,
         Op::AbortMultipart,
+        Op::ListParts,
     ];
 
     /// The S3 API name of the request.
@@ -63,6 +66,7 @@ impl Op {
             Op::UploadPartCopy => "UploadPartCopy",
             Op::CompleteMultipart => "CompleteMultipartUpload",
             Op::AbortMultipart => "AbortMultipartUpload",
+            Op::ListParts => "ListParts",
         }
     }
 }
@@ -134,6 +138,34 @@ pub struct CompletedPart {
     pub etag: String,
 }
 
+/// A part S3 holds of a multipart upload not completed yet (ListParts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedPart {
+    pub number: i32,
+    pub etag: String,
+    pub size: u64,
+}
+
+/// What a write requires of the object it replaces, so that it never silently
+/// replaces another writer's version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// No object at the key (`If-None-Match: *`).
+    Absent,
+    /// The object has this ETag (`If-Match`).
+    Matches(String),
+}
+
+impl Condition {
+    /// Does an object with ETag `etag` (`None`: no object) meet the condition?
+    pub fn holds_for(&self, etag: Option<&str>) -> bool {
+        match self {
+            Condition::Absent => etag.is_none(),
+            Condition::Matches(want) => etag == Some(want.as_str()),
+        }
+    }
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 #[async_trait]
@@ -152,8 +184,16 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     async fn list(&self, request: ListRequest<'_>) -> StoreResult<ListPage>;
 
-    /// Store a whole object; returns its ETag.
-    async fn put(&self, key: &str, body: Bytes, options: &PutOptions) -> StoreResult<String>;
+    /// Store a whole object; returns its ETag. With `condition`, fails with
+    /// [`StoreError::PreconditionFailed`] when the object there does not meet it
+    /// (servers that enforce conditions; see the conformance suite).
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        options: &PutOptions,
+        condition: Option<&Condition>,
+    ) -> StoreResult<String>;
 
     /// Server-side copy of a whole object (up to 5 GiB); returns the new ETag.
     async fn copy(&self, from: &str, to: &str, options: &CopyOptions) -> StoreResult<String>;
@@ -186,13 +226,20 @@ pub trait ObjectStore: Send + Sync + 'static {
         if_match: Option<&str>,
     ) -> StoreResult<String>;
 
-    /// Complete a multipart upload; returns the object's ETag.
+    /// Complete a multipart upload; returns the object's ETag. With `condition`,
+    /// as [`ObjectStore::put`]; a change of the object while the upload ran may
+    /// also fail it with [`StoreError::Conflict`] (the upload must start again).
     async fn complete_multipart(
         &self,
         key: &str,
         upload_id: &str,
         parts: Vec<CompletedPart>,
+        condition: Option<&Condition>,
     ) -> StoreResult<String>;
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()>;
+
+    /// The parts S3 holds of an upload not completed; [`StoreError::NotFound`]
+    /// if the upload is gone (completed or aborted).
+    async fn list_parts(&self, key: &str, upload_id: &str) -> StoreResult<Vec<ListedPart>>;
 }

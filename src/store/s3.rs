@@ -17,8 +17,8 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use crate::aws::one_line;
 
 use super::{
-    CompletedPart, CopyOptions, ListPage, ListRequest, ObjectHeaders, ObjectMeta, ObjectStore,
-    PutOptions, StoreError, StoreResult,
+    CompletedPart, Condition, CopyOptions, ListPage, ListRequest, ListedPart, ObjectHeaders,
+    ObjectMeta, ObjectStore, PutOptions, StoreError, StoreResult,
 };
 
 /// Where and how to reach the bucket.
@@ -109,6 +109,7 @@ where
                         .join(": "),
                 ),
                 (Some("PreconditionFailed"), _) | (None, 412) => StoreError::PreconditionFailed,
+                (Some("ConditionalRequestConflict"), _) | (None, 409) => StoreError::Conflict,
                 (Some("KeyTooLongError"), _) => StoreError::KeyTooLong,
                 _ => StoreError::Other(format!(
                     "{} {message} (HTTP {status})",
@@ -134,6 +135,15 @@ fn size_of(len: Option<i64>) -> u64 {
 /// The `x-amz-copy-source` value for `key` of `bucket`.
 fn copy_source(bucket: &str, key: &str) -> String {
     format!("{bucket}/{}", utf8_percent_encode(key, COPY_SOURCE))
+}
+
+/// The `If-Match` and `If-None-Match` headers of `condition`.
+fn condition_headers(condition: Option<&Condition>) -> (Option<String>, Option<String>) {
+    match condition {
+        None => (None, None),
+        Some(Condition::Absent) => (None, Some("*".to_string())),
+        Some(Condition::Matches(etag)) => (Some(etag.clone()), None),
+    }
 }
 
 /// User metadata as the SDK wants it (`None` when empty, so no header is sent).
@@ -253,7 +263,14 @@ impl ObjectStore for S3Store {
         })
     }
 
-    async fn put(&self, key: &str, body: Bytes, options: &PutOptions) -> StoreResult<String> {
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        options: &PutOptions,
+        condition: Option<&Condition>,
+    ) -> StoreResult<String> {
+        let (if_match, if_none_match) = condition_headers(condition);
         let request = self
             .client
             .put_object()
@@ -261,7 +278,9 @@ impl ObjectStore for S3Store {
             .key(key)
             .body(ByteStream::from(body))
             .set_content_type(options.content_type.clone())
-            .set_metadata(metadata_of(options));
+            .set_metadata(metadata_of(options))
+            .set_if_match(if_match)
+            .set_if_none_match(if_none_match);
         let out = if self.unsigned_bodies {
             request.customize().disable_payload_signing().send().await
         } else {
@@ -383,7 +402,9 @@ impl ObjectStore for S3Store {
         key: &str,
         upload_id: &str,
         parts: Vec<CompletedPart>,
+        condition: Option<&Condition>,
     ) -> StoreResult<String> {
+        let (if_match, if_none_match) = condition_headers(condition);
         let parts = parts
             .into_iter()
             .map(|p| {
@@ -404,6 +425,8 @@ impl ObjectStore for S3Store {
                     .set_parts(Some(parts))
                     .build(),
             )
+            .set_if_match(if_match)
+            .set_if_none_match(if_none_match)
             .send()
             .await
             .map_err(classify)?;
@@ -420,5 +443,35 @@ impl ObjectStore for S3Store {
             .await
             .map_err(classify)?;
         Ok(())
+    }
+
+    async fn list_parts(&self, key: &str, upload_id: &str) -> StoreResult<Vec<ListedPart>> {
+        let mut parts = Vec::new();
+        let mut marker = None;
+        loop {
+            let out = self
+                .client
+                .list_parts()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .set_part_number_marker(marker.take())
+                .send()
+                .await
+                .map_err(classify)?;
+            parts.extend(out.parts().iter().filter_map(|p| {
+                Some(ListedPart {
+                    number: p.part_number()?,
+                    etag: p.e_tag()?.to_string(),
+                    size: size_of(p.size()),
+                })
+            }));
+            match out.next_part_number_marker() {
+                Some(next) if out.is_truncated().unwrap_or(false) => {
+                    marker = Some(next.to_string());
+                }
+                _ => return Ok(parts),
+            }
+        }
     }
 }

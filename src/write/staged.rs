@@ -16,6 +16,7 @@ use rangemap::RangeSet;
 use super::WriteError;
 use super::staging::StagingFile;
 use crate::cache::{BlockCache, ObjectVersion};
+use crate::store::StoreError;
 
 /// The most base bytes fetched in one go to fill a gap (bounds the memory one fill
 /// holds).
@@ -75,20 +76,54 @@ impl Staged {
         }
     }
 
+    /// A staged file found again after a restart: `local` are the ranges its
+    /// staging file holds (below the base's length; everything above is local).
+    pub fn restore(
+        file: StagingFile,
+        base: Option<Base>,
+        size: u64,
+        local: impl IntoIterator<Item = Range<u64>>,
+    ) -> Self {
+        let mut staged = Self::new(file, base, size);
+        for r in local {
+            insert(&mut staged.present, r.clone());
+            insert(&mut staged.dirty, r);
+        }
+        let above = staged.base_len()..size;
+        insert(&mut staged.dirty, above);
+        staged
+    }
+
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// The ranges below the base's length that the staging file holds (all
+    /// above it is local), for the journal.
+    pub fn local_ranges(&self) -> Vec<(u64, u64)> {
+        let below = self.base_len();
+        self.present
+            .iter()
+            .filter(|r| r.start < below)
+            .map(|r| (r.start, r.end.min(below)))
+            .collect()
+    }
+
+    /// Bytes `0..base_len()` not held locally are the base's.
+    pub fn base_len(&self) -> u64 {
+        self.base.as_ref().map_or(0, |b| b.len.min(self.size))
     }
 
     pub fn file(&self) -> &StagingFile {
         &self.file
     }
 
-    pub fn into_file(self) -> StagingFile {
-        self.file
+    pub fn file_mut(&mut self) -> &mut StagingFile {
+        &mut self.file
     }
 
-    fn base_len(&self) -> u64 {
-        self.base.as_ref().map_or(0, |b| b.len.min(self.size))
+    pub fn into_file(self) -> StagingFile {
+        self.file
     }
 
     /// Does nothing of the file come from an object (a new or emptied file)?
@@ -188,7 +223,13 @@ impl Staged {
             let mut start = gap.start;
             while start < gap.end {
                 let end = gap.end.min(start + MAX_FILL);
-                let data = cache.read(&version, start..end).await?;
+                let data = match cache.read(&version, start..end).await {
+                    Ok(data) => data,
+                    // The version the file was changed over is gone: stale, as
+                    // when it is replaced.
+                    Err(StoreError::NotFound) => return Err(StoreError::PreconditionFailed.into()),
+                    Err(e) => return Err(e.into()),
+                };
                 if data.len() as u64 != end - start {
                     return Err(WriteError::ShortRead(base.key.clone()));
                 }
@@ -273,7 +314,7 @@ mod tests {
             etag: Some(etag),
             len,
         };
-        let staged = Staged::new(staging.create("k").unwrap(), Some(base), len);
+        let staged = Staged::new(staging.create("k", false).unwrap(), Some(base), len);
         (dir, staged)
     }
 

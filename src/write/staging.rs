@@ -7,12 +7,18 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+
+/// The start of the name of a staging file that only keeps what handles read of
+/// a file removed or replaced: a copy of S3's data (and of writes to a file no
+/// longer named), never uploaded. After a crash it is the only kind of staging
+/// file that may be deleted without a record.
+pub const KEPT_PREFIX: &str = "kept-";
 
 /// Names tried for one staging file before giving up.
 const MAX_TRIES: u32 = 10_000;
@@ -24,7 +30,7 @@ pub struct StagingDir {
 
 impl StagingDir {
     pub fn new(dir: PathBuf) -> io::Result<Self> {
-        std::fs::create_dir_all(&dir)?;
+        crate::private::create_dir(&dir)?;
         Ok(Self {
             dir,
             counter: AtomicU64::new(0),
@@ -35,8 +41,23 @@ impl StagingDir {
         &self.dir
     }
 
-    /// A new, empty staging file for `key`.
-    pub fn create(&self, key: &str) -> io::Result<StagingFile> {
+    /// The staging file `name` kept by an earlier mount (named by its journal
+    /// record).
+    pub fn open(&self, name: &str) -> io::Result<StagingFile> {
+        let path = self.dir.join(name);
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        Ok(StagingFile {
+            path,
+            reader: StagingReader {
+                file: Arc::new(file),
+            },
+        })
+    }
+
+    /// A new, empty staging file for `key`; `kept`: it only keeps what open
+    /// handles read of a file removed or replaced, and holds nothing to upload
+    /// (see [`KEPT_PREFIX`]).
+    pub fn create(&self, key: &str, kept: bool) -> io::Result<StagingFile> {
         let base: String = key
             .rsplit('/')
             .next()
@@ -57,11 +78,15 @@ impl StagingDir {
         let mut tries = 0;
         let (path, file) = loop {
             let n = self.counter.fetch_add(1, Ordering::Relaxed);
-            let path = self.dir.join(format!("{}-{n}-{base}", std::process::id()));
+            let kind = if kept { KEPT_PREFIX } else { "" };
+            let path = self
+                .dir
+                .join(format!("{kind}{}-{n}-{base}", std::process::id()));
             match OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create_new(true)
+                .mode(crate::private::FILE_MODE)
                 .open(&path)
             {
                 Ok(file) => break (path, file),
@@ -119,6 +144,27 @@ impl StagingFile {
         &self.path
     }
 
+    /// From now on the file only keeps what open handles read (see
+    /// [`KEPT_PREFIX`]): renamed so.
+    pub fn mark_kept(&mut self) -> io::Result<()> {
+        let name = self.name();
+        if name.starts_with(KEPT_PREFIX) {
+            return Ok(());
+        }
+        let kept = self.path.with_file_name(format!("{KEPT_PREFIX}{name}"));
+        std::fs::rename(&self.path, &kept)?;
+        self.path = kept;
+        Ok(())
+    }
+
+    /// The file's name in the staging directory (its journal record's name).
+    pub fn name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
     pub fn reader(&self) -> StagingReader {
         self.reader.clone()
     }
@@ -168,7 +214,7 @@ mod tests {
     async fn write_read_truncate_remove() {
         let dir = tempfile::tempdir().unwrap();
         let staging = StagingDir::new(dir.path().join("staging")).unwrap();
-        let f = staging.create("a/b/report 1.txt").unwrap();
+        let f = staging.create("a/b/report 1.txt", false).unwrap();
         assert!(
             f.path()
                 .file_name()
@@ -191,13 +237,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kept = {
             let earlier = StagingDir::new(dir.path().to_path_buf()).unwrap();
-            let f = earlier.create("f").unwrap();
+            let f = earlier.create("f", false).unwrap();
             std::fs::write(f.path(), b"kept").unwrap();
             f.path().to_path_buf()
         };
         // A mount in the same process counts from the start again.
         let staging = StagingDir::new(dir.path().to_path_buf()).unwrap();
-        let f = staging.create("f").unwrap();
+        let f = staging.create("f", false).unwrap();
         assert_ne!(f.path(), kept);
         assert_eq!(std::fs::read(&kept).unwrap(), b"kept");
     }

@@ -1,4 +1,6 @@
-//! Streaming a new file's parts while it is being written.
+//! A multipart upload of a file under way: streaming a new file's parts while it
+//! is being written, and the parts S3 confirmed, kept across a failed close and
+//! (through the journal) a restart so that they are not sent again.
 //!
 //! Once a new (or emptied) file grows past two parts, a multipart upload starts and
 //! each part is sent in the background as soon as the writer has moved past it, a
@@ -41,6 +43,12 @@ pub struct Stream {
     /// When the request creating the upload was sent: S3 may date the object
     /// from its creation.
     pub(super) created: SystemTime,
+    /// Parts may be sent while the file is written (a new file, all of whose
+    /// bytes are local); otherwise parts go only at upload.
+    pub(super) streaming: bool,
+    /// `sent` came from the journal of an earlier run: S3 must be asked which
+    /// of them it still has before they are used.
+    pub(super) unverified: bool,
 }
 
 impl Stream {
@@ -59,7 +67,39 @@ impl Stream {
             generation: HashMap::new(),
             next: 1,
             created,
+            streaming: true,
+            unverified: false,
         }
+    }
+
+    /// An upload an earlier run (or attempt) left, with the parts it noted as
+    /// sent: `(number, range, etag)`. Nothing more is sent while the file is
+    /// written; S3 is asked which of the parts it has before they are used.
+    pub fn resumed(
+        key: String,
+        upload_id: String,
+        options: PutOptions,
+        parts: impl IntoIterator<Item = (i32, Range<u64>, String)>,
+    ) -> Self {
+        let mut stream = Self::new(key, upload_id, options, SystemTime::now());
+        stream.sent = parts
+            .into_iter()
+            .map(|(number, range, etag)| (number, (range, 0, etag)))
+            .collect();
+        stream.streaming = false;
+        stream.unverified = true;
+        stream
+    }
+
+    pub fn upload_id(&self) -> &str {
+        &self.upload_id
+    }
+
+    /// The parts sent and still right: `(number, range, etag)`.
+    pub fn sent_parts(&self) -> impl Iterator<Item = (i32, Range<u64>, &str)> {
+        self.sent
+            .iter()
+            .map(|(n, (range, _, etag))| (*n, range.clone(), etag.as_str()))
     }
 
     pub fn key(&self) -> &str {
@@ -85,8 +125,16 @@ impl Stream {
         if range.is_empty() {
             return;
         }
-        // Parts from `next` on were never sent.
-        let last = part_at(range.end - 1).min(self.next);
+        // Parts from `next` on were not sent while the file was written; those an
+        // upload at close sent are in `sent`. None beyond both was sent.
+        let highest = self
+            .sent
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0)
+            .max(self.next);
+        let last = part_at(range.end - 1).min(highest);
         for number in part_at(range.start)..=last {
             // A part being sent now is dropped when it reports (its generation is
             // behind); one sent already is sent again at close.

@@ -14,7 +14,7 @@ use super::staged::{Base, PartSource, Staged};
 use super::staging::StagingReader;
 use super::stream::Stream;
 use crate::cache::BlockCache;
-use crate::store::{CompletedPart, CopyOptions, ObjectStore, PutOptions};
+use crate::store::{CompletedPart, Condition, CopyOptions, ObjectStore, PutOptions, StoreError};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -92,8 +92,36 @@ enum Part {
         range: Range<u64>,
         gaps: Vec<Range<u64>>,
     },
-    /// Sent already (while the file was written).
-    Sent(String),
+    /// Sent already (while the file was written, or by an earlier attempt).
+    Sent,
+}
+
+/// What an upload writes, besides the staged file's bytes.
+pub struct UploadJob<'a> {
+    pub key: &'a str,
+    pub options: &'a PutOptions,
+    /// What the object at `key` must be for the upload to replace it.
+    pub condition: Option<&'a Condition>,
+    /// Check the condition with a HEAD right before completing a multipart
+    /// upload too (for servers that ignore it): the window in which another
+    /// writer's change is still replaced shrinks to the completion itself.
+    pub check_before_complete: bool,
+    /// Told of the multipart upload when it starts and each time S3 confirms a
+    /// part (the journal notes them).
+    pub on_part: &'a (dyn Fn(&Stream) + Send + Sync),
+}
+
+/// A failed upload: why, and the multipart upload with the parts S3 confirmed,
+/// for the next attempt.
+pub struct Failed {
+    pub error: WriteError,
+    pub stream: Option<Stream>,
+}
+
+impl Failed {
+    fn new(error: WriteError, stream: Option<Stream>) -> Self {
+        Self { error, stream }
+    }
 }
 
 /// Uploads staged files, with a bound on the parts held in memory at once across
@@ -152,79 +180,231 @@ impl Uploader {
         }
     }
 
-    /// Upload `staged` as `key`; returns the new ETag. The parts `stream` sent
-    /// while the file was written are used where they are still right. On failure
-    /// nothing is left in the bucket: a multipart upload is aborted.
+    /// Room for one part's bytes in memory, out of the uploads' budget (for
+    /// reading a part's worth of a file outside an upload).
+    pub async fn part_memory(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.part_slots.acquire().await.ok()
+    }
+
+    /// Upload `staged` as `job.key`; returns the new ETag. The parts `stream`
+    /// holds (sent while the file was written, or by an earlier attempt) are used
+    /// where they are still right. A failed multipart upload is not aborted: it
+    /// comes back in [`Failed`] with the parts S3 confirmed, for the next attempt.
     pub async fn upload(
         &self,
-        key: &str,
+        job: UploadJob<'_>,
         staged: &mut Staged,
-        options: &PutOptions,
         stream: Option<Stream>,
-    ) -> Result<String, WriteError> {
+    ) -> Result<String, Failed> {
         let size = staged.size();
         let Some(ranges) = part_ranges(size) else {
             if let Some(s) = stream {
                 self.abort_stream(s).await;
             }
-            return Err(WriteError::TooLarge(size));
+            return Err(Failed::new(WriteError::TooLarge(size), None));
         };
         let stream = match stream {
-            Some(s) if s.key == key && size > FIRST_PART_SIZE => Some(s),
+            Some(s) if s.key == job.key && size > FIRST_PART_SIZE => Some(s),
             Some(s) => {
                 self.abort_stream(s).await;
                 None
             }
             None => None,
         };
-        let etag = if size <= FIRST_PART_SIZE {
-            let _slot = self.part_slots.acquire().await;
-            staged.fill(&self.cache, 0..size).await?;
-            let body = staged.file().read_at(0, size as usize).await?;
-            self.store.put(key, body, options).await?
-        } else {
-            let mut stream = stream;
-            if let Some(s) = &mut stream {
-                while let Some(done) = s.running.join_next().await {
-                    s.take(done);
-                }
-            }
-            let parts: Vec<(i32, Part)> = ranges
-                .into_iter()
-                .map(|(n, range)| {
-                    let sent = stream.as_ref().and_then(|s| {
-                        s.sent
-                            .get(&n)
-                            .filter(|(r, generation, _)| {
-                                *r == range && *generation == s.generation_of(n)
-                            })
-                            .map(|(_, _, etag)| etag.clone())
-                    });
-                    let part = match (sent, staged.part_source(range.clone())) {
-                        (Some(etag), _) => Part::Sent(etag),
-                        (None, PartSource::Copy(from)) => Part::Copy { from, range },
-                        (None, PartSource::Local { gaps }) => Part::Local { range, gaps },
-                    };
-                    (n, part)
-                })
-                .collect();
-            let filled: Vec<Range<u64>> = parts
-                .iter()
-                .flat_map(|(_, p)| match p {
-                    Part::Local { gaps, .. } => gaps.clone(),
-                    Part::Copy { .. } | Part::Sent(_) => Vec::new(),
-                })
-                .collect();
-            let upload_id = match &stream {
-                Some(s) => s.upload_id.clone(),
-                None => self.store.create_multipart(key, options).await?,
+        if size <= FIRST_PART_SIZE {
+            let put = async {
+                let _slot = self.part_slots.acquire().await;
+                staged.fill(&self.cache, 0..size).await?;
+                let body = staged.file().read_at(0, size as usize).await?;
+                Ok::<_, WriteError>(
+                    self.store
+                        .put(job.key, body, job.options, job.condition)
+                        .await?,
+                )
             };
-            let etag = self.complete(key, &upload_id, parts, Some(staged)).await?;
-            staged.mark_present(&filled);
-            etag
+            let etag = put.await.map_err(|e| Failed::new(e, None))?;
+            staged.uploaded(job.key, etag.clone());
+            return Ok(etag);
+        }
+        let mut stream = match stream {
+            Some(s) => s,
+            None => match self.store.create_multipart(job.key, job.options).await {
+                Ok(id) => {
+                    let mut s = Stream::new(
+                        job.key.to_string(),
+                        id,
+                        job.options.clone(),
+                        std::time::SystemTime::now(),
+                    );
+                    s.streaming = false;
+                    s
+                }
+                Err(e) => return Err(Failed::new(e.into(), None)),
+            },
         };
-        staged.uploaded(key, etag.clone());
-        Ok(etag)
+        (job.on_part)(&stream);
+        while let Some(done) = stream.running.join_next().await {
+            stream.take(done);
+        }
+        let parts: Vec<(i32, Part)> = ranges
+            .iter()
+            .map(|(n, range)| {
+                let sent = stream.sent.get(n).is_some_and(|(r, generation, _)| {
+                    r == range && *generation == stream.generation_of(*n)
+                });
+                let part = match (sent, staged.part_source(range.clone())) {
+                    (true, _) => Part::Sent,
+                    (false, PartSource::Copy(from)) => Part::Copy {
+                        from,
+                        range: range.clone(),
+                    },
+                    (false, PartSource::Local { gaps }) => Part::Local {
+                        range: range.clone(),
+                        gaps,
+                    },
+                };
+                (*n, part)
+            })
+            .collect();
+        let filled: Vec<Range<u64>> = parts
+            .iter()
+            .flat_map(|(_, p)| match p {
+                Part::Local { gaps, .. } => gaps.clone(),
+                Part::Copy { .. } | Part::Sent => Vec::new(),
+            })
+            .collect();
+        if let Err(e) = self.send_into(&mut stream, &job, parts, staged).await {
+            return Err(Failed::new(e, Some(stream)));
+        }
+        let done: Option<Vec<CompletedPart>> = ranges
+            .iter()
+            .map(|(n, _)| {
+                let (_, _, etag) = stream.sent.get(n)?;
+                Some(CompletedPart {
+                    number: *n,
+                    etag: etag.clone(),
+                })
+            })
+            .collect();
+        let Some(done) = done else {
+            let missing = std::io::Error::other("a part of the upload was not sent");
+            return Err(Failed::new(missing.into(), Some(stream)));
+        };
+        if let Some(condition) = job.condition
+            && job.check_before_complete
+        {
+            let now = match self.store.head(job.key).await {
+                Ok(head) => head.etag,
+                Err(StoreError::NotFound) => None,
+                Err(e) => return Err(Failed::new(e.into(), Some(stream))),
+            };
+            if !condition.holds_for(now.as_deref()) {
+                let changed = StoreError::PreconditionFailed.into();
+                return Err(Failed::new(changed, Some(stream)));
+            }
+        }
+        match self
+            .store
+            .complete_multipart(job.key, &stream.upload_id, done, job.condition)
+            .await
+        {
+            Ok(etag) => {
+                staged.mark_present(&filled);
+                staged.uploaded(job.key, etag.clone());
+                Ok(etag)
+            }
+            Err(StoreError::Conflict) => {
+                // The object changed while the upload ran: this upload can never
+                // complete, the next attempt starts another.
+                self.abort_stream(stream).await;
+                Err(Failed::new(StoreError::Conflict.into(), None))
+            }
+            Err(e) => Err(Failed::new(e.into(), Some(stream))),
+        }
+    }
+
+    /// Send `parts` of `stream`'s upload that it does not have yet, noting each
+    /// in the stream as S3 confirms it.
+    async fn send_into(
+        &self,
+        stream: &mut Stream,
+        job: &UploadJob<'_>,
+        parts: Vec<(i32, Part)>,
+        staged: &Staged,
+    ) -> Result<(), WriteError> {
+        let upload_id = stream.upload_id.clone();
+        let key = job.key;
+        let sending = futures::stream::iter(parts)
+            .filter_map(|(number, part)| async move {
+                match part {
+                    Part::Sent => None,
+                    Part::Copy { from, range } => Some((number, range, Some(from), Vec::new())),
+                    Part::Local { range, gaps } => Some((number, range, None, gaps)),
+                }
+            })
+            .map(|(number, range, from, gaps)| {
+                let upload_id = upload_id.as_str();
+                async move {
+                    let etag = match from {
+                        Some(from) => {
+                            self.store
+                                .upload_part_copy(
+                                    key,
+                                    upload_id,
+                                    number,
+                                    &from.key,
+                                    range.clone(),
+                                    from.etag.as_deref(),
+                                )
+                                .await?
+                        }
+                        None => {
+                            let _slot = self.part_slots.acquire().await;
+                            staged.fetch(&self.cache, &gaps).await?;
+                            let reader = staged.file().reader();
+                            send_part(
+                                self.store.clone(),
+                                key,
+                                upload_id,
+                                number,
+                                &reader,
+                                range.clone(),
+                            )
+                            .await?
+                        }
+                    };
+                    Ok::<_, WriteError>((number, range, etag))
+                }
+            })
+            .buffer_unordered(self.parallel_parts);
+        let mut sending = std::pin::pin!(sending);
+        while let Some(sent) = sending.next().await {
+            let (number, range, etag) = sent?;
+            let generation = stream.generation_of(number);
+            stream.sent.insert(number, (range, generation, etag));
+            (job.on_part)(stream);
+        }
+        Ok(())
+    }
+
+    /// Which of the parts an earlier run noted S3 still has (the others are sent
+    /// again); `false` if the upload itself is gone (completed or aborted).
+    pub async fn verify(&self, stream: &mut Stream) -> Result<bool, StoreError> {
+        if !stream.unverified {
+            return Ok(true);
+        }
+        let listed = match self.store.list_parts(&stream.key, &stream.upload_id).await {
+            Ok(listed) => listed,
+            Err(StoreError::NotFound) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        stream.sent.retain(|number, (range, _, etag)| {
+            listed.iter().any(|p| {
+                p.number == *number && p.etag == *etag && p.size == range.end - range.start
+            })
+        });
+        stream.unverified = false;
+        Ok(true)
     }
 
     /// Start sending the parts of a new file while it is written.
@@ -246,7 +426,7 @@ impl Uploader {
     ) {
         stream.touched(written);
         stream.collect();
-        while stream.running.len() < self.parallel_parts {
+        while stream.streaming && stream.running.len() < self.parallel_parts {
             let number = stream.next;
             let range = part_range(number);
             // The writer is past this part (a part after the last is not sent yet:
@@ -290,8 +470,10 @@ impl Uploader {
     }
 
     async fn abort(&self, key: &str, upload_id: &str) {
-        if let Err(e) = self.store.abort_multipart(key, upload_id).await {
-            tracing::warn!("cannot abort multipart upload {upload_id} of {key}: {e}");
+        match self.store.abort_multipart(key, upload_id).await {
+            // Completed or aborted already.
+            Ok(()) | Err(StoreError::NotFound) => {}
+            Err(e) => tracing::warn!("cannot abort multipart upload {upload_id} of {key}: {e}"),
         }
     }
 
@@ -317,78 +499,43 @@ impl Uploader {
             etag: options.if_match.clone(),
             len: size,
         };
-        let parts = (0..size.div_ceil(part))
-            .map(|i| {
-                let range = i * part..((i + 1) * part).min(size);
-                let from = base.clone();
-                (i as i32 + 1, Part::Copy { from, range })
-            })
+        let ranges: Vec<(i32, Range<u64>)> = (0..size.div_ceil(part))
+            .map(|i| (i as i32 + 1, i * part..((i + 1) * part).min(size)))
             .collect();
         let put = options.replace.clone().unwrap_or_default();
         let upload_id = self.store.create_multipart(to, &put).await?;
-        self.complete(to, &upload_id, parts, None).await
-    }
-
-    /// Send `parts` and complete the upload; abort it on failure.
-    async fn complete(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: Vec<(i32, Part)>,
-        staged: Option<&Staged>,
-    ) -> Result<String, WriteError> {
         let result = async {
-            let done = self.send_parts(key, upload_id, parts, staged).await?;
-            Ok::<_, WriteError>(self.store.complete_multipart(key, upload_id, done).await?)
+            let mut done: Vec<CompletedPart> = futures::stream::iter(ranges)
+                .map(|(number, range)| {
+                    let (base, upload_id) = (&base, upload_id.as_str());
+                    async move {
+                        let etag = self
+                            .store
+                            .upload_part_copy(
+                                to,
+                                upload_id,
+                                number,
+                                &base.key,
+                                range,
+                                base.etag.as_deref(),
+                            )
+                            .await?;
+                        Ok::<_, StoreError>(CompletedPart { number, etag })
+                    }
+                })
+                .buffer_unordered(self.parallel_parts)
+                .try_collect()
+                .await?;
+            done.sort_by_key(|p| p.number);
+            self.store
+                .complete_multipart(to, &upload_id, done, None)
+                .await
         }
         .await;
         if result.is_err() {
-            self.abort(key, upload_id).await;
+            self.abort(to, &upload_id).await;
         }
-        result
-    }
-
-    async fn send_parts(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: Vec<(i32, Part)>,
-        staged: Option<&Staged>,
-    ) -> Result<Vec<CompletedPart>, WriteError> {
-        let mut done: Vec<CompletedPart> = futures::stream::iter(parts)
-            .map(|(number, part)| async move {
-                let etag = match part {
-                    Part::Sent(etag) => etag,
-                    Part::Copy { from, range } => {
-                        self.store
-                            .upload_part_copy(
-                                key,
-                                upload_id,
-                                number,
-                                &from.key,
-                                range,
-                                from.etag.as_deref(),
-                            )
-                            .await?
-                    }
-                    Part::Local { range, gaps } => {
-                        let staged = staged.ok_or_else(|| {
-                            std::io::Error::other("a part to send without a staged file")
-                        })?;
-                        let _slot = self.part_slots.acquire().await;
-                        staged.fetch(&self.cache, &gaps).await?;
-                        let reader = staged.file().reader();
-                        send_part(self.store.clone(), key, upload_id, number, &reader, range)
-                            .await?
-                    }
-                };
-                Ok::<_, WriteError>(CompletedPart { number, etag })
-            })
-            .buffer_unordered(self.parallel_parts)
-            .try_collect()
-            .await?;
-        done.sort_by_key(|p| p.number);
-        Ok(done)
+        Ok(result?)
     }
 }
 
@@ -409,6 +556,18 @@ mod tests {
     use crate::store::StoreError;
     use crate::store::memory::{MemoryStore, Op};
     use crate::write::staging::StagingDir;
+
+    fn job(key: &str) -> UploadJob<'_> {
+        static OPTIONS: std::sync::LazyLock<PutOptions> =
+            std::sync::LazyLock::new(PutOptions::default);
+        UploadJob {
+            key,
+            options: &OPTIONS,
+            condition: None,
+            check_before_complete: false,
+            on_part: &|_| {},
+        }
+    }
 
     fn uploader(store: &Arc<MemoryStore>) -> Uploader {
         let config = CacheConfig {
@@ -451,8 +610,9 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         store.fail_next(Op::UploadPart, StoreError::Unreachable("reset".into()));
         uploader(&store)
-            .upload("big", &mut file, &PutOptions::default(), None)
+            .upload(job("big"), &mut file, None)
             .await
+            .map_err(|f| f.error)
             .unwrap();
         assert_eq!(store.object("big").unwrap().body, data);
         assert_eq!(store.calls(Op::UploadPart), 4, "three parts, one twice");
@@ -476,7 +636,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let staging = StagingDir::new(dir.path().to_path_buf()).unwrap();
         let len = base.as_ref().map_or(0, |b| b.len);
-        let mut file = Staged::new(staging.create("k").unwrap(), base, len);
+        let mut file = Staged::new(staging.create("k", false).unwrap(), base, len);
         if !data.is_empty() {
             file.write(0, data.to_vec()).await.unwrap();
         }
@@ -494,8 +654,9 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         let uploader = uploader(&store);
         uploader
-            .upload("big", &mut file, &PutOptions::default(), None)
+            .upload(job("big"), &mut file, None)
             .await
+            .map_err(|f| f.error)
             .unwrap();
         assert_eq!(store.object("big").unwrap().body, data);
         assert_eq!(store.calls(Op::UploadPart), 3);
@@ -517,8 +678,9 @@ mod tests {
         body[(20 * MIB + 3) as usize..(20 * MIB + 7) as usize].copy_from_slice(b"edit");
         let uploader = uploader(&store);
         uploader
-            .upload("big", &mut file, &PutOptions::default(), None)
+            .upload(job("big"), &mut file, None)
             .await
+            .map_err(|f| f.error)
             .unwrap();
         assert_eq!(store.object("big").unwrap().body, body);
         // Five 8 MiB parts: four copied server-side, one sent; only that one's
@@ -529,22 +691,71 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_part_that_keeps_failing_aborts_and_leaves_nothing() {
-        let data = vec![7u8; (9 * MIB) as usize];
+    async fn a_failed_upload_leaves_no_object_and_keeps_its_parts_for_the_next_attempt() {
+        let data = data(20 * MIB);
         let (_dir, mut file) = staged(&data, None).await;
         let store = Arc::new(MemoryStore::new());
-        // Both parts fail every attempt.
-        for _ in 0..2 * PART_ATTEMPTS {
-            store.fail_next(Op::UploadPart, StoreError::Unreachable("down".into()));
-        }
-        let uploader = uploader(&store);
-        let err = uploader
-            .upload("big", &mut file, &PutOptions::default(), None)
+        // One part at a time: once two parts reached S3, the third fails every
+        // attempt.
+        let cache = uploader(&store).cache.clone();
+        let uploader = Uploader::new(store.clone(), cache, 1, 8);
+        let fail_third = |s: &Stream| {
+            if s.sent_parts().count() == 2 {
+                for _ in 0..PART_ATTEMPTS {
+                    store.fail_next(Op::UploadPart, StoreError::Unreachable("down".into()));
+                }
+            }
+        };
+        let job_failing = UploadJob {
+            on_part: &fail_third,
+            ..job("big")
+        };
+        let failed = uploader
+            .upload(job_failing, &mut file, None)
             .await
-            .unwrap_err();
-        assert_eq!(err.errno(), libc::EIO);
+            .err()
+            .unwrap();
+        assert_eq!(failed.error.errno(), libc::EIO);
         assert!(store.object("big").is_none());
+        let stream = failed.stream.expect("the upload is kept");
+        assert_eq!(store.open_uploads(), 1);
+        assert_eq!(stream.sent_parts().count(), 2);
+        let sends = store.calls(Op::UploadPart);
+        let etag = uploader
+            .upload(job("big"), &mut file, Some(stream))
+            .await
+            .map_err(|f| f.error)
+            .unwrap();
+        assert_eq!(store.object("big").unwrap().body, data);
+        assert_eq!(store.object("big").unwrap().etag, etag);
+        assert_eq!(
+            store.calls(Op::UploadPart) - sends,
+            1,
+            "only the part S3 lacked is sent again"
+        );
         assert_eq!(store.open_uploads(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_condition_that_fails_leaves_the_object_alone() {
+        let store = Arc::new(MemoryStore::new());
+        store.insert("k", "theirs");
+        let (_dir, mut file) = staged(b"ours", None).await;
+        let condition = Condition::Absent;
+        let job = UploadJob {
+            condition: Some(&condition),
+            ..job("k")
+        };
+        let failed = uploader(&store)
+            .upload(job, &mut file, None)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(
+            failed.error,
+            WriteError::Store(StoreError::PreconditionFailed)
+        ));
+        assert_eq!(&store.object("k").unwrap().body[..], b"theirs");
     }
 
     #[tokio::test]

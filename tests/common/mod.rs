@@ -44,6 +44,17 @@ impl S3Env {
         }
     }
 
+    /// moto, the local CloudFront API `scripts/test.sh` starts, which also
+    /// serves S3 and, unlike Garage, enforces conditional PutObject.
+    pub fn moto() -> Self {
+        Self {
+            endpoint: cdn::endpoint(),
+            access_key: "test".into(),
+            secret_key: "test".into(),
+            region: "us-east-1".into(),
+        }
+    }
+
     /// The settings of a private server started from `scripts/garage.sh start`.
     pub fn from_file(env_file: &Path) -> Self {
         let text = std::fs::read_to_string(env_file).expect("read garage env file");
@@ -266,13 +277,15 @@ impl Mount {
             log = PathBuf::from(args[i + 1]);
         }
         let mut cmd = env.command();
+        // What s3mount says before its log is open (a refused option, say).
+        let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
         cmd.arg(source)
             .arg(&path)
             .arg("--foreground")
             .args(["--log-level", "debug"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(stderr);
         if !args.contains(&"--cache-dir") {
             cmd.args(["--cache-dir".as_ref(), cache.as_os_str()]);
         }
@@ -299,8 +312,10 @@ impl Mount {
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.child = None;
+                let stderr =
+                    std::fs::read_to_string(self._dir.path().join("stderr")).unwrap_or_default();
                 panic!(
-                    "s3mount exited ({status}) before mounting:\n{}",
+                    "s3mount exited ({status}) before mounting: {stderr}\n{}",
                     self.log_text()
                 );
             }
@@ -351,6 +366,19 @@ impl Mount {
             std::thread::sleep(Duration::from_millis(50));
         }
         self.wait_exit()
+    }
+
+    /// The daemon dies (SIGKILL: no unmount, no last upload), and its dead mount
+    /// is cleared away as an administrator would.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&self.path)
+            .stderr(Stdio::null())
+            .status();
     }
 
     /// Wait (bounded) for the s3mount process to exit on its own.
@@ -529,10 +557,31 @@ impl PrivateGarage {
             self.dir.display()
         ));
     }
+
+    /// Freeze the server (SIGSTOP): requests hang, as on a stalled network.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    pub fn unpause(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        sh(&format!(
+            "kill -{name} \"$(cat '{}/garage.pid')\"",
+            self.dir.display()
+        ));
+    }
 }
 
 impl Drop for PrivateGarage {
     fn drop(&mut self) {
+        // A paused server would not stop.
+        let _ = sh_output(&format!(
+            "kill -CONT \"$(cat '{}/garage.pid')\"",
+            self.dir.display()
+        ));
         let _ = sh_output(&format!(
             "{}/garage.sh stop '{}'",
             scripts().display(),

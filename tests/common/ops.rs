@@ -164,13 +164,16 @@ pub enum Op {
         seed: u8,
     },
     /// Another S3 client replaces the object (core test; only while the file is
-    /// closed and saved).
+    /// closed, but maybe with changes not uploaded yet: a conflict).
     ExternalPut {
         len: Len,
         seed: u8,
     },
     /// Another S3 client deletes the object (core test; same condition).
     ExternalDelete,
+    /// The daemon dies (core test): every in-memory state is dropped, the cache
+    /// directory and the bucket stay, and a new mount takes up the journal.
+    Crash,
     /// The store injects a fault into its next request of that kind (core test).
     Inject(Fault),
     /// A read whose GET is held until a write to the same place has been made
@@ -396,6 +399,7 @@ pub fn op(alphabet: Alphabet) -> BoxedStrategy<Op> {
                     .boxed(),
             ),
             (1, Just(Op::ExternalDelete).boxed()),
+            (1, Just(Op::Crash).boxed()),
             (3, fault().prop_map(Op::Inject).boxed()),
             (
                 2,
