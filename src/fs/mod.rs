@@ -183,6 +183,9 @@ pub struct Fs {
     journal: Journal,
     /// Stops the background tasks.
     halt: write_back::Halt,
+    /// Background upload attempts at once (the resume of many files must not
+    /// crowd out the requests of programs).
+    retry_slots: tokio::sync::Semaphore,
     /// For the background tasks, which must not keep the filesystem alive.
     me: Weak<Fs>,
 }
@@ -228,6 +231,7 @@ impl Fs {
             changes,
             journal,
             halt: write_back::Halt::default(),
+            retry_slots: tokio::sync::Semaphore::new(write_back::RETRIES_AT_ONCE),
             me: me.clone(),
         }))
     }

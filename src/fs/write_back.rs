@@ -101,6 +101,9 @@ enum Outcome {
 /// How long a mount waits for the aborts of uploads nothing references.
 const ABORT_WAIT: Duration = Duration::from_secs(10);
 
+/// Background upload attempts running at once, at most.
+pub(super) const RETRIES_AT_ONCE: usize = 8;
+
 /// Attempts after a 409 before the file is left pending.
 const RESTARTS: u32 = 3;
 /// Conflict copies of one file within one second, at most (then the upload
@@ -911,7 +914,13 @@ async fn retry_loop(
             _ = halted.wait_for(|h| *h) => return,
         }
         let Some(fs) = me.upgrade() else { return };
-        if fs.retry(ino, &shared, generation).await {
+        let slot = tokio::select! {
+            slot = fs.retry_slots.acquire() => slot,
+            _ = halted.wait_for(|h| *h) => return,
+        };
+        let done = fs.retry(ino, &shared, generation).await;
+        drop(slot);
+        if done {
             return;
         }
         let policy = fs.config.retry;

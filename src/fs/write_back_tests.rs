@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::inode::ROOT_INO;
 use super::tests::{FILE_MODE, ME, files_in, name, pattern, read_all, test_config, write_file};
 use super::*;
+use crate::fs::write_back::RETRIES_AT_ONCE;
 use crate::store::StoreError;
 use crate::store::memory::{MemoryStore, Op};
 
@@ -581,4 +582,31 @@ async fn a_conflict_met_by_the_last_release_puts_nothing_aside() {
     assert_eq!(m.body(&copies[0]).unwrap(), b"ours");
     assert!(files_in(&m.dir.path().join("recovered")).is_empty());
     assert!(m.records().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resume_of_many_files_uploads_a_few_at_a_time() {
+    let mut m = mount();
+    for i in 0..20 {
+        m.store.fail_next(Op::Put, down());
+        write_file(&m.fs, ROOT_INO, &format!("f{i}"), b"data")
+            .await
+            .unwrap_err();
+    }
+    let before = m.store.calls(Op::Head);
+    let gate = m.store.hold(Op::Head);
+    assert_eq!(m.crash_and_remount().await, 20);
+    gate.reached(RETRIES_AT_ONCE).await;
+    // Every task runs until it waits (the clock is paused: it only moves once
+    // nothing else can run).
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(m.store.calls(Op::Head) - before, RETRIES_AT_ONCE as u64);
+    gate.open();
+    for _ in 0..100 {
+        if m.store.keys().len() == 20 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    assert_eq!(m.store.keys().len(), 20);
 }
