@@ -418,21 +418,11 @@ impl Fs {
             of.clone()
         };
         let mut of = shared.lock().await;
-        let (dirty, linked) = self
-            .state()
-            .inodes
-            .get(ino)
-            .map_or((false, false), |i| (i.dirty, i.is_linked()));
-        if dirty && linked && of.write_error.is_none() && of.pending.is_none() {
+        if self.unsaved(ino) && of.write_error.is_none() && of.pending.is_none() {
             // After a failed close, the next attempt waits for the backoff.
             let retry_now = !of.upload_failed;
             let failed = retry_now && self.upload_locked(ino, &mut of).await.is_err();
-            let still_dirty = self
-                .state()
-                .inodes
-                .get(ino)
-                .is_some_and(|i| i.dirty && i.is_linked());
-            if still_dirty && of.record.is_some() && (failed || !retry_now) {
+            if self.unsaved(ino) && of.record.is_some() && (failed || !retry_now) {
                 self.keep_pending(ino, &shared, &mut of, self.config.retry.first);
                 return;
             }

@@ -670,6 +670,14 @@ impl Fs {
         self.entry_changed(&path);
     }
 
+    /// Does `ino` have changes S3 lacks, at a name they are to be uploaded to?
+    pub(super) fn unsaved(&self, ino: u64) -> bool {
+        self.state()
+            .inodes
+            .get(ino)
+            .is_some_and(|i| i.dirty && i.is_linked())
+    }
+
     /// Keep the file `ino` pending: its upload failed and its writer is gone,
     /// so a background task tries again (after `delay`, then with backoff)
     /// until S3 has it. The pending state holds the file's write state (and so
@@ -709,16 +717,14 @@ impl Fs {
         }
         let writing = of.being_written();
         let inode = self.inode(ino).ok();
-        let was_dirty = inode.as_ref().is_some_and(|i| i.dirty && i.is_linked());
+        let was_dirty = self.unsaved(ino);
         let result = if writing || !was_dirty {
             // Open and being changed again: its writer's close uploads it.
             Ok(())
         } else {
             self.upload_locked(ino, &mut of).await
         };
-        let still = self.inode(ino).is_ok_and(|i| i.dirty && i.is_linked())
-            && of.record.is_some()
-            && !writing;
+        let still = self.unsaved(ino) && of.record.is_some() && !writing;
         if still {
             return false;
         }
