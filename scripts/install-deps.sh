@@ -3,7 +3,8 @@
 #
 #   scripts/install-deps.sh        FUSE 3 (the demo)
 #   scripts/install-deps.sh test   also the programs the integration tests drive
-#                                  (vim, nano, emacs, tmux, rsync), libacl for
+#                                  (vim, nano, emacs, tmux, rsync, setfattr,
+#                                  setfacl), libacl for
 #                                  building the POSIX conformance suite, and
 #                                  python3-venv for moto
 set -euo pipefail
@@ -16,6 +17,8 @@ if [ "${1:-}" = test ]; then
   need emacs emacs-nox
   need tmux tmux
   need rsync rsync
+  need setfattr attr
+  need setfacl acl
   [ -e /usr/include/sys/acl.h ] || missing+=(libacl1-dev)
   # moto, the CloudFront API of the tests, goes in a virtualenv.
   python3 -c 'import ensurepip, venv' 2> /dev/null || missing+=(python3-venv)

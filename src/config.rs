@@ -72,6 +72,12 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub metadata_ttl: Duration,
 
+    /// How long a name found missing, or a directory listed or made empty, is
+    /// trusted to stay so (default: the --metadata-ttl); 0 sees files other
+    /// tools create at once
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub negative_metadata_ttl: Option<Duration>,
+
     /// Read the mode, owner and times of listed objects with a HEAD each, unless
     /// s3mount already knows them; without it a listing shows their size and
     /// Last-Modified time, and the mount's defaults (faster, exact for files
@@ -283,6 +289,7 @@ mod tests {
     fn defaults() {
         let cli = Cli::parse_from(["s3mount", "b", "/mnt"]);
         assert_eq!(cli.metadata_ttl, Duration::from_secs(1));
+        assert_eq!(cli.negative_metadata_ttl, None);
         assert_eq!(cli.file_mode, 0o644);
         assert_eq!(cli.dir_mode, 0o755);
         assert!(!cli.foreground);

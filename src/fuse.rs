@@ -67,7 +67,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: BLKSIZE,
         flags: 0,
     }
@@ -80,6 +80,8 @@ fn file_type(kind: Kind) -> FileType {
         Kind::Symlink => FileType::Symlink,
         Kind::Fifo => FileType::NamedPipe,
         Kind::Socket => FileType::Socket,
+        Kind::BlockDevice => FileType::BlockDevice,
+        Kind::CharDevice => FileType::CharDevice,
     }
 }
 
@@ -104,6 +106,25 @@ fn caller(req: &Request) -> Caller {
         process: process_of(req),
         uid: req.uid(),
         gid: req.gid(),
+        umask: 0,
+    }
+}
+
+/// The caller of a request that creates an entry under `umask`.
+fn creator(req: &Request, umask: u32) -> Caller {
+    Caller {
+        umask: umask & 0o777,
+        ..caller(req)
+    }
+}
+
+/// Answer a getxattr or listxattr: the size alone for a size probe (`size` 0),
+/// else the value, or ERANGE when the caller's buffer is too small.
+fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    match u32::try_from(value.len()) {
+        Ok(len) if size == 0 => reply.size(len),
+        Ok(len) if len <= size => reply.data(value),
+        _ => reply.error(fuser::Errno::ERANGE),
     }
 }
 
@@ -123,6 +144,15 @@ impl Filesystem for S3Fuse {
         // lookups follow a listing (ls -l).
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        // The kernel enforces the POSIX ACLs we store, and leaves the umask to
+        // us (a directory's default ACL replaces it). Without both, the kernel
+        // applies the umask too, which the core's own masking does not change.
+        if config
+            .add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK)
+            .is_err()
+        {
+            tracing::warn!("this kernel enforces no POSIX ACLs for FUSE: they are stored only");
+        }
         Ok(())
     }
 
@@ -198,15 +228,15 @@ impl Filesystem for S3Fuse {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
-        _rdev: u32,
+        umask: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
         let name = name.to_owned();
         let ttl = self.ttl;
-        let caller = caller(req);
+        let caller = creator(req, umask);
         self.spawn(|fs| async move {
-            match fs.mknod(parent.0, &name, mode, caller).await {
+            match fs.mknod(parent.0, &name, mode, rdev, caller).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(e)),
             }
@@ -219,12 +249,12 @@ impl Filesystem for S3Fuse {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let name = name.to_owned();
         let ttl = self.ttl;
-        let caller = caller(req);
+        let caller = creator(req, umask);
         self.spawn(|fs| async move {
             match fs.mkdir(parent.0, &name, mode, caller).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
@@ -312,8 +342,9 @@ impl Filesystem for S3Fuse {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        // Two names for one object cannot be stored in S3.
-        reply.error(fuser::Errno::EPERM);
+        // Two names for one object cannot be stored in S3; ENOTSUP as s3fs says
+        // (the kernel refuses directories with EPERM before asking).
+        reply.error(fuser::Errno::ENOTSUP);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -508,38 +539,53 @@ impl Filesystem for S3Fuse {
         reply.ok();
     }
 
-    // No extended attributes are stored; say so without the log noise of the default
-    // implementations (the kernel asks for security.capability on every write).
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(fuser::Errno::NO_XATTR);
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = name.to_owned();
+        self.spawn(|fs| async move {
+            match fs.getxattr(ino.0, &name).await {
+                Ok(value) => reply_xattr(reply, size, &value),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.spawn(|fs| async move {
+            match fs.listxattr(ino.0).await {
+                Ok(names) => reply_xattr(reply, size, &names),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(fuser::Errno::ENOTSUP);
+        let name = name.to_owned();
+        let value = value.to_vec();
+        self.spawn(|fs| async move {
+            match fs.setxattr(ino.0, &name, &value, flags).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.to_owned();
+        self.spawn(|fs| async move {
+            match fs.removexattr(ino.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn fallocate(
@@ -560,8 +606,8 @@ impl Filesystem for S3Fuse {
         });
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let s = self.fs.statfs();
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.fs.statfs(ino.0);
         reply.statfs(
             s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
         );
@@ -573,13 +619,13 @@ impl Filesystem for S3Fuse {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let name = name.to_owned();
         let ttl = self.ttl;
-        let caller = caller(req);
+        let caller = creator(req, umask);
         self.spawn(|fs| async move {
             match fs.create(parent.0, &name, mode, flags, caller).await {
                 Ok((a, fh)) => reply.created(

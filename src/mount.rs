@@ -113,6 +113,7 @@ impl MountConfig {
                 file_mode: cli.file_mode,
                 dir_mode: cli.dir_mode,
                 metadata_ttl: cli.metadata_ttl,
+                negative_ttl: cli.negative_metadata_ttl.unwrap_or(cli.metadata_ttl),
                 head_listed: cli.head_listed,
                 read_only: cli.read_only,
                 bucket: bucket.clone(),

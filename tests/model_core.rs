@@ -48,6 +48,7 @@ const ME: Caller = Caller {
     process: 100,
     uid: 1000,
     gid: 1000,
+    umask: 0,
 };
 /// How long a slow GET is held at most for a write that cannot run meanwhile
 /// (the read holds the file's lock): the outcome is checked either way.
@@ -207,17 +208,19 @@ impl Core {
             .ops
             .iter()
             .any(|op| matches!(op, Op::ExternalPut { .. } | Op::ExternalDelete));
+        let ttl = if external {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(3600)
+        };
         let config = FsConfig {
             prefix: String::new(),
             uid: 1000,
             gid: 1000,
             file_mode: 0o644,
             dir_mode: 0o755,
-            metadata_ttl: if external {
-                Duration::ZERO
-            } else {
-                Duration::from_secs(3600)
-            },
+            metadata_ttl: ttl,
+            negative_ttl: ttl,
             head_listed: false,
             read_only: false,
             bucket: "model".into(),

@@ -19,8 +19,11 @@ use super::inode::Kind;
 
 /// Suffix of the directory markers that s3fs writes.
 pub const S3FS_DIR_SUFFIX: &str = "_$folder$";
-/// Longest name a FUSE directory entry can carry.
-pub const NAME_MAX: usize = 255;
+/// The Content-Type of directory objects (s3fs's, and of its older `dir`
+/// objects without the slash).
+pub const DIR_CONTENT_TYPE: &str = "application/x-directory";
+/// Longest name FUSE carries (and S3's longest key).
+pub const NAME_MAX: usize = 1024;
 
 /// Can this key segment be shown as a file name? (S3 keys may hold names that a
 /// POSIX directory cannot: those are hidden, never an error.)
@@ -283,7 +286,7 @@ mod tests {
     #[tokio::test]
     async fn hides_names_a_directory_cannot_hold() {
         let s = MemoryStore::new();
-        let long = "x".repeat(256);
+        let long = "x".repeat(1025);
         for k in ["./a", "../b", "//c", &long, "ok"] {
             s.insert(k, "");
         }

@@ -28,6 +28,8 @@ impl Errno {
     pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
     pub const EFBIG: Errno = Errno(libc::EFBIG);
     pub const ESTALE: Errno = Errno(libc::ESTALE);
+    pub const ENODATA: Errno = Errno(libc::ENODATA);
+    pub const E2BIG: Errno = Errno(libc::E2BIG);
 }
 
 impl fmt::Debug for Errno {

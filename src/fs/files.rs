@@ -77,8 +77,11 @@ impl Fs {
             Kind::File => {}
             Kind::Dir => return Err(Errno::EISDIR),
             Kind::Symlink => return Err(Errno::ELOOP),
-            // The kernel opens fifos and sockets itself.
-            Kind::Fifo | Kind::Socket => return Err(Errno::EINVAL),
+            // The kernel opens fifos and sockets itself, and devices not at all
+            // (the mount is `nodev`).
+            Kind::Fifo | Kind::Socket | Kind::BlockDevice | Kind::CharDevice => {
+                return Err(Errno::EINVAL);
+            }
         }
         // Close-to-open: a file opened after the TTL sees what S3 has now.
         if !self.is_fresh(&inode) && inode.is_linked() {
@@ -154,18 +157,16 @@ impl Fs {
             None => {}
         }
         let now = SystemTime::now();
+        let meta = self
+            .new_entry_meta(parent, Kind::File, mode, caller, now)
+            .await?;
         let ino = {
             let mut state = self.state();
             let inode = state.inodes.lookup(&path, Kind::File, now);
             inode.local = true;
             inode.dirty = true;
             inode.size = 0;
-            inode.meta.mode = Some(libc::S_IFREG | (mode & 0o7777));
-            inode.meta.uid = Some(caller.uid);
-            inode.meta.gid = Some(caller.gid);
-            inode.meta.atime = Some(now);
-            inode.meta.mtime = Some(now);
-            inode.meta.ctime = Some(now);
+            inode.meta = meta;
             inode.ino
         };
         self.entry_changed(&path);
@@ -522,6 +523,7 @@ impl Fs {
                 staged.into_file().remove();
             }
         }
+        self.write_dir_times().await;
         self.settle().await;
     }
 }

@@ -19,16 +19,29 @@ pub enum Kind {
     Symlink,
     Fifo,
     Socket,
+    BlockDevice,
+    CharDevice,
 }
 
 impl Kind {
-    /// The kind an object's metadata gives it: a file unless its mode says
-    /// otherwise (s3fs stores symlinks, fifos and sockets this way).
-    pub fn of_object(meta: &FileMeta) -> Kind {
+    /// The kind an object's headers give it: a file unless its mode says
+    /// otherwise (s3fs stores symlinks, fifos, sockets and devices this way), or
+    /// its Content-Type says directory (s3fs's old `dir` objects).
+    pub fn of_headers(headers: &ObjectHeaders) -> Kind {
+        if headers.content_type.as_deref() == Some(super::dir::DIR_CONTENT_TYPE) {
+            return Kind::Dir;
+        }
+        Kind::of_object(&FileMeta::from_metadata(&headers.metadata))
+    }
+
+    fn of_object(meta: &FileMeta) -> Kind {
         match meta.file_type() {
+            Some(libc::S_IFDIR) => Kind::Dir,
             Some(libc::S_IFLNK) => Kind::Symlink,
             Some(libc::S_IFIFO) => Kind::Fifo,
             Some(libc::S_IFSOCK) => Kind::Socket,
+            Some(libc::S_IFBLK) => Kind::BlockDevice,
+            Some(libc::S_IFCHR) => Kind::CharDevice,
             _ => Kind::File,
         }
     }
@@ -41,6 +54,8 @@ impl Kind {
             Kind::Symlink => libc::S_IFLNK,
             Kind::Fifo => libc::S_IFIFO,
             Kind::Socket => libc::S_IFSOCK,
+            Kind::BlockDevice => libc::S_IFBLK,
+            Kind::CharDevice => libc::S_IFCHR,
         }
     }
 }
@@ -59,6 +74,8 @@ pub struct Attr {
     pub gid: u32,
     /// Names the inode has: 0 once unlinked (while handles keep it open).
     pub nlink: u32,
+    /// A device node's number.
+    pub rdev: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +95,9 @@ pub struct Inode {
     pub headers: Option<ObjectHeaders>,
     /// A symlink's target, once read.
     pub target: Option<String>,
+    /// A directory held by an object `dir` without the slash (s3fs's old
+    /// form): rewritten as `dir/` when it changes.
+    pub old_dir_object: bool,
     /// When S3 last confirmed these attributes; `None` if it never did or they
     /// must be checked again.
     pub validated: Option<Instant>,
@@ -109,6 +129,7 @@ impl Inode {
             meta: FileMeta::default(),
             headers: None,
             target: None,
+            old_dir_object: false,
             validated: None,
             local: false,
             dirty: false,

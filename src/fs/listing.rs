@@ -36,6 +36,8 @@ struct Listing {
 
 pub struct Listings {
     ttl: Duration,
+    /// How long an absence is trusted: a name missing, a directory empty.
+    negative_ttl: Duration,
     dirs: LruCache<String, Listing>,
     entries: usize,
     missing: LruCache<String, Instant>,
@@ -53,9 +55,10 @@ pub struct Listings {
 }
 
 impl Listings {
-    pub fn new(ttl: Duration) -> Self {
+    pub fn new(ttl: Duration, negative_ttl: Duration) -> Self {
         Self {
             ttl,
+            negative_ttl,
             dirs: LruCache::unbounded(),
             entries: 0,
             missing: LruCache::new(names()),
@@ -125,12 +128,13 @@ impl Listings {
 
     /// What is recent about `name` in `dir` (at `path`).
     pub fn find(&mut self, dir: &str, name: &str, path: &str) -> Known {
-        let ttl = self.ttl;
+        let (ttl, negative_ttl) = (self.ttl, self.negative_ttl);
         let changed = self.changed.get(path).map(|(_, at)| *at);
         // Only what was seen after the last change here holds.
-        let holds = |seen: Instant| seen.elapsed() < ttl && changed.is_none_or(|c| c < seen);
+        let holds =
+            |seen: Instant, ttl: Duration| seen.elapsed() < ttl && changed.is_none_or(|c| c < seen);
         if let Some(at) = self.missing.get(path) {
-            if holds(*at) {
+            if holds(*at, negative_ttl) {
                 return Known::Missing;
             }
             self.missing.pop(path);
@@ -138,12 +142,11 @@ impl Listings {
         let Some(listing) = self.dirs.get(dir) else {
             return Known::Unknown;
         };
-        if !holds(listing.started) {
-            return Known::Unknown;
-        }
         match listing.entries.get(name) {
-            Some((at, _, e)) if at.elapsed() < ttl => Known::Listed(e.clone(), listing.started),
-            None if listing.complete => Known::Missing,
+            Some((at, _, e)) if holds(listing.started, ttl) && at.elapsed() < ttl => {
+                Known::Listed(e.clone(), listing.started)
+            }
+            None if listing.complete && holds(listing.started, negative_ttl) => Known::Missing,
             _ => Known::Unknown,
         }
     }
@@ -153,8 +156,14 @@ impl Listings {
     pub fn snapshot(&mut self, dir: &str) -> Option<(Instant, Vec<DirEntry>)> {
         let changed = self.dir_changed.get(dir).copied();
         let listing = self.dirs.get(dir)?;
+        // An empty listing says only that names are absent.
+        let ttl = if listing.entries.is_empty() {
+            self.ttl.min(self.negative_ttl)
+        } else {
+            self.ttl
+        };
         let holds = listing.complete
-            && listing.started.elapsed() < self.ttl
+            && listing.started.elapsed() < ttl
             && changed.is_none_or(|c| c < listing.started);
         holds.then(|| {
             let mut entries: Vec<&(Instant, usize, DirEntry)> = listing.entries.values().collect();
@@ -195,7 +204,7 @@ impl Listings {
 
     /// A lookup of `path` in `dir` found nothing.
     pub fn missing(&mut self, dir: &str, path: &str) {
-        if !self.ttl.is_zero() {
+        if !self.negative_ttl.is_zero() {
             self.missing.put(path.to_string(), Instant::now());
             self.missed_in.put(dir.to_string(), ());
         }
@@ -270,7 +279,7 @@ mod tests {
 
     #[test]
     fn a_complete_listing_answers_for_present_and_missing_names() {
-        let mut l = Listings::new(Duration::from_secs(60));
+        let mut l = Listings::new(Duration::from_secs(60), Duration::from_secs(60));
         let started = Instant::now();
         l.record("d", started, &[entry("a")]);
         assert!(matches!(l.find("d", "b", "d/b"), Known::Unknown));
@@ -284,7 +293,7 @@ mod tests {
 
     #[test]
     fn only_a_listing_begun_after_a_change_answers_for_the_name() {
-        let mut l = Listings::new(Duration::from_secs(60));
+        let mut l = Listings::new(Duration::from_secs(60), Duration::from_secs(60));
         let before = Instant::now();
         l.missing("d", "d/b");
         l.changed("d", "d/b");
@@ -301,7 +310,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_is_a_complete_listing_with_no_change_since() {
-        let mut l = Listings::new(Duration::from_secs(60));
+        let mut l = Listings::new(Duration::from_secs(60), Duration::from_secs(60));
         let started = Instant::now();
         l.record("d", started, &[entry("b"), entry("a")]);
         assert!(l.snapshot("d").is_none(), "incomplete");
@@ -319,7 +328,7 @@ mod tests {
 
     #[test]
     fn a_listing_begun_before_a_directory_moved_is_not_recorded() {
-        let mut l = Listings::new(Duration::from_secs(60));
+        let mut l = Listings::new(Duration::from_secs(60), Duration::from_secs(60));
         let before = Instant::now();
         l.moved("x");
         l.record("d", before, &[entry("a")]);
@@ -330,7 +339,7 @@ mod tests {
 
     #[test]
     fn a_directory_is_worth_listing_unless_fresh_or_large() {
-        let mut l = Listings::new(Duration::from_secs(60));
+        let mut l = Listings::new(Duration::from_secs(60), Duration::from_secs(60));
         assert!(l.worth_listing_ahead("d"));
         assert!(!l.worth_listing_for_lookups("d"), "no name missed yet");
         l.missing("d", "d/x");
@@ -349,8 +358,23 @@ mod tests {
     }
 
     #[test]
+    fn absences_are_trusted_for_their_own_ttl() {
+        let mut l = Listings::new(Duration::from_secs(60), Duration::ZERO);
+        let started = Instant::now();
+        l.record("d", started, &[entry("a")]);
+        l.complete("d", started);
+        l.missing("d", "d/x");
+        assert!(matches!(l.find("d", "a", "d/a"), Known::Listed(..)));
+        assert!(matches!(l.find("d", "x", "d/x"), Known::Unknown));
+        assert!(matches!(l.find("d", "y", "d/y"), Known::Unknown));
+        l.created_empty("e", Instant::now());
+        assert!(l.snapshot("e").is_none(), "an empty listing is an absence");
+        assert!(l.snapshot("d").is_some());
+    }
+
+    #[test]
     fn nothing_is_kept_with_a_zero_ttl() {
-        let mut l = Listings::new(Duration::ZERO);
+        let mut l = Listings::new(Duration::ZERO, Duration::ZERO);
         let started = Instant::now();
         l.record("d", started, &[entry("a")]);
         l.complete("d", started);

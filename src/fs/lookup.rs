@@ -21,6 +21,8 @@ pub(super) struct Resolved {
     pub kind: Kind,
     /// The HEAD of the object (a directory's: of its marker, if it has one).
     pub head: Option<ObjectMeta>,
+    /// For a directory without a marker: the time of an object in it.
+    pub held_since: Option<SystemTime>,
 }
 
 /// The ETag under which a directory marker's headers are remembered: a listing
@@ -66,18 +68,18 @@ impl Fs {
             }
             return Ok(Some(Resolved {
                 kind: Kind::Dir,
+                held_since: list.objects.first().and_then(|o| o.last_modified),
                 head,
             }));
         }
         match head {
             Ok(meta) => {
                 self.learn(&meta);
-                let kind = meta.headers.as_ref().map_or(Kind::File, |h| {
-                    Kind::of_object(&FileMeta::from_metadata(&h.metadata))
-                });
+                let kind = meta.headers.as_ref().map_or(Kind::File, Kind::of_headers);
                 return Ok(Some(Resolved {
                     kind,
                     head: Some(meta),
+                    held_since: None,
                 }));
             }
             Err(StoreError::NotFound) => {}
@@ -87,6 +89,7 @@ impl Fs {
             Ok(_) => Ok(Some(Resolved {
                 kind: Kind::Dir,
                 head: None,
+                held_since: None,
             })),
             Err(StoreError::NotFound) => Ok(None),
             Err(e) => Err(e.into()),
@@ -141,7 +144,7 @@ impl Fs {
             Known::Missing => return Ok(None),
             Known::Listed(entry, listed) if entry.kind == Kind::Dir || entry.meta.is_some() => {
                 let remembered = self.remembered(path, &entry).await;
-                if remembered.is_none() && !self.config.head_listed {
+                if remembered.is_none() && !self.head_wanted(&entry) {
                     return Ok(Some(Found::Listed(entry, None, listed)));
                 }
                 return Ok(self
@@ -158,6 +161,14 @@ impl Fs {
                 Ok(None)
             }
         }
+    }
+
+    /// Is a listed entry whose headers are not remembered worth a HEAD? With
+    /// --head-listed, always; else only an empty object, which may be what a
+    /// listing cannot tell: a directory, a fifo, a socket or a device.
+    pub(super) fn head_wanted(&self, entry: &DirEntry) -> bool {
+        self.config.head_listed
+            || (entry.kind != Kind::Dir && entry.meta.as_ref().is_some_and(|m| m.size == 0))
     }
 
     /// Where the headers of what a listing showed at `path` are remembered.
@@ -244,11 +255,19 @@ impl Fs {
                 let mut state = self.state();
                 let inode = state.inodes.lookup(&path, resolved.kind, self.mount_time);
                 inode.changed_here = inode.changed_here.max(changed);
+                inode.old_dir_object = resolved.kind == Kind::Dir
+                    && resolved
+                        .head
+                        .as_ref()
+                        .is_some_and(|h| !h.key.ends_with('/'));
                 if !inode.dirty {
                     match &resolved.head {
                         Some(head) => inode.set_head(head, seen),
                         None => inode.validated = Some(Instant::now()),
                     }
+                }
+                if let Some(t) = resolved.held_since {
+                    inode.modified = t;
                 }
                 let inode = inode.clone();
                 Ok(self.attr(&inode))
@@ -279,6 +298,8 @@ impl Fs {
         let kind = listed_kind(entry, headers.as_ref());
         let inode = state.inodes.lookup(path, kind, self.mount_time);
         inode.changed_here = inode.changed_here.max(changed);
+        // Listed as an object, yet a directory: s3fs's old form.
+        inode.old_dir_object = kind == Kind::Dir && entry.meta.is_some();
         match &entry.meta {
             Some(meta) => inode.set_listed(meta, headers, seen),
             None => {
@@ -343,8 +364,16 @@ impl Fs {
         let seen = Instant::now();
         let head = match self.store.head(&key).await {
             Ok(head) => head,
-            // An implicit directory has no marker and so no metadata.
-            Err(StoreError::NotFound) if inode.kind == Kind::Dir => return Ok(()),
+            // An implicit directory has no marker and so no metadata (which
+            // the kernel's permission checks ask for, ACLs, again and again).
+            Err(StoreError::NotFound) if inode.kind == Kind::Dir => {
+                if let Some(inode) = self.state().inodes.get_mut(ino)
+                    && inode.headers.is_none()
+                {
+                    inode.headers = Some(ObjectHeaders::default());
+                }
+                return Ok(());
+            }
             Err(e) => return Err(e.into()),
         };
         self.learn(&head);
@@ -363,7 +392,7 @@ impl Fs {
 fn listed_kind(entry: &DirEntry, headers: Option<&ObjectHeaders>) -> Kind {
     match (entry.kind, headers) {
         (Kind::Dir, _) => Kind::Dir,
-        (_, Some(h)) => Kind::of_object(&FileMeta::from_metadata(&h.metadata)),
+        (_, Some(h)) => Kind::of_headers(h),
         (kind, None) => kind,
     }
 }

@@ -2,10 +2,12 @@
 //! them, so a bucket can be shared between the tools: `x-amz-meta-mode` (decimal
 //! `st_mode`, type bits included), `x-amz-meta-uid`, `x-amz-meta-gid`, and
 //! `x-amz-meta-atime` / `-mtime` / `-ctime` (seconds since the epoch, with an
-//! optional fraction).
+//! optional fraction), `x-amz-meta-rdev` (a device node's number) and
+//! `x-amz-meta-xattr` (extended attributes, see [`super::xattr`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::xattr::{self, Xattrs};
 use crate::store::UserMetadata;
 
 const MODE: &str = "mode";
@@ -14,6 +16,7 @@ const GID: &str = "gid";
 const ATIME: &str = "atime";
 const MTIME: &str = "mtime";
 const CTIME: &str = "ctime";
+const RDEV: &str = "rdev";
 
 /// The attributes an object's metadata sets; `None` where it says nothing (the
 /// mount's defaults apply).
@@ -26,6 +29,10 @@ pub struct FileMeta {
     pub atime: Option<SystemTime>,
     pub mtime: Option<SystemTime>,
     pub ctime: Option<SystemTime>,
+    /// A device node's number (`st_rdev`).
+    pub rdev: Option<u32>,
+    /// Extended attributes; `Some` of an empty set removes the header.
+    pub xattrs: Option<Xattrs>,
 }
 
 impl FileMeta {
@@ -39,6 +46,8 @@ impl FileMeta {
             atime: time(ATIME),
             mtime: time(MTIME),
             ctime: time(CTIME),
+            rdev: number(RDEV),
+            xattrs: m.get(xattr::HEADER).map(|v| xattr::decode(v)),
         }
     }
 
@@ -57,6 +66,14 @@ impl FileMeta {
         set(ATIME, self.atime.map(format_time));
         set(MTIME, self.mtime.map(format_time));
         set(CTIME, self.ctime.map(format_time));
+        set(RDEV, self.rdev.map(|v| v.to_string()));
+        match &self.xattrs {
+            Some(x) if x.is_empty() => {
+                m.remove(xattr::HEADER);
+            }
+            Some(x) => set(xattr::HEADER, Some(xattr::encode(x))),
+            None => {}
+        }
         m
     }
 

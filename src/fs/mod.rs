@@ -10,7 +10,10 @@ pub mod dir;
 pub mod error;
 pub mod inode;
 pub mod meta;
+pub mod xattr;
 
+mod acl;
+mod dir_times;
 mod files;
 mod list_ahead;
 mod listing;
@@ -60,6 +63,9 @@ pub struct FsConfig {
     pub file_mode: u16,
     pub dir_mode: u16,
     pub metadata_ttl: Duration,
+    /// How long a name found missing (or a directory found or made empty) is
+    /// trusted to stay so.
+    pub negative_ttl: Duration,
     /// HEAD listed objects whose headers are not remembered, rather than show
     /// what the listing says of them.
     pub head_listed: bool,
@@ -89,6 +95,9 @@ pub struct Caller {
     /// Owner of what the request creates.
     pub uid: u32,
     pub gid: u32,
+    /// The caller's umask, for what it creates (the kernel leaves it to us, so
+    /// that a directory's default ACL can take its place).
+    pub umask: u32,
 }
 
 /// One entry of a readdir reply.
@@ -186,6 +195,8 @@ pub struct Fs {
     /// Background upload attempts at once (the resume of many files must not
     /// crowd out the requests of programs).
     retry_slots: tokio::sync::Semaphore,
+    /// Directory times waiting for their markers.
+    dir_times: dir_times::DirTimes,
     /// For the background tasks, which must not keep the filesystem alive.
     me: Weak<Fs>,
 }
@@ -212,7 +223,10 @@ impl Fs {
         );
         let meta = Arc::new(MetaCache::new(cache.disk()));
         let mount_time = SystemTime::now();
-        let listings = Arc::new(Mutex::new(listing::Listings::new(config.metadata_ttl)));
+        let listings = Arc::new(Mutex::new(listing::Listings::new(
+            config.metadata_ttl,
+            config.negative_ttl,
+        )));
         Ok(Arc::new_cyclic(|me| Self {
             store,
             cache,
@@ -232,6 +246,7 @@ impl Fs {
             journal,
             halt: write_back::Halt::default(),
             retry_slots: tokio::sync::Semaphore::new(write_back::RETRIES_AT_ONCE),
+            dir_times: dir_times::DirTimes::default(),
             me: me.clone(),
         }))
     }
@@ -284,7 +299,7 @@ impl Fs {
         let default_perm = match inode.kind {
             Kind::Dir => self.config.dir_mode,
             Kind::Symlink => 0o777,
-            Kind::File | Kind::Fifo | Kind::Socket => self.config.file_mode,
+            _ => self.config.file_mode,
         };
         let mtime = inode.meta.mtime.unwrap_or(inode.modified);
         Attr {
@@ -305,6 +320,7 @@ impl Fs {
                 (true, Kind::Dir) => 2,
                 (true, _) => 1,
             },
+            rdev: inode.meta.rdev.unwrap_or(0),
         }
     }
 
@@ -382,12 +398,14 @@ impl Fs {
             .meta
             .to_metadata(&existing.map(|h| h.metadata.clone()).unwrap_or_default());
         let content_type = match (inode.kind, mime_guess::from_path(key).first_raw()) {
-            (Kind::Dir | Kind::Symlink | Kind::Fifo | Kind::Socket, _) => None,
+            // As s3fs marks its directories.
+            (Kind::Dir, _) => Some(dir::DIR_CONTENT_TYPE.to_string()),
             (Kind::File, Some(guess)) => Some(guess.to_string()),
             // Nothing to guess from the name: keep what the object had.
             (Kind::File, None) => existing
                 .and_then(|h| h.content_type.clone())
                 .or_else(|| Some("application/octet-stream".into())),
+            _ => None,
         };
         PutOptions {
             content_type,
@@ -396,17 +414,21 @@ impl Fs {
     }
 
     /// The entry at `path` was created, removed or renamed here: its directory's
-    /// mtime and ctime change (in memory only: storing them would rewrite the
-    /// marker on every change), and what was recorded of the name is dropped.
+    /// mtime and ctime change (on its marker a moment later, see
+    /// [`dir_times`]), and what was recorded of the name is dropped.
     fn entry_changed(&self, path: &str) {
         let dir = inode::parent_of(path);
         let now = SystemTime::now();
         self.listings().changed(dir, path);
         let mut state = self.state();
-        if let Some(inode) = state.inodes.by_path_mut(dir) {
-            inode.meta.mtime = Some(now);
-            inode.meta.ctime = Some(now);
-        }
+        let Some(inode) = state.inodes.by_path_mut(dir) else {
+            return;
+        };
+        inode.meta.mtime = Some(now);
+        inode.meta.ctime = Some(now);
+        let ino = inode.ino;
+        drop(state);
+        self.dir_times_changed(ino);
     }
 
     /// This mount stored a new version of the object at `path`: what listings
@@ -425,7 +447,16 @@ impl Fs {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub fn statfs(&self) -> StatFs {
+    /// What statfs reports for the directory `ino` (or the directory of a
+    /// file): its `namelen` is the longest name that fits there, S3's key limit
+    /// less the directory's key and the `/` a directory marker adds.
+    pub fn statfs(&self, ino: u64) -> StatFs {
+        let dir = self.state().inodes.get(ino).map(|i| match i.kind {
+            Kind::Dir => i.path.clone(),
+            _ => inode::parent_of(&i.path).to_string(),
+        });
+        let used = self.dir_prefix(&dir.unwrap_or_default()).len() + 1;
+        let namelen = MAX_KEY_LEN.saturating_sub(used).min(dir::NAME_MAX);
         const BLOCKS: u64 = 1 << 40;
         StatFs {
             blocks: BLOCKS,
@@ -433,7 +464,7 @@ impl Fs {
             files: 1 << 32,
             ffree: 1 << 32,
             bsize: 4096,
-            namelen: dir::NAME_MAX as u32,
+            namelen: namelen as u32,
         }
     }
 }
@@ -452,3 +483,5 @@ fn synthetic_ino(path: &str) -> u64 {
 mod tests;
 #[cfg(test)]
 mod write_back_tests;
+#[cfg(test)]
+mod xattr_tests;

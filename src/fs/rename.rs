@@ -169,6 +169,12 @@ impl Fs {
     }
 
     async fn rename_dir(&self, from: &str, to: &str) -> FsResult<()> {
+        let _markers = self.dir_times.markers.lock().await;
+        // An old `dir` object is not under `dir/`: it becomes a marker first.
+        let dir = self.inode(self.inode_at(from).await?)?;
+        if dir.old_dir_object {
+            self.write_marker(&dir, None).await?;
+        }
         let (from_prefix, to_prefix) = (self.dir_prefix(from), self.dir_prefix(to));
         // Hold every open file below the directory (in inode order, so two renames
         // cannot deadlock): none uploads under an old name meanwhile.

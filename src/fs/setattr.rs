@@ -12,7 +12,19 @@ use bytes::Bytes;
 use super::inode::{Attr, Kind};
 use super::meta::FileMeta;
 use super::{Change, Errno, Fs, FsResult};
-use crate::store::CopyOptions;
+use crate::store::{Condition, CopyOptions, UserMetadata};
+
+/// Most user metadata S3 stores with an object (2 KiB).
+const MAX_METADATA: usize = 2048;
+
+/// The size of user metadata as S3 counts it, header names counted whole
+/// (`x-amz-meta-` too) so that no S3 implementation finds it larger.
+fn metadata_size(metadata: &UserMetadata) -> usize {
+    metadata
+        .iter()
+        .map(|(k, v)| "x-amz-meta-".len() + k.len() + v.len())
+        .sum()
+}
 
 /// The changes of one setattr request; `None` leaves a field as it is.
 #[derive(Debug, Clone, Copy, Default)]
@@ -36,6 +48,10 @@ impl SetAttr {
 
     /// `meta` with these changes, for an inode of `kind`.
     fn apply(&self, meta: &FileMeta, kind: Kind, now: SystemTime) -> FileMeta {
+        let xattrs = match self.mode {
+            Some(mode) => super::xattr::chmod_acl(meta.xattrs.as_ref(), mode),
+            None => None,
+        };
         FileMeta {
             mode: self
                 .mode
@@ -46,6 +62,8 @@ impl SetAttr {
             atime: self.atime.or(meta.atime),
             mtime: self.mtime.or(meta.mtime),
             ctime: Some(now),
+            rdev: meta.rdev,
+            xattrs: xattrs.or_else(|| meta.xattrs.clone()),
         }
     }
 }
@@ -66,6 +84,24 @@ impl Fs {
     }
 
     async fn set_metadata(&self, ino: u64, changes: &SetAttr) -> FsResult<()> {
+        let now = SystemTime::now();
+        let times = changes.atime.is_some() || changes.mtime.is_some();
+        self.change_metadata(ino, times, |inode| {
+            Ok(changes.apply(&inode.meta, inode.kind, now))
+        })
+        .await
+    }
+
+    /// Give `ino` the metadata `change` makes of its inode: at once in S3 for an
+    /// object with no pending changes, else with its next upload. `times` says
+    /// the change sets the times (which the next upload must not replace). A
+    /// change that makes the metadata larger than S3 stores fails with E2BIG.
+    pub(super) async fn change_metadata(
+        &self,
+        ino: u64,
+        times: bool,
+        change: impl FnOnce(&super::inode::Inode) -> FsResult<FileMeta>,
+    ) -> FsResult<()> {
         // Hold the file's write state (if open) so no upload runs meanwhile.
         let open = self.open_state(ino);
         let _guard = match &open {
@@ -74,23 +110,26 @@ impl Fs {
         };
         self.ensure_headers(ino).await?;
         let inode = self.inode(ino)?;
-        let now = SystemTime::now();
-        let meta = changes.apply(&inode.meta, inode.kind, now);
+        let mut changed = inode.clone();
+        changed.meta = change(&inode)?;
+        let key = self.key(&inode.path);
+        let size = |i: &super::inode::Inode| metadata_size(&self.put_options(&key, i).metadata);
+        if size(&changed) > MAX_METADATA && size(&changed) > size(&inode) {
+            return Err(Errno::E2BIG);
+        }
         let pending = inode.local || inode.dirty || !inode.is_linked();
         if !pending {
-            let mut changed = inode.clone();
-            changed.meta = meta.clone();
             if inode.kind == Kind::Dir {
-                self.write_marker(&changed).await?;
+                self.write_marker(&changed, None).await?;
             } else {
                 self.rewrite_metadata(&changed).await?;
             }
         }
         let mut state = self.state();
-        let inode = state.inodes.get_mut(ino).ok_or(Errno::ENOENT)?;
-        inode.meta = meta;
-        if pending && (changes.atime.is_some() || changes.mtime.is_some()) {
-            inode.times_set = true;
+        let stored = state.inodes.get_mut(ino).ok_or(Errno::ENOENT)?;
+        stored.meta = changed.meta;
+        if pending && times {
+            stored.times_set = true;
         }
         Ok(())
     }
@@ -120,8 +159,13 @@ impl Fs {
     }
 
     /// Write a directory's marker object with `inode`'s metadata (the root of a
-    /// bucket has no key, so its attributes stay in memory).
-    pub(super) async fn write_marker(&self, inode: &super::inode::Inode) -> FsResult<()> {
+    /// bucket has no key, so its attributes stay in memory). A directory held
+    /// by an old `dir` object moves to `dir/`.
+    pub(super) async fn write_marker(
+        &self,
+        inode: &super::inode::Inode,
+        condition: Option<&Condition>,
+    ) -> FsResult<()> {
         let marker = self.dir_prefix(&inode.path);
         if marker.is_empty() {
             return Ok(());
@@ -129,13 +173,17 @@ impl Fs {
         let options = self.put_options(&marker, inode);
         let etag = self
             .store
-            .put(&marker, Bytes::new(), &options, None)
+            .put(&marker, Bytes::new(), &options, condition)
             .await?;
         let headers = self.wrote_marker(&marker, &options);
+        if inode.old_dir_object {
+            self.store.delete(&self.key(&inode.path)).await?;
+        }
         let mut state = self.state();
         if let Some(stored) = state.inodes.get_mut(inode.ino) {
             stored.stored(etag);
             stored.headers = Some(headers);
+            stored.old_dir_object = false;
         }
         drop(state);
         self.object_stored(&inode.path);

@@ -15,6 +15,7 @@ pub(super) const ME: Caller = Caller {
     process: 100,
     uid: 1000,
     gid: 1000,
+    umask: 0,
 };
 pub(super) const FILE_MODE: u32 = libc::S_IFREG | 0o644;
 const DIR_MODE: u32 = 0o755;
@@ -29,10 +30,10 @@ pub(super) fn test_cache() -> crate::cache::CacheConfig {
     }
 }
 
-struct Setup {
-    store: Arc<MemoryStore>,
-    fs: Arc<Fs>,
-    dir: tempfile::TempDir,
+pub(super) struct Setup {
+    pub store: Arc<MemoryStore>,
+    pub fs: Arc<Fs>,
+    pub dir: tempfile::TempDir,
 }
 
 /// The configuration of these tests, with its cache directory in `dir`. Failed
@@ -45,6 +46,7 @@ pub(super) fn test_config(dir: &std::path::Path) -> FsConfig {
         file_mode: 0o644,
         dir_mode: 0o755,
         metadata_ttl: Duration::from_secs(60),
+        negative_ttl: Duration::from_secs(60),
         head_listed: false,
         read_only: false,
         bucket: "bucket".into(),
@@ -102,11 +104,12 @@ fn setup_with_ttl(ttl: Duration) -> Setup {
     let s = setup();
     let mut config = s.fs.config().clone();
     config.metadata_ttl = ttl;
+    config.negative_ttl = ttl;
     let fs = Fs::new(s.store.clone(), config, None).unwrap();
     Setup { fs, ..s }
 }
 
-fn setup() -> Setup {
+pub(super) fn setup() -> Setup {
     setup_with("", false)
 }
 
@@ -385,9 +388,18 @@ async fn truncate_and_overwrite_existing_object() {
 #[tokio::test]
 async fn names_s3_cannot_store_are_refused() {
     let s = setup();
-    let long = "x".repeat(256);
-    assert_eq!(
+    // Names longer than 255 bytes fit in a key; FUSE carries up to 1,024.
+    let long = "x".repeat(1000);
+    let (_, fh) =
         s.fs.create(ROOT_INO, name(&long), FILE_MODE, 0, ME)
+            .await
+            .unwrap();
+    s.fs.release(fh).await;
+    assert!(s.store.object(&long).is_some());
+    assert_eq!(s.fs.statfs(ROOT_INO).namelen, 1023);
+    let too_long = "x".repeat(1024);
+    assert_eq!(
+        s.fs.create(ROOT_INO, name(&too_long), FILE_MODE, 0, ME)
             .await
             .unwrap_err(),
         Errno::ENAMETOOLONG
@@ -400,7 +412,9 @@ async fn names_s3_cannot_store_are_refused() {
                 .unwrap()
                 .ino;
     }
-    // 5 × 201 bytes of directories plus a 30-byte name is over S3's 1,024.
+    // 5 × 201 bytes of directories plus a 30-byte name is over S3's 1,024; statfs
+    // there says how long a name can be.
+    assert_eq!(s.fs.statfs(parent).namelen, 1024 - 5 * 201 - 1);
     assert_eq!(
         s.fs.create(parent, name(&"f".repeat(30)), FILE_MODE, 0, ME)
             .await
@@ -491,6 +505,7 @@ async fn changed_object_is_seen_after_the_ttl() {
         uid: 0,
         gid: 0,
         metadata_ttl: Duration::ZERO,
+        negative_ttl: Duration::ZERO,
         ..test_config(dir.path())
     };
     let fs = Fs::new(store.clone(), config, None).unwrap();
@@ -542,7 +557,7 @@ pub(super) fn pattern(len: usize) -> Vec<u8> {
 
 /// A second mount of the same bucket that remembers nothing and reads the
 /// headers of what it finds (with --head-listed): it sees what S3 holds.
-fn remount(s: &Setup) -> Arc<Fs> {
+pub(super) fn remount(s: &Setup) -> Arc<Fs> {
     let config = FsConfig {
         head_listed: true,
         ..test_config(&s.dir.path().join("second"))
@@ -550,7 +565,7 @@ fn remount(s: &Setup) -> Arc<Fs> {
     Fs::new(s.store.clone(), config, None).unwrap()
 }
 
-fn meta_of(s: &Setup, key: &str) -> meta::FileMeta {
+pub(super) fn meta_of(s: &Setup, key: &str) -> meta::FileMeta {
     meta::FileMeta::from_metadata(&s.store.object(key).unwrap().metadata)
 }
 
@@ -839,20 +854,29 @@ async fn the_bucket_root_can_be_chmodded() {
 }
 
 #[tokio::test]
-async fn fifos_and_sockets_are_stored_as_s3fs_stores_them_and_devices_refused() {
+async fn fifos_sockets_and_devices_are_stored_as_s3fs_stores_them() {
     let s = setup();
     let fifo =
-        s.fs.mknod(ROOT_INO, name("pipe"), libc::S_IFIFO | 0o640, ME);
+        s.fs.mknod(ROOT_INO, name("pipe"), libc::S_IFIFO | 0o640, 0, ME);
     assert_eq!(fifo.await.unwrap().kind, Kind::Fifo);
     let sock =
-        s.fs.mknod(ROOT_INO, name("sock"), libc::S_IFSOCK | 0o600, ME);
+        s.fs.mknod(ROOT_INO, name("sock"), libc::S_IFSOCK | 0o600, 0, ME);
     assert_eq!(sock.await.unwrap().kind, Kind::Socket);
-    let dev = s.fs.mknod(ROOT_INO, name("dev"), libc::S_IFCHR | 0o600, ME);
-    assert_eq!(dev.await.unwrap_err(), Errno::EPERM);
+    let dev =
+        s.fs.mknod(ROOT_INO, name("tty"), libc::S_IFCHR | 0o600, 0x0501, ME);
+    assert_eq!(dev.await.unwrap().rdev, 0x0501);
+    let blk =
+        s.fs.mknod(ROOT_INO, name("sda"), libc::S_IFBLK | 0o660, 0x0800, ME);
+    assert_eq!(blk.await.unwrap().kind, Kind::BlockDevice);
     assert_eq!(meta_of(&s, "pipe").mode, Some(libc::S_IFIFO | 0o640));
+    let tty = s.store.object("tty").unwrap();
+    assert_eq!(tty.metadata["rdev"], "1281");
+    assert_eq!(tty.metadata["mode"], (libc::S_IFCHR | 0o600).to_string());
     let again = remount(&s);
     let attr = again.lookup(ROOT_INO, name("sock")).await.unwrap();
     assert_eq!((attr.kind, attr.perm), (Kind::Socket, 0o600));
+    let attr = again.lookup(ROOT_INO, name("tty")).await.unwrap();
+    assert_eq!((attr.kind, attr.rdev), (Kind::CharDevice, 0x0501));
 }
 
 #[tokio::test]
@@ -1011,7 +1035,8 @@ async fn copying_files_into_a_small_directory_lists_it_once() {
         write_file(&s.fs, d.ino, &file, b"data").await.unwrap();
     }
     // The first miss asks for its name alone; the second lists the directory.
-    assert_eq!(s.store.calls(Op::Head), heads + 2);
+    // The first create asks for the directory's marker (for a default ACL).
+    assert_eq!(s.store.calls(Op::Head), heads + 3);
     assert_eq!(s.store.calls(Op::List), lists + 2);
 }
 

@@ -12,6 +12,13 @@ use super::inode::{self, Attr, Kind, ROOT_INO, join};
 use super::{Caller, Change, Errno, Fs, FsResult, Listed, synthetic_ino};
 use crate::store::ListRequest;
 
+/// What symlink or mknod makes: its kind, permission bits and device number.
+struct Node {
+    kind: Kind,
+    perm: u32,
+    rdev: Option<u32>,
+}
+
 /// The longest symlink target accepted (PATH_MAX).
 const MAX_TARGET: usize = 4096;
 /// HEADs one readdirplus batch makes at once, for entries whose headers are not
@@ -34,12 +41,9 @@ impl Fs {
         }
         let now = SystemTime::now();
         let mut dir = inode::Inode::detached(&path, Kind::Dir, now);
-        dir.meta.mode = Some(libc::S_IFDIR | (mode & 0o7777));
-        dir.meta.uid = Some(caller.uid);
-        dir.meta.gid = Some(caller.gid);
-        dir.meta.atime = Some(now);
-        dir.meta.mtime = Some(now);
-        dir.meta.ctime = Some(now);
+        dir.meta = self
+            .new_entry_meta(parent, Kind::Dir, mode, caller, now)
+            .await?;
         let options = self.put_options(&path, &dir);
         let marker = self.dir_prefix(&path);
         let etag = self
@@ -72,23 +76,32 @@ impl Fs {
         if target.len() > MAX_TARGET {
             return Err(Errno::ENAMETOOLONG);
         }
-        self.create_special(parent, name, Kind::Symlink, 0o777, target, caller)
+        let node = Node {
+            kind: Kind::Symlink,
+            perm: 0o777,
+            rdev: None,
+        };
+        self.create_special(parent, name, node, target, caller)
             .await
     }
 
-    /// mknod of a fifo or a socket: an empty object whose mode says which, as
-    /// s3fs stores them (the kernel gives them their behaviour). Devices cannot be
-    /// made here, and regular files are created like any other.
+    /// mknod of a fifo, a socket or a device: an empty object whose mode says
+    /// which (and `x-amz-meta-rdev` the device number), as s3fs stores them; the
+    /// kernel gives them their behaviour (the mount's `nodev` keeps devices
+    /// from being opened). Regular files are created like any other.
     pub async fn mknod(
         &self,
         parent: u64,
         name: &OsStr,
         mode: u32,
+        rdev: u32,
         caller: Caller,
     ) -> FsResult<Attr> {
-        let kind = match mode & libc::S_IFMT {
-            libc::S_IFIFO => Kind::Fifo,
-            libc::S_IFSOCK => Kind::Socket,
+        let (kind, rdev) = match mode & libc::S_IFMT {
+            libc::S_IFIFO => (Kind::Fifo, None),
+            libc::S_IFSOCK => (Kind::Socket, None),
+            libc::S_IFBLK => (Kind::BlockDevice, Some(rdev)),
+            libc::S_IFCHR => (Kind::CharDevice, Some(rdev)),
             libc::S_IFREG => {
                 let flags = libc::O_WRONLY | libc::O_EXCL;
                 let (attr, fh) = self.create(parent, name, mode, flags, caller).await?;
@@ -97,23 +110,27 @@ impl Fs {
                 uploaded?;
                 return self.getattr(attr.ino).await;
             }
-            _ => return Err(Errno::EPERM),
+            _ => return Err(Errno::EINVAL),
         };
-        self.create_special(parent, name, kind, mode & 0o7777, "", caller)
-            .await
+        let node = Node {
+            kind,
+            perm: mode & 0o7777,
+            rdev,
+        };
+        self.create_special(parent, name, node, "", caller).await
     }
 
-    /// Create at once an object of `kind` (not a regular file or a directory)
+    /// Create at once an object for `node` (not a regular file or a directory)
     /// holding `body`.
     async fn create_special(
         &self,
         parent: u64,
         name: &OsStr,
-        kind: Kind,
-        perm: u32,
+        node: Node,
         body: &str,
         caller: Caller,
     ) -> FsResult<Attr> {
+        let Node { kind, perm, rdev } = node;
         self.check_writable()?;
         let path = self.child_path(parent, name)?;
         if self.kind_at(&path).await?.is_some() {
@@ -121,12 +138,8 @@ impl Fs {
         }
         let now = SystemTime::now();
         let mut new = inode::Inode::detached(&path, kind, now);
-        new.meta.mode = Some(kind.type_bits() | perm);
-        new.meta.uid = Some(caller.uid);
-        new.meta.gid = Some(caller.gid);
-        new.meta.atime = Some(now);
-        new.meta.mtime = Some(now);
-        new.meta.ctime = Some(now);
+        new.meta = self.new_entry_meta(parent, kind, perm, caller, now).await?;
+        new.meta.rdev = rdev;
         let key = self.key(&path);
         let options = self.put_options(&key, &new);
         let since = SystemTime::now();
@@ -222,9 +235,19 @@ impl Fs {
             Some(Kind::Dir) => {}
             Some(_) => return Err(Errno::ENOTDIR),
         }
+        let _markers = self.dir_times.markers.lock().await;
         self.check_empty(&path).await?;
         let marker = self.dir_prefix(&path);
         self.store.delete(&marker).await?;
+        let old_form = {
+            let state = self.state();
+            let ino = state.inodes.ino_of(&path);
+            ino.and_then(|i| state.inodes.get(i))
+                .is_some_and(|i| i.old_dir_object)
+        };
+        if old_form {
+            self.store.delete(&self.key(&path)).await?;
+        }
         self.store
             .delete(&format!("{}{S3FS_DIR_SUFFIX}", self.key(&path)))
             .await?;
@@ -333,6 +356,7 @@ impl Fs {
             .await?
             .to_vec();
         let seen = handle.begun();
+        self.dir_holds(ino, from == 0, &entries);
         {
             let mut listings = self.listings();
             listings.record(&dir.path, handle.begun(), &entries);
@@ -360,7 +384,7 @@ impl Fs {
                 for ((e, remembered), path) in pending.by_ref().take(PARALLEL_HEADS) {
                     batch.push(async move {
                         match remembered {
-                            None if !self.config.head_listed => Ok::<_, Errno>(Some((e, None))),
+                            None if !self.head_wanted(&e) => Ok::<_, Errno>(Some((e, None))),
                             remembered => Ok(self
                                 .complete_listed(path, e, remembered)
                                 .await?
@@ -412,6 +436,27 @@ impl Fs {
             });
         }
         Ok(out)
+    }
+
+    /// A directory without a time of its own (no marker, nothing changed here)
+    /// shows the newest time of the objects in it, as a listing shows them;
+    /// `first` starts the count again.
+    fn dir_holds(&self, ino: u64, first: bool, entries: &[DirEntry]) {
+        let newest = entries
+            .iter()
+            .filter_map(|e| e.meta.as_ref()?.last_modified)
+            .max();
+        let mut state = self.state();
+        if let Some(dir) = state.inodes.get_mut(ino)
+            && dir.meta.mtime.is_none()
+            && let Some(newest) = newest
+        {
+            dir.modified = if first {
+                newest
+            } else {
+                dir.modified.max(newest)
+            };
+        }
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -173,6 +173,30 @@ impl TestBucket {
             .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
     }
 
+    /// Put an object as another tool would, with its Content-Type and user
+    /// metadata (names without `x-amz-meta-`).
+    pub fn put_with(
+        &self,
+        key: &str,
+        body: impl Into<Vec<u8>>,
+        content_type: Option<&str>,
+        metadata: &[(&str, &str)],
+    ) {
+        let mut put = self
+            .client
+            .put_object()
+            .bucket(&self.name)
+            .key(key)
+            .set_content_type(content_type.map(str::to_string))
+            .body(ByteStream::from(body.into()));
+        for (name, value) in metadata {
+            put = put.metadata(*name, *value);
+        }
+        self.rt
+            .block_on(put.send())
+            .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+    }
+
     /// Put many small objects, 32 at a time.
     pub fn put_many(&self, keys: impl IntoIterator<Item = String>) {
         use futures::StreamExt;

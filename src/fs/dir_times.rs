@@ -1,0 +1,117 @@
+//! Directory times that outlive the mount: a directory whose entries change
+//! here gets a new mtime and ctime at once in memory, and on its marker object
+//! (where it has one) a moment later: changes that come together (a `cp -r`
+//! into it) cost one marker write, not one each. Unmount writes what is left.
+//!
+//! A directory without a marker keeps its times in memory only; after a
+//! remount it shows the newest time of what it holds. The write is
+//! conditional on the marker's ETag, so another writer's marker is not
+//! replaced (their change wins, the time is not stored).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::inode::Kind;
+use super::{Fs, FsResult};
+use crate::store::{Condition, StoreError};
+
+/// Quiet time after a change before the marker is written.
+const DELAY: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+pub(super) struct DirTimes {
+    /// Directories whose marker lacks their times, by inode.
+    waiting: std::sync::Mutex<HashSet<u64>>,
+    /// Held while a marker is written, and by rmdir and directory renames, so
+    /// that a write never brings back a directory removed meanwhile.
+    pub markers: tokio::sync::Mutex<()>,
+}
+
+impl DirTimes {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Fs {
+    /// The times of directory `ino` changed: have its marker take them.
+    pub(super) fn dir_times_changed(&self, ino: u64) {
+        let first = {
+            let mut waiting = self.dir_times.waiting();
+            waiting.insert(ino) && waiting.len() == 1
+        };
+        if !first {
+            return;
+        }
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(DELAY).await;
+                let Some(fs) = me.upgrade() else { return };
+                if !fs.write_dir_times().await {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Write the markers of the directories waiting; false when none is left.
+    pub(super) async fn write_dir_times(&self) -> bool {
+        let inos: Vec<u64> = self.dir_times.waiting().drain().collect();
+        if inos.is_empty() {
+            return false;
+        }
+        for ino in inos {
+            if let Err(e) = self.write_dir_time(ino).await {
+                tracing::info!("the times of a directory were not stored: {e:?}");
+            }
+        }
+        true
+    }
+
+    async fn write_dir_time(&self, ino: u64) -> FsResult<()> {
+        let _marker = self.dir_times.markers.lock().await;
+        let Ok(dir) = self.inode(ino) else {
+            return Ok(());
+        };
+        // Only a marker seen or written here holds times; a directory that is
+        // gone or moved is not brought back.
+        let Some(etag) = dir.etag.clone() else {
+            return Ok(());
+        };
+        if dir.kind != Kind::Dir || !dir.is_linked() || dir.old_dir_object {
+            return Ok(());
+        }
+        match self
+            .write_marker(&dir, Some(&Condition::Matches(etag)))
+            .await
+        {
+            Err(e) if e == StoreError::PreconditionFailed.into() => Ok(()),
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::inode::ROOT_INO;
+    use super::super::meta::FileMeta;
+    use super::super::tests::{ME, name, remount, setup, write_file};
+
+    #[tokio::test]
+    async fn a_directory_keeps_the_time_of_its_last_change_after_a_remount() {
+        let s = setup();
+        let d = s.fs.mkdir(ROOT_INO, name("d"), 0o755, ME).await.unwrap();
+        let made = FileMeta::from_metadata(&s.store.object("d/").unwrap().metadata).mtime;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write_file(&s.fs, d.ino, "f", b"x").await.unwrap();
+        let changed = s.fs.getattr(d.ino).await.unwrap().mtime;
+        assert!(Some(changed) > made);
+        // The marker takes it (unmount writes what is waiting).
+        s.fs.shutdown().await;
+        let again = remount(&s);
+        let d = again.lookup(ROOT_INO, name("d")).await.unwrap();
+        assert_eq!(d.mtime, changed);
+        assert_eq!(d.ctime, changed);
+    }
+}
