@@ -87,6 +87,12 @@ impl Fs {
         if !self.is_fresh(&inode) && inode.is_linked() {
             self.revalidate(ino).await?;
         }
+        // The upload of a change replaces the object's metadata: it must start
+        // from what the object has (mode, owner, attributes), not from what a
+        // listing showed.
+        if writable && !inode.local {
+            self.ensure_headers(ino).await?;
+        }
         let (open, _) = self.open_file(ino);
         if writable && flags & libc::O_TRUNC != 0 {
             let mut of = open.lock().await;

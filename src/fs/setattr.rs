@@ -74,6 +74,8 @@ impl Fs {
             self.check_writable()?;
         }
         if let Some(size) = changes.size {
+            // Its upload keeps the object's metadata, which must be known.
+            self.ensure_headers(ino).await?;
             self.truncate(ino, size).await?;
         }
         if changes.changes_metadata() {

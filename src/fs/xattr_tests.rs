@@ -2,7 +2,7 @@
 
 use super::acl::{self, Acl};
 use super::inode::{Kind, ROOT_INO};
-use super::tests::{ME, meta_of, name, remount, setup, write_file};
+use super::tests::{ME, meta_of, name, remount, setup, test_config, write_file};
 use super::*;
 use crate::store::memory::Op;
 
@@ -205,4 +205,49 @@ async fn a_default_acl_is_inherited_and_replaces_the_umask() {
             .unwrap();
     s.fs.release(fh).await;
     assert_eq!(plain.perm, 0o600);
+}
+
+#[tokio::test]
+async fn an_edit_of_a_file_known_from_a_listing_keeps_its_attributes() {
+    let s = setup();
+    let metadata = [
+        ("mode".to_string(), "33200".to_string()),
+        (
+            "xattr".to_string(),
+            xattr::encode(&[("user.k".to_string(), b"v".to_vec())].into()),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    s.store.insert_with("f", "old", metadata);
+    // Known from a listing only: its headers were never read.
+    let dh = s.fs.opendir(ROOT_INO).unwrap();
+    let listed = s.fs.readdir(ROOT_INO, dh, 0, 100, true).await.unwrap();
+    s.fs.releasedir(dh);
+    let f = listed.iter().find(|e| e.name == "f").unwrap().ino;
+    let fh =
+        s.fs.open(f, libc::O_WRONLY | libc::O_TRUNC, ME)
+            .await
+            .unwrap();
+    s.fs.write(fh, 0, b"new".to_vec()).await.unwrap();
+    s.fs.flush(fh, ME.process).await.unwrap();
+    s.fs.release(fh).await;
+    let object = s.store.object("f").unwrap();
+    assert_eq!(&object.body[..], b"new");
+    assert_eq!(object.metadata["mode"], "33200");
+    assert_eq!(xattr::decode(&object.metadata["xattr"])["user.k"], b"v");
+    // A truncate(2) with no handle open keeps them too.
+    let config = test_config(&s.dir.path().join("again"));
+    let again = Fs::new(s.store.clone(), config, None).unwrap();
+    let dh = again.opendir(ROOT_INO).unwrap();
+    let listed = again.readdir(ROOT_INO, dh, 0, 100, true).await.unwrap();
+    let f = listed.iter().find(|e| e.name == "f").unwrap().ino;
+    let shorter = SetAttr {
+        size: Some(1),
+        ..SetAttr::default()
+    };
+    again.setattr(f, shorter).await.unwrap();
+    let object = s.store.object("f").unwrap();
+    assert_eq!(&object.body[..], b"n");
+    assert_eq!(object.metadata["mode"], "33200");
 }
