@@ -4,9 +4,10 @@
 //! into it) cost one marker write, not one each. Unmount writes what is left.
 //!
 //! A directory without a marker keeps its times in memory only; after a
-//! remount it shows the newest time of what it holds. The write is
-//! conditional on the marker's ETag, so another writer's marker is not
-//! replaced (their change wins, the time is not stored).
+//! remount it shows the newest time of what it holds. The write carries
+//! `If-Match` with the marker's ETag: a marker another writer removed is not
+//! brought back where the server enforces it. (Every empty marker has the same
+//! ETag, so a marker another writer rewrote takes our times over theirs.)
 
 use std::collections::HashSet;
 use std::time::Duration;
