@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::inode::Kind;
+use super::meta::FileMeta;
 use super::{Fs, FsResult};
 use crate::store::{Condition, StoreError};
 
@@ -72,23 +73,45 @@ impl Fs {
 
     async fn write_dir_time(&self, ino: u64) -> FsResult<()> {
         let _marker = self.dir_times.markers.lock().await;
-        let Ok(dir) = self.inode(ino) else {
+        let Ok(mut dir) = self.inode(ino) else {
             return Ok(());
         };
-        // Only a marker seen or written here holds times; a directory that is
-        // gone or moved is not brought back.
-        let Some(etag) = dir.etag.clone() else {
-            return Ok(());
-        };
-        if dir.kind != Kind::Dir || !dir.is_linked() || dir.old_dir_object {
+        let marker = self.dir_prefix(&dir.path);
+        if dir.kind != Kind::Dir || !dir.is_linked() || dir.old_dir_object || marker.is_empty() {
             return Ok(());
         }
+        let head = match self.store.head(&marker).await {
+            Ok(head) => head,
+            // No marker (an implicit directory, or removed): nothing to hold them.
+            Err(StoreError::NotFound) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let (Some(etag), Some(headers)) = (head.etag, head.headers) else {
+            return Ok(());
+        };
+        let theirs = FileMeta::from_metadata(&headers.metadata);
+        dir.meta = FileMeta {
+            mtime: dir.meta.mtime.or(theirs.mtime),
+            ctime: dir.meta.ctime.or(theirs.ctime),
+            ..theirs
+        };
+        dir.headers = Some(headers);
         match self
             .write_marker(&dir, Some(&Condition::Matches(etag)))
             .await
         {
             Err(e) if e == StoreError::PreconditionFailed.into() => Ok(()),
-            other => other,
+            Err(e) => Err(e),
+            Ok(()) => {
+                if let Some(stored) = self.state().inodes.get_mut(ino) {
+                    stored.meta = FileMeta {
+                        mtime: stored.meta.mtime,
+                        ctime: stored.meta.ctime,
+                        ..dir.meta
+                    };
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -98,6 +121,22 @@ mod tests {
     use super::super::inode::ROOT_INO;
     use super::super::meta::FileMeta;
     use super::super::tests::{ME, name, remount, setup, write_file};
+
+    #[tokio::test]
+    async fn the_times_go_onto_the_marker_another_writer_changed_without_undoing_it() {
+        let s = setup();
+        let d = s.fs.mkdir(ROOT_INO, name("d"), 0o755, ME).await.unwrap();
+        // Another machine chmods the directory.
+        let mut theirs = s.store.object("d/").unwrap().metadata;
+        theirs.insert("mode".into(), (libc::S_IFDIR | 0o700).to_string());
+        s.store.insert_with("d/", "", theirs);
+        write_file(&s.fs, d.ino, "f", b"x").await.unwrap();
+        let changed = s.fs.getattr(d.ino).await.unwrap().mtime;
+        s.fs.shutdown().await;
+        let stored = FileMeta::from_metadata(&s.store.object("d/").unwrap().metadata);
+        assert_eq!(stored.mode, Some(libc::S_IFDIR | 0o700));
+        assert_eq!(stored.mtime, Some(changed));
+    }
 
     #[tokio::test]
     async fn a_directory_keeps_the_time_of_its_last_change_after_a_remount() {
