@@ -120,7 +120,11 @@ impl Fs {
 mod tests {
     use super::super::inode::ROOT_INO;
     use super::super::meta::FileMeta;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::super::SetAttr;
     use super::super::tests::{ME, name, remount, setup, write_file};
+    use crate::store::memory::Op;
 
     #[tokio::test]
     async fn the_times_go_onto_the_marker_another_writer_changed_without_undoing_it() {
@@ -136,6 +140,37 @@ mod tests {
         let stored = FileMeta::from_metadata(&s.store.object("d/").unwrap().metadata);
         assert_eq!(stored.mode, Some(libc::S_IFDIR | 0o700));
         assert_eq!(stored.mtime, Some(changed));
+    }
+
+    #[tokio::test]
+    async fn a_touch_during_the_times_write_is_not_undone_by_it() {
+        let s = setup();
+        let d = s.fs.mkdir(ROOT_INO, name("d"), 0o755, ME).await.unwrap();
+        write_file(&s.fs, d.ino, "f", b"x").await.unwrap();
+        // The times writer reads the marker, and is held there...
+        let gate = s.store.hold(Op::Head);
+        let fs = s.fs.clone();
+        let writer = tokio::spawn(async move { fs.write_dir_times().await });
+        gate.reached(1).await;
+        // ... while rsync sets the directory's time, as it does last.
+        let fs = s.fs.clone();
+        let past = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let touch = SetAttr {
+            mtime: Some(past),
+            ..SetAttr::default()
+        };
+        let touch = tokio::spawn(async move { fs.setattr(d.ino, touch).await });
+        for _ in 0..100 {
+            if touch.is_finished() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        gate.open();
+        writer.await.unwrap();
+        touch.await.unwrap().unwrap();
+        let stored = FileMeta::from_metadata(&s.store.object("d/").unwrap().metadata);
+        assert_eq!(stored.mtime, Some(past));
     }
 
     #[tokio::test]

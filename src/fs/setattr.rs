@@ -110,6 +110,12 @@ impl Fs {
             Some(of) => Some(of.lock().await),
             None => None,
         };
+        // A directory's marker takes one write at a time: the directory-times
+        // writer must not put back times older than these.
+        let _marker = match self.inode(ino)?.kind {
+            Kind::Dir => Some(self.dir_times.markers.lock().await),
+            _ => None,
+        };
         self.ensure_headers(ino).await?;
         let inode = self.inode(ino)?;
         let mut changed = inode.clone();
