@@ -24,19 +24,22 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The kind an object's headers give it: a file unless its mode says
-    /// otherwise (s3fs stores symlinks, fifos, sockets and devices this way), or
-    /// its Content-Type says directory (s3fs's old `dir` objects).
-    pub fn of_headers(headers: &ObjectHeaders) -> Kind {
-        if headers.content_type.as_deref() == Some(super::dir::DIR_CONTENT_TYPE) {
-            return Kind::Dir;
+    /// The kind the headers of an object of `size` bytes give it: a file unless
+    /// its mode says otherwise (s3fs stores symlinks, fifos, sockets and devices
+    /// this way); an empty one whose mode or Content-Type says directory is one
+    /// (s3fs's old `dir` objects). An object with data is never a directory.
+    pub fn of_headers(headers: &ObjectHeaders, size: u64) -> Kind {
+        let meta = FileMeta::from_metadata(&headers.metadata);
+        let dir_type = headers.content_type.as_deref() == Some(super::dir::DIR_CONTENT_TYPE)
+            || meta.file_type() == Some(libc::S_IFDIR);
+        match dir_type {
+            true if size == 0 => Kind::Dir,
+            _ => Kind::of_object(&meta),
         }
-        Kind::of_object(&FileMeta::from_metadata(&headers.metadata))
     }
 
     fn of_object(meta: &FileMeta) -> Kind {
         match meta.file_type() {
-            Some(libc::S_IFDIR) => Kind::Dir,
             Some(libc::S_IFLNK) => Kind::Symlink,
             Some(libc::S_IFIFO) => Kind::Fifo,
             Some(libc::S_IFSOCK) => Kind::Socket,

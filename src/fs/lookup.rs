@@ -75,7 +75,10 @@ impl Fs {
         match head {
             Ok(meta) => {
                 self.learn(&meta);
-                let kind = meta.headers.as_ref().map_or(Kind::File, Kind::of_headers);
+                let kind = meta
+                    .headers
+                    .as_ref()
+                    .map_or(Kind::File, |h| Kind::of_headers(h, meta.size));
                 return Ok(Some(Resolved {
                     kind,
                     head: Some(meta),
@@ -392,7 +395,7 @@ impl Fs {
 fn listed_kind(entry: &DirEntry, headers: Option<&ObjectHeaders>) -> Kind {
     match (entry.kind, headers) {
         (Kind::Dir, _) => Kind::Dir,
-        (_, Some(h)) => Kind::of_headers(h),
+        (_, Some(h)) => Kind::of_headers(h, entry.meta.as_ref().map_or(0, |m| m.size)),
         (kind, None) => kind,
     }
 }

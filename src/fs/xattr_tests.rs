@@ -251,3 +251,27 @@ async fn an_edit_of_a_file_known_from_a_listing_keeps_its_attributes() {
     assert_eq!(&object.body[..], b"n");
     assert_eq!(object.metadata["mode"], "33200");
 }
+
+#[tokio::test]
+async fn an_old_directory_object_is_a_directory_and_one_with_data_is_not() {
+    let s = setup();
+    let dir_type = [("mode".to_string(), (libc::S_IFDIR | 0o750).to_string())];
+    s.store
+        .insert_with("olddir", "", dir_type.clone().into_iter().collect());
+    s.store
+        .insert_with("notdir", "data", dir_type.into_iter().collect());
+    let old = s.fs.lookup(ROOT_INO, name("olddir")).await.unwrap();
+    assert_eq!((old.kind, old.perm), (Kind::Dir, 0o750));
+    assert_eq!(
+        s.fs.lookup(ROOT_INO, name("notdir")).await.unwrap().kind,
+        Kind::File
+    );
+    // Its first change rewrites it as a marker.
+    let changes = SetAttr {
+        mode: Some(0o700),
+        ..SetAttr::default()
+    };
+    s.fs.setattr(old.ino, changes).await.unwrap();
+    assert!(s.store.object("olddir").is_none());
+    assert_eq!(meta_of(&s, "olddir/").mode, Some(libc::S_IFDIR | 0o700));
+}
