@@ -129,6 +129,11 @@ impl Fs {
 
     pub async fn removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {
         let name = self.storable_name(ino, name)?;
+        let is_acl = name == acl::ACCESS || name == acl::DEFAULT;
+        if is_acl && !self.xattrs(ino).await?.contains_key(&name) {
+            // Removing an ACL there is none of succeeds, as on ext4.
+            return Ok(());
+        }
         self.change_xattrs(ino, move |xattrs| {
             xattrs.remove(&name).ok_or(Errno::ENODATA)?;
             Ok(None)
