@@ -4,10 +4,11 @@
 //! into it) cost one marker write, not one each. Unmount writes what is left.
 //!
 //! A directory without a marker keeps its times in memory only; after a
-//! remount it shows the newest time of what it holds. The write carries
-//! `If-Match` with the marker's ETag: a marker another writer removed is not
-//! brought back where the server enforces it. (Every empty marker has the same
-//! ETag, so a marker another writer rewrote takes our times over theirs.)
+//! remount it shows the newest time of what it holds. The marker is read
+//! first and written back with its own metadata and our times only, under
+//! `If-Match`: what another writer set on it (a chmod, say) is kept, and a
+//! marker removed meanwhile is not brought back (where the server enforces
+//! the condition).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -24,8 +25,9 @@ const DELAY: Duration = Duration::from_secs(1);
 pub(super) struct DirTimes {
     /// Directories whose marker lacks their times, by inode.
     waiting: std::sync::Mutex<HashSet<u64>>,
-    /// Held while a marker is written, and by rmdir and directory renames, so
-    /// that a write never brings back a directory removed meanwhile.
+    /// Held while a marker is written (here, and by a directory's metadata
+    /// changes), and by rmdir and directory renames: a write never brings back
+    /// a directory removed meanwhile, nor puts back times older than a touch.
     pub markers: tokio::sync::Mutex<()>,
 }
 
@@ -177,11 +179,15 @@ mod tests {
     async fn a_directory_keeps_the_time_of_its_last_change_after_a_remount() {
         let s = setup();
         let d = s.fs.mkdir(ROOT_INO, name("d"), 0o755, ME).await.unwrap();
-        let made = FileMeta::from_metadata(&s.store.object("d/").unwrap().metadata).mtime;
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        let past = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let touch = SetAttr {
+            mtime: Some(past),
+            ..SetAttr::default()
+        };
+        s.fs.setattr(d.ino, touch).await.unwrap();
         write_file(&s.fs, d.ino, "f", b"x").await.unwrap();
         let changed = s.fs.getattr(d.ino).await.unwrap().mtime;
-        assert!(Some(changed) > made);
+        assert!(changed > past);
         // The marker takes it (unmount writes what is waiting).
         s.fs.shutdown().await;
         let again = remount(&s);

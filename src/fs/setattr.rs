@@ -122,7 +122,8 @@ impl Fs {
         changed.meta = change(&inode)?;
         let key = self.key(&inode.path);
         let size = |i: &super::inode::Inode| metadata_size(&self.put_options(&key, i).metadata);
-        if size(&changed) > MAX_METADATA && size(&changed) > size(&inode) {
+        let (after, before) = (size(&changed), size(&inode));
+        if after > MAX_METADATA && after > before {
             return Err(Errno::E2BIG);
         }
         let pending = inode.local || inode.dirty || !inode.is_linked();
