@@ -78,7 +78,8 @@ fn header(id: &BlockId, data: &[u8]) -> Vec<u8> {
 }
 
 /// The data of a block file, if it is whole and is block `id`.
-fn parse(id: &BlockId, file: &[u8]) -> Option<Bytes> {
+fn parse(id: &BlockId, file: Vec<u8>) -> Option<Bytes> {
+    let file = Bytes::from(file);
     let mut rest = file.strip_prefix(MAGIC.as_slice())?;
     let mut take = |n: usize| -> Option<&[u8]> {
         let (head, tail) = rest.split_at_checked(n)?;
@@ -95,8 +96,9 @@ fn parse(id: &BlockId, file: &[u8]) -> Option<Bytes> {
     let len = u64::from_le_bytes(take(8)?.try_into().ok()?);
     let crc = u32::from_le_bytes(take(4)?.try_into().ok()?);
     let data = take(usize::try_from(len).ok()?)?;
+    // The block is a view of the file's buffer: no copy.
     (index == id.index && rest.is_empty() && crc32fast::hash(data) == crc)
-        .then(|| Bytes::copy_from_slice(data))
+        .then(|| file.slice_ref(data))
 }
 
 impl DiskCache {
@@ -165,7 +167,7 @@ impl DiskCache {
             return None;
         }
         let path = self.path(&name);
-        let parsed = fs::read(&path).ok().and_then(|file| parse(id, &file));
+        let parsed = fs::read(&path).ok().and_then(|file| parse(id, file));
         match &parsed {
             Some(_) => {
                 // Keeps the LRU order for the next mount.

@@ -141,7 +141,12 @@ impl BlockCache {
         };
         let blocks = self.blocks(obj, range.clone());
         let cells = self.start(obj, etag, blocks.clone(), true).await;
-        let mut out = BytesMut::with_capacity((end - range.start) as usize);
+        // Within one block (the usual read), the answer is a view of it.
+        let single = blocks.end - blocks.start == 1;
+        let mut out = BytesMut::new();
+        if !single {
+            out.reserve((end - range.start) as usize);
+        }
         for (index, cell) in blocks.zip(cells) {
             let data = match cell {
                 // A read always gets room to fetch, so every block has a cell.
@@ -164,6 +169,9 @@ impl BlockCache {
                     "{}: short read (the object is smaller than its listed size)",
                     obj.key
                 )));
+            }
+            if single {
+                return Ok(data.slice(from as usize..to as usize));
             }
             out.extend_from_slice(&data[from as usize..to as usize]);
         }
@@ -297,20 +305,20 @@ impl BlockCache {
             let end = (last.index + 1) * self.block_size;
             match self
                 .store
-                .get_range(&first.key, start..end, Some(&first.etag))
+                .get_pieces(&first.key, start..end, Some(&first.etag), self.block_size)
                 .await
             {
-                Ok(data) => {
+                Ok(pieces) => {
+                    // A piece per block, each its own buffer: the memory cache may
+                    // keep one block of a GET without the others.
                     for &i in &missing {
-                        let off = (blocks[i].0.index - first.index) * self.block_size;
-                        let stop = (off + self.block_size).min(data.len() as u64);
-                        let block = if off < stop {
-                            // A block of its own: a slice would keep the whole GET in memory
-                            // while the memory cache holds any of its blocks.
-                            Bytes::copy_from_slice(&data[off as usize..stop as usize])
-                        } else {
-                            Bytes::new()
-                        };
+                        let n = blocks[i].0.index - first.index;
+                        let block = usize::try_from(n)
+                            .ok()
+                            .and_then(|n| pieces.get(n))
+                            .filter(|p| p.len() as u64 <= self.block_size)
+                            .cloned()
+                            .unwrap_or_default();
                         if !block.is_empty() {
                             to_disk.push((blocks[i].0.clone(), block.clone()));
                         }

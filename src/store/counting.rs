@@ -71,6 +71,17 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         self.inner.get_range(key, range, if_match).await
     }
 
+    async fn get_pieces(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+        piece: u64,
+    ) -> StoreResult<Vec<Bytes>> {
+        self.count(Op::Get);
+        self.inner.get_pieces(key, range, if_match, piece).await
+    }
+
     async fn list(&self, request: ListRequest<'_>) -> StoreResult<ListPage> {
         self.count(Op::List);
         self.inner.list(request).await

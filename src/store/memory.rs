@@ -561,6 +561,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn pieces_split_a_range_at_piece_boundaries() {
+        let store = MemoryStore::new();
+        let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        store.insert("k", data.clone());
+        let pieces = store.get_pieces("k", 100..750, None, 256).await.unwrap();
+        let lens: Vec<usize> = pieces.iter().map(|p| p.len()).collect();
+        assert_eq!(lens, [256, 256, 138]);
+        assert_eq!(pieces.concat(), data[100..750]);
+        assert!(
+            store
+                .get_pieces("k", 5..5, None, 256)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
     async fn injected_faults_fail_calls_in_turn() {
         let store = MemoryStore::new();
         store.insert("k", "v");

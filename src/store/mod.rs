@@ -182,6 +182,20 @@ pub trait ObjectStore: Send + Sync + 'static {
         if_match: Option<&str>,
     ) -> StoreResult<Bytes>;
 
+    /// [`Self::get_range`] in pieces of `piece` bytes (the last may be shorter),
+    /// each in a buffer of its own, so that a piece can be kept without the rest.
+    async fn get_pieces(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+        piece: u64,
+    ) -> StoreResult<Vec<Bytes>> {
+        let data = self.get_range(key, range, if_match).await?;
+        let piece = usize::try_from(piece.max(1)).unwrap_or(usize::MAX);
+        Ok(data.chunks(piece).map(Bytes::copy_from_slice).collect())
+    }
+
     async fn list(&self, request: ListRequest<'_>) -> StoreResult<ListPage>;
 
     /// Store a whole object; returns its ETag. With `condition`, fails with

@@ -194,8 +194,24 @@ impl ObjectStore for S3Store {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> StoreResult<Bytes> {
+        let mut pieces = self.get_pieces(key, range, if_match, u64::MAX).await?;
+        // One piece, unless the server sent more than asked for: keep the surplus,
+        // for the caller to see the length is wrong.
+        Ok(match pieces.len() {
+            0 | 1 => pieces.pop().unwrap_or_default(),
+            _ => pieces.concat().into(),
+        })
+    }
+
+    async fn get_pieces(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+        piece: u64,
+    ) -> StoreResult<Vec<Bytes>> {
         if range.is_empty() {
-            return Ok(Bytes::new());
+            return Ok(Vec::new());
         }
         let out = self
             .client
@@ -207,18 +223,41 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(classify)?;
-        // Into one buffer of the expected size as the body arrives: collecting the
-        // chunks first and joining them would hold the data twice.
-        let mut data = BytesMut::with_capacity((range.end - range.start) as usize);
+        // Straight into buffers of the pieces' sizes as the body arrives: one copy,
+        // and no buffer holds the data twice.
+        let mut left = range.end - range.start;
+        let piece = piece.max(1);
+        let mut pieces = Vec::with_capacity(usize::try_from(left.div_ceil(piece)).unwrap_or(0));
+        let mut want = piece.min(left);
+        let mut current = BytesMut::with_capacity(want as usize);
         let mut body = out.body;
-        while let Some(chunk) = body
+        while let Some(mut chunk) = body
             .try_next()
             .await
             .map_err(|e| StoreError::Unreachable(one_line(&e)))?
         {
-            data.extend_from_slice(&chunk);
+            while !chunk.is_empty() {
+                let room = (want - current.len() as u64).min(chunk.len() as u64) as usize;
+                current.extend_from_slice(&chunk.split_to(room));
+                if current.len() as u64 == want {
+                    pieces.push(std::mem::take(&mut current).freeze());
+                    left -= want;
+                    // Past the range (a server sending more than asked for): the
+                    // rest goes in one more piece, which the caller finds too long.
+                    (want, current) = match left {
+                        0 => (u64::MAX, BytesMut::new()),
+                        _ => (
+                            piece.min(left),
+                            BytesMut::with_capacity(piece.min(left) as usize),
+                        ),
+                    };
+                }
+            }
         }
-        Ok(data.freeze())
+        if !current.is_empty() {
+            pieces.push(current.freeze());
+        }
+        Ok(pieces)
     }
 
     async fn list(&self, request: ListRequest<'_>) -> StoreResult<ListPage> {
