@@ -107,6 +107,8 @@ impl Fs {
                 return Err(e);
             }
             self.mark_written(ino, 0);
+            // Another handle may be sending the file's parts while it writes.
+            self.stream(ino, &mut of, 0..u64::MAX, None).await;
         }
         Ok(self.new_handle(ino, writable, caller.process))
     }
@@ -237,19 +239,20 @@ impl Fs {
             return Err(Errno::EBADF);
         }
         let len = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
+        let data = Bytes::from(data);
         let open = self.open_state(handle.ino).ok_or(Errno::EBADF)?;
         let mut of = open.lock().await;
         let written = async {
             let staged = self.begin_change(handle.ino, &mut of).await?;
-            staged.write(offset, data).await?;
+            staged.write(offset, data.clone()).await?;
             Ok(staged.size())
         }
         .await;
         match written {
             Ok(size) => {
                 self.mark_written(handle.ino, size);
-                self.stream(handle.ino, &mut of, offset..offset + u64::from(len))
-                    .await;
+                let changed = offset..offset + u64::from(len);
+                self.stream(handle.ino, &mut of, changed, Some(&data)).await;
                 Ok(len)
             }
             Err(e) => {
@@ -259,9 +262,9 @@ impl Fs {
         }
     }
 
-    /// Bytes `changed` of a file were written or cut: a new file past two parts
-    /// starts (or goes on) sending its parts while it is written.
-    async fn stream(&self, ino: u64, of: &mut OpenFile, changed: Range<u64>) {
+    /// Bytes `changed` of a file were written (with `data`) or cut: a new file
+    /// past two parts starts (or goes on) sending its parts while it is written.
+    async fn stream(&self, ino: u64, of: &mut OpenFile, changed: Range<u64>, data: Option<&[u8]>) {
         let Some(staged) = &of.staged else { return };
         let (size, reader) = (staged.size(), staged.file().reader());
         if of.stream.is_none() {
@@ -290,7 +293,8 @@ impl Fs {
             }
         }
         if let Some(stream) = &mut of.stream {
-            self.uploader.stream_written(stream, &reader, size, changed);
+            self.uploader
+                .stream_written(stream, &reader, size, changed, data);
         }
     }
 
@@ -330,7 +334,7 @@ impl Fs {
             let mut of = open.lock().await;
             self.begin_change(ino, &mut of).await?.set_len(size).await?;
             self.mark_written(ino, size);
-            self.stream(ino, &mut of, size..u64::MAX).await;
+            self.stream(ino, &mut of, size..u64::MAX, None).await;
             if temporary {
                 self.upload_locked(ino, &mut of).await?;
                 self.uploaded_while_pending(ino, &mut of);

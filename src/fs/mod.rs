@@ -480,6 +480,8 @@ fn synthetic_ino(path: &str) -> u64 {
 }
 
 #[cfg(test)]
+mod stream_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod write_back_tests;

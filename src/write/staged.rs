@@ -136,7 +136,7 @@ impl Staged {
         self.gaps(0..self.size).is_empty()
     }
 
-    pub async fn write(&mut self, offset: u64, data: Vec<u8>) -> Result<(), WriteError> {
+    pub async fn write(&mut self, offset: u64, data: Bytes) -> Result<(), WriteError> {
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or(WriteError::TooLarge(u64::MAX))?;
@@ -233,7 +233,7 @@ impl Staged {
                 if data.len() as u64 != end - start {
                     return Err(WriteError::ShortRead(base.key.clone()));
                 }
-                self.file.write_at(start, data.to_vec()).await?;
+                self.file.write_at(start, data).await?;
                 start = end;
             }
         }
@@ -322,7 +322,9 @@ mod tests {
     async fn writes_download_nothing_and_reads_fetch_only_their_blocks() {
         let store = Arc::new(MemoryStore::new());
         let (_dir, mut s) = over(&store, 10 * MIB).await;
-        s.write(5 * MIB + 10, b"hello".to_vec()).await.unwrap();
+        s.write(5 * MIB + 10, Bytes::from_static(b"hello"))
+            .await
+            .unwrap();
         assert_eq!(store.calls(Op::Get), 0);
         let got = s.read(&cache(&store), 5 * MIB, 20).await.unwrap();
         let mut want = body(10 * MIB)[(5 * MIB) as usize..(5 * MIB + 20) as usize].to_vec();
@@ -337,7 +339,7 @@ mod tests {
     async fn unchanged_parts_are_copied_and_changed_ones_filled() {
         let store = Arc::new(MemoryStore::new());
         let (_dir, mut s) = over(&store, 20 * MIB).await;
-        s.write(9 * MIB, vec![1; 10]).await.unwrap();
+        s.write(9 * MIB, vec![1; 10].into()).await.unwrap();
         assert!(matches!(s.part_source(0..8 * MIB), PartSource::Copy(_)));
         assert_eq!(
             s.part_source(8 * MIB..16 * MIB),

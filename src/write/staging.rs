@@ -169,7 +169,7 @@ impl StagingFile {
         self.reader.clone()
     }
 
-    pub async fn write_at(&self, offset: u64, data: Vec<u8>) -> io::Result<()> {
+    pub async fn write_at(&self, offset: u64, data: Bytes) -> io::Result<()> {
         let file = self.reader.file.clone();
         blocking(move || file.write_all_at(&data, offset)).await
     }
@@ -223,7 +223,7 @@ mod tests {
                 .unwrap()
                 .ends_with("report_1.txt")
         );
-        f.write_at(3, b"xyz".to_vec()).await.unwrap();
+        f.write_at(3, Bytes::from_static(b"xyz")).await.unwrap();
         assert_eq!(&f.read_at(0, 10).await.unwrap()[..], b"\0\0\0xyz");
         f.set_len(4).await.unwrap();
         assert_eq!(std::fs::metadata(f.path()).unwrap().len(), 4);

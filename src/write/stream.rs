@@ -8,18 +8,25 @@
 //! a part already sent makes it stale; at close the stale, missing and last parts
 //! are sent and the upload completed, so close() waits only for what is left.
 //!
+//! A part written in order, from its start to its end, is collected in memory as it
+//! is written (within the uploader's memory bound) and sent from there: the usual
+//! `cp` of a large file does not read its parts back from the staging file.
+//!
 //! A multipart upload takes its metadata when it starts, so the stream carries the
 //! file's mode and owner but no times: the object's time is its Last-Modified,
 //! the moment it was completed (see [`super::upload::Uploader::finish_stream`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::SystemTime;
 
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::WriteError;
-use super::upload::part_at;
+use super::upload::{part_at, part_range};
 
 use crate::store::PutOptions;
 
@@ -49,6 +56,35 @@ pub struct Stream {
     /// `sent` came from the journal of an earlier run: S3 must be asked which
     /// of them it still has before they are used.
     pub(super) unverified: bool,
+    /// The part being written in order, collected so far.
+    filling: Option<Filling>,
+    /// Parts written whole and in order, not sent yet: their bytes as they are in
+    /// the file.
+    pub(super) filled: BTreeMap<i32, Filled>,
+}
+
+/// A part's bytes in memory, holding its share of the uploader's memory bound.
+pub(super) struct Filled {
+    pub(super) bytes: Bytes,
+    pub(super) slot: OwnedSemaphorePermit,
+}
+
+struct Filling {
+    number: i32,
+    range: Range<u64>,
+    bytes: BytesMut,
+    slot: OwnedSemaphorePermit,
+}
+
+impl Filling {
+    /// The offset the next write in order starts at.
+    fn end(&self) -> u64 {
+        self.range.start + self.bytes.len() as u64
+    }
+}
+
+fn overlap(a: &Range<u64>, b: &Range<u64>) -> bool {
+    a.start < b.end && b.start < a.end
 }
 
 impl Stream {
@@ -69,6 +105,8 @@ impl Stream {
             created,
             streaming: true,
             unverified: false,
+            filling: None,
+            filled: BTreeMap::new(),
         }
     }
 
@@ -143,6 +181,69 @@ impl Stream {
         }
     }
 
+    /// Bytes `range` of the file changed: to `data` for a write, otherwise (a
+    /// truncation) to whatever. Keeps the parts in memory true to the file, and
+    /// collects a write that goes on in order; a part starts being collected only
+    /// at its start, if a slot of `slots` is free.
+    pub(super) fn keep(&mut self, range: Range<u64>, data: Option<&[u8]>, slots: &Arc<Semaphore>) {
+        let in_order = data.is_some()
+            && self
+                .filling
+                .as_ref()
+                .is_some_and(|f| f.end() == range.start);
+        self.filled.retain(|n, _| !overlap(&part_range(*n), &range));
+        if !in_order
+            && self
+                .filling
+                .as_ref()
+                .is_some_and(|f| overlap(&f.range, &range))
+        {
+            self.filling = None;
+        }
+        let Some(mut data) = data else { return };
+        let mut offset = range.start;
+        while self.streaming && !data.is_empty() {
+            let filling = match &mut self.filling {
+                Some(f) if f.end() == offset => f,
+                _ => {
+                    let number = part_at(offset);
+                    let part = part_range(number);
+                    if part.start != offset || number < self.next {
+                        return;
+                    }
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        return;
+                    };
+                    let bytes = BytesMut::with_capacity((part.end - part.start) as usize);
+                    self.filling.insert(Filling {
+                        number,
+                        range: part,
+                        bytes,
+                        slot,
+                    })
+                }
+            };
+            let n = (filling.range.end - offset).min(data.len() as u64) as usize;
+            filling.bytes.extend_from_slice(&data[..n]);
+            (offset, data) = (offset + n as u64, &data[n..]);
+            if filling.end() == filling.range.end
+                && let Some(done) = self.filling.take()
+            {
+                let filled = Filled {
+                    bytes: done.bytes.freeze(),
+                    slot: done.slot,
+                };
+                self.filled.insert(done.number, filled);
+            }
+        }
+    }
+
+    /// Stop collecting the part being written, and hand over the parts collected.
+    pub(super) fn take_filled(&mut self) -> BTreeMap<i32, Filled> {
+        self.filling = None;
+        std::mem::take(&mut self.filled)
+    }
+
     /// Take the results of the parts that finished; a failed or stale part is
     /// left to be sent again.
     pub(super) fn collect(&mut self) {
@@ -167,5 +268,63 @@ impl Stream {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn stream() -> Stream {
+        Stream::new(
+            "k".into(),
+            "id".into(),
+            PutOptions::default(),
+            SystemTime::now(),
+        )
+    }
+
+    /// Write `len` bytes of `byte` at `offset`, in writes of 1 MiB.
+    fn write(stream: &mut Stream, slots: &Arc<Semaphore>, offset: u64, len: u64, byte: u8) {
+        let chunk = vec![byte; MIB as usize];
+        let mut at = offset;
+        while at < offset + len {
+            let n = MIB.min(offset + len - at);
+            stream.keep(at..at + n, Some(&chunk[..n as usize]), slots);
+            at += n;
+        }
+    }
+
+    #[test]
+    fn parts_written_in_order_are_collected_within_the_slots() {
+        let slots = Arc::new(Semaphore::new(2));
+        let mut s = stream();
+        write(&mut s, &slots, 0, 28 * MIB, 1);
+        // Two parts whole; the third would need a slot there is none of.
+        assert_eq!(s.filled.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+        assert!(s.filled.values().all(|f| f.bytes.len() as u64 == 8 * MIB));
+        assert_eq!(slots.available_permits(), 0);
+        let taken = s.take_filled();
+        drop(taken);
+        assert_eq!(slots.available_permits(), 2);
+    }
+
+    #[test]
+    fn a_change_drops_the_parts_it_touches_and_a_write_elsewhere_collects_nothing() {
+        let slots = Arc::new(Semaphore::new(4));
+        let mut s = stream();
+        write(&mut s, &slots, 0, 20 * MIB, 1);
+        s.keep(9 * MIB..9 * MIB + 1, Some(b"x"), &slots);
+        assert_eq!(s.filled.keys().copied().collect::<Vec<_>>(), vec![1]);
+        // The part being collected (16..24 MiB) is cut: it is not collected.
+        s.keep(18 * MIB..u64::MAX, None, &slots);
+        write(&mut s, &slots, 18 * MIB, 6 * MIB, 2);
+        assert_eq!(s.filled.keys().copied().collect::<Vec<_>>(), vec![1]);
+        // A part written from the middle on is not collected either.
+        write(&mut s, &slots, 28 * MIB, 4 * MIB, 3);
+        assert_eq!(s.filled.keys().copied().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(slots.available_permits(), 3);
     }
 }

@@ -6,13 +6,14 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::WriteError;
 use super::staged::{Base, PartSource, Staged};
 use super::staging::StagingReader;
-use super::stream::Stream;
+use super::stream::{Filled, Stream};
 use crate::cache::BlockCache;
 use crate::store::{CompletedPart, Condition, CopyOptions, ObjectStore, PutOptions, StoreError};
 
@@ -91,6 +92,8 @@ enum Part {
     Local {
         range: Range<u64>,
         gaps: Vec<Range<u64>>,
+        /// Its bytes, collected as the file was written.
+        filled: Option<Filled>,
     },
     /// Sent already (while the file was written, or by an earlier attempt).
     Sent,
@@ -131,22 +134,35 @@ pub struct Uploader {
     /// Where the bytes a staged file lacks are read from.
     cache: Arc<BlockCache>,
     part_slots: Arc<Semaphore>,
+    /// Memory for parts collected as files are written: apart from `part_slots`,
+    /// since a file written slowly holds its part for long, and uploads must not
+    /// wait for it.
+    fill_slots: Arc<Semaphore>,
     parallel_parts: usize,
 }
 
-/// Send part `number` of an upload from a staging file, again after a failure
-/// that may pass.
+/// Where a part's bytes come from.
+enum PartBody {
+    File(StagingReader, Range<u64>),
+    Memory(Bytes),
+}
+
+/// Send part `number` of an upload, again after a failure that may pass.
 async fn send_part(
     store: Arc<dyn ObjectStore>,
     key: &str,
     upload_id: &str,
     number: i32,
-    reader: &StagingReader,
-    range: Range<u64>,
+    body: PartBody,
 ) -> Result<String, WriteError> {
-    let body = reader
-        .read_at(range.start, (range.end - range.start) as usize)
-        .await?;
+    let body = match body {
+        PartBody::Memory(bytes) => bytes,
+        PartBody::File(reader, range) => {
+            reader
+                .read_at(range.start, (range.end - range.start) as usize)
+                .await?
+        }
+    };
     let mut attempt = 1;
     loop {
         match store
@@ -165,17 +181,20 @@ async fn send_part(
 
 impl Uploader {
     /// `parallel_parts`: parts one upload sends at once; `max_parts_in_memory`: the
-    /// bound across all uploads.
+    /// bound across all uploads, half of it for parts collected as they are
+    /// written.
     pub fn new(
         store: Arc<dyn ObjectStore>,
         cache: Arc<BlockCache>,
         parallel_parts: usize,
         max_parts_in_memory: usize,
     ) -> Self {
+        let fill = max_parts_in_memory / 2;
         Self {
             store,
             cache,
-            part_slots: Arc::new(Semaphore::new(max_parts_in_memory.max(1))),
+            part_slots: Arc::new(Semaphore::new((max_parts_in_memory - fill).max(1))),
+            fill_slots: Arc::new(Semaphore::new(fill)),
             parallel_parts: parallel_parts.max(1),
         }
     }
@@ -246,6 +265,7 @@ impl Uploader {
         while let Some(done) = stream.running.join_next().await {
             stream.take(done);
         }
+        let mut filled = stream.take_filled();
         let parts: Vec<(i32, Part)> = ranges
             .iter()
             .map(|(n, range)| {
@@ -260,6 +280,9 @@ impl Uploader {
                     },
                     (false, PartSource::Local { gaps }) => Part::Local {
                         range: range.clone(),
+                        filled: filled.remove(n).filter(|f| {
+                            gaps.is_empty() && f.bytes.len() as u64 == range.end - range.start
+                        }),
                         gaps,
                     },
                 };
@@ -338,11 +361,17 @@ impl Uploader {
             .filter_map(|(number, part)| async move {
                 match part {
                     Part::Sent => None,
-                    Part::Copy { from, range } => Some((number, range, Some(from), Vec::new())),
-                    Part::Local { range, gaps } => Some((number, range, None, gaps)),
+                    Part::Copy { from, range } => {
+                        Some((number, range, Some(from), Vec::new(), None))
+                    }
+                    Part::Local {
+                        range,
+                        gaps,
+                        filled,
+                    } => Some((number, range, None, gaps, filled)),
                 }
             })
-            .map(|(number, range, from, gaps)| {
+            .map(|(number, range, from, gaps, filled)| {
                 let upload_id = upload_id.as_str();
                 async move {
                     let etag = match from {
@@ -359,18 +388,16 @@ impl Uploader {
                                 .await?
                         }
                         None => {
-                            let _slot = self.part_slots.acquire().await;
-                            staged.fetch(&self.cache, &gaps).await?;
-                            let reader = staged.file().reader();
-                            send_part(
-                                self.store.clone(),
-                                key,
-                                upload_id,
-                                number,
-                                &reader,
-                                range.clone(),
-                            )
-                            .await?
+                            let (body, _slot) = match filled {
+                                Some(f) => (PartBody::Memory(f.bytes), Some(f.slot)),
+                                None => {
+                                    let slot = self.part_slots.clone().acquire_owned().await.ok();
+                                    staged.fetch(&self.cache, &gaps).await?;
+                                    let reader = staged.file().reader();
+                                    (PartBody::File(reader, range.clone()), slot)
+                                }
+                            };
+                            send_part(self.store.clone(), key, upload_id, number, body).await?
                         }
                     };
                     Ok::<_, WriteError>((number, range, etag))
@@ -414,17 +441,19 @@ impl Uploader {
         Ok(Stream::new(key.to_string(), upload_id, options, created))
     }
 
-    /// The file of `stream` is now `size` bytes, with bytes `written` changed: send
-    /// in the background the parts the writer has moved past, as far as this
-    /// file's share and the memory bound allow.
+    /// The file of `stream` is now `size` bytes, with bytes `written` changed (to
+    /// `data` for a write): send in the background the parts the writer has moved
+    /// past, as far as this file's share and the memory bound allow.
     pub fn stream_written(
         &self,
         stream: &mut Stream,
         reader: &StagingReader,
         size: u64,
         written: Range<u64>,
+        data: Option<&[u8]>,
     ) {
-        stream.touched(written);
+        stream.touched(written.clone());
+        stream.keep(written, data, &self.fill_slots);
         stream.collect();
         while stream.streaming && stream.running.len() < self.parallel_parts {
             let number = stream.next;
@@ -434,8 +463,12 @@ impl Uploader {
             if range.end >= size {
                 break;
             }
-            let Ok(slot) = self.part_slots.clone().try_acquire_owned() else {
-                break;
+            let (body, slot) = match stream.filled.remove(&number) {
+                Some(f) => (PartBody::Memory(f.bytes), f.slot),
+                None => match self.part_slots.clone().try_acquire_owned() {
+                    Ok(slot) => (PartBody::File(reader.clone(), range.clone()), slot),
+                    Err(_) => break,
+                },
             };
             stream.next += 1;
             let generation = stream.generation_of(number);
@@ -443,19 +476,11 @@ impl Uploader {
                 store: self.store.clone(),
                 key: stream.key.clone(),
                 upload_id: stream.upload_id.clone(),
-                reader: reader.clone(),
+                body,
                 slot,
             };
             stream.running.spawn(async move {
-                let result = send_part(
-                    job.store,
-                    &job.key,
-                    &job.upload_id,
-                    number,
-                    &job.reader,
-                    range.clone(),
-                )
-                .await;
+                let result = send_part(job.store, &job.key, &job.upload_id, number, job.body).await;
                 drop(job.slot);
                 (number, range, generation, result)
             });
@@ -544,7 +569,7 @@ struct PartJob {
     store: Arc<dyn ObjectStore>,
     key: String,
     upload_id: String,
-    reader: StagingReader,
+    body: PartBody,
     /// Its share of the memory bound, held until the part is sent.
     slot: OwnedSemaphorePermit,
 }
@@ -638,7 +663,7 @@ mod tests {
         let len = base.as_ref().map_or(0, |b| b.len);
         let mut file = Staged::new(staging.create("k", false).unwrap(), base, len);
         if !data.is_empty() {
-            file.write(0, data.to_vec()).await.unwrap();
+            file.write(0, Bytes::copy_from_slice(data)).await.unwrap();
         }
         (dir, file)
     }
@@ -674,7 +699,9 @@ mod tests {
             len: body.len() as u64,
         };
         let (_dir, mut file) = staged(&[], Some(base)).await;
-        file.write(20 * MIB + 3, b"edit".to_vec()).await.unwrap();
+        file.write(20 * MIB + 3, Bytes::from_static(b"edit"))
+            .await
+            .unwrap();
         body[(20 * MIB + 3) as usize..(20 * MIB + 7) as usize].copy_from_slice(b"edit");
         let uploader = uploader(&store);
         uploader
