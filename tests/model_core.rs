@@ -32,7 +32,7 @@ use common::ops::{Alphabet, At, Case, Fault, Len, MIB, Op, SizeClass, case, patt
 use s3mount::cache::CacheConfig;
 use s3mount::cache::disk::DiskLimits;
 use s3mount::fs::inode::ROOT_INO;
-use s3mount::fs::{Caller, Errno, Fs, FsConfig, OnConflict, RetryPolicy, SetAttr};
+use s3mount::fs::{Caller, Errno, Fs, FsConfig, FsResult, OnConflict, RetryPolicy, SetAttr};
 use s3mount::store::StoreError;
 use s3mount::store::memory::{MemoryStore, Op as StoreOp};
 
@@ -363,12 +363,23 @@ impl Core {
             // An unlinked file: nothing of it is uploaded.
             return flushed.map_err(|e| format!("close of a removed file: {e:?}"));
         }
+        self.closed(h.file, flushed, put_faults, expected_conflict)
+    }
+
+    /// The last close of the named file `file` ended with `flushed`: what
+    /// became of its upload, checked against the model.
+    fn closed(
+        &mut self,
+        file: usize,
+        flushed: FsResult<()>,
+        put_faults: usize,
+        expected_conflict: bool,
+    ) -> Result<(), String> {
         // A new file still empty goes up at the release, which cannot report a
         // failure (a deliberate difference, docs/POSIX.md): it is pending then.
         let outcome = match flushed {
             Ok(()) if self.store.pending_faults(StoreOp::Put) < put_faults => {
-                let new_and_empty =
-                    self.model.saved.is_none() && self.model.files[h.file].is_empty();
+                let new_and_empty = self.model.saved.is_none() && self.model.files[file].is_empty();
                 if !new_and_empty {
                     return Err("a PutObject failed, but close() succeeded".into());
                 }
@@ -640,6 +651,31 @@ impl Core {
                 result?;
                 flushed.map_err(err)?;
                 format!("second handle read {start}+{len}")
+            }
+            Op::SecondTrunc => {
+                let h = self.handle().await?;
+                if self.model.named != Some(h.file) {
+                    return Ok("second handle with O_TRUNC (file removed: skipped)".into());
+                }
+                let put_faults = self.store.pending_faults(StoreOp::Put);
+                self.model.change(h.file);
+                let expected_conflict = self.model.conflict();
+                let fh = self
+                    .fs
+                    .open(h.ino, libc::O_WRONLY | libc::O_TRUNC, ME)
+                    .await
+                    .map_err(err)?;
+                self.model.files[h.file].clear();
+                let flushed = self.fs.flush(fh, ME.process).await;
+                self.fs.release(fh).await;
+                if self.model.saved.is_none() {
+                    // A new file, now empty, goes up at its last release: the
+                    // first handle's.
+                    flushed.map_err(|e| format!("close of a second handle: {e:?}"))?;
+                } else {
+                    self.closed(h.file, flushed, put_faults, expected_conflict)?;
+                }
+                "second handle opened with O_TRUNC, closed".into()
             }
             Op::DropCaches => {
                 // The kernel forgets every inode without an open file.

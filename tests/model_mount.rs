@@ -350,6 +350,18 @@ impl<'a> Run<'a> {
                 })?;
                 format!("second handle pread {start}+{len}")
             }
+            Op::SecondTrunc => {
+                self.both("open with O_TRUNC through a second handle", |s| {
+                    s.handle()?;
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .truncate(true)
+                        .open(s.path())
+                        .map_err(errno)?;
+                    close(f).map(|()| Outcome::Done).map_err(errno)
+                })?;
+                "second handle opened with O_TRUNC, closed".into()
+            }
             Op::MmapRead { at, len } => match mapped(*at, *len) {
                 Some((start, len)) => {
                     self.both("mmap read", |s| s.mmap_read(start, len))?;

@@ -142,6 +142,9 @@ pub enum Op {
         at: At,
         len: Len,
     },
+    /// A second handle opened write-only with O_TRUNC and closed, while the
+    /// first (opened if need be) stays open and goes on.
+    SecondTrunc,
     /// A read through a shared mapping of the file.
     MmapRead {
         at: At,
@@ -365,6 +368,7 @@ pub fn op(alphabet: Alphabet) -> BoxedStrategy<Op> {
                 .prop_map(|(at, len)| Op::SecondRead { at, len })
                 .boxed(),
         ),
+        (1, Just(Op::SecondTrunc).boxed()),
         (3, Just(Op::DropCaches).boxed()),
         (1, Just(Op::Remount).boxed()),
         (
