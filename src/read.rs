@@ -5,7 +5,10 @@
 //! kernel's read-ahead sends several at once, out of order) has the blocks ahead of
 //! it fetched in the background. The window ahead grows with the length of the
 //! sequential run, from 4 MiB up to 64 MiB, and is dropped at the first read
-//! elsewhere; a small random read fetches only the blocks it touches.
+//! elsewhere. A read smaller than a block elsewhere (the first read of a handle
+//! counts as sequential only at the start of the object) is random: it fetches
+//! only a small piece around it, unless its blocks are at hand
+//! ([`BlockCache::read_random`]).
 
 use std::sync::{Arc, Mutex};
 
@@ -56,9 +59,10 @@ impl Reader {
         if offset >= end {
             return Ok(Bytes::new());
         }
-        let ahead = {
+        let (ahead, random) = {
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let sequential = offset <= st.next + SLACK && offset + SLACK >= st.next;
+            let random = !sequential && end - offset < self.cache.block_size();
             if sequential {
                 st.run += end - offset;
                 st.next = st.next.max(end);
@@ -67,7 +71,7 @@ impl Reader {
                 st.ahead = 0;
                 st.next = end;
             }
-            if sequential {
+            let ahead = if sequential {
                 let window = (2 * st.run).clamp(FIRST_WINDOW, MAX_WINDOW);
                 let wanted = self.cache.blocks(&self.obj, end..end + window);
                 let from = wanted.start.max(st.ahead);
@@ -82,12 +86,17 @@ impl Reader {
                 due.then_some(from..wanted.end)
             } else {
                 None
-            }
+            };
+            (ahead, random)
         };
         if let Some(blocks) = ahead {
             self.cache.prefetch(&self.obj, blocks).await;
         }
-        self.cache.read(&self.obj, offset..end).await
+        if random {
+            self.cache.read_random(&self.obj, offset..end).await
+        } else {
+            self.cache.read(&self.obj, offset..end).await
+        }
     }
 }
 
@@ -102,24 +111,29 @@ mod tests {
         (0..len).map(|i| (i * 7 % 256) as u8).collect()
     }
 
-    fn reader(store: &Arc<MemoryStore>, key: &str) -> Reader {
+    fn cache(store: &Arc<MemoryStore>) -> Arc<BlockCache> {
+        let config = CacheConfig {
+            block_size: MIB,
+            memory_bytes: 128 * MIB,
+            in_flight_bytes: 128 * MIB,
+            disk: None,
+        };
+        Arc::new(BlockCache::new(store.clone(), config).unwrap())
+    }
+
+    /// A reader of `key`, as a new handle of it opens one, sharing `cache`.
+    fn reader_in(cache: &Arc<BlockCache>, store: &MemoryStore, key: &str) -> Reader {
         let o = store.object(key).unwrap();
-        let cache = BlockCache::new(
-            store.clone(),
-            CacheConfig {
-                block_size: MIB,
-                memory_bytes: 128 * MIB,
-                in_flight_bytes: 128 * MIB,
-                disk: None,
-            },
-        )
-        .unwrap();
         let obj = ObjectVersion {
             key: Arc::from(key),
             etag: Some(Arc::from(o.etag.as_str())),
             size: o.body.len() as u64,
         };
-        Reader::new(Arc::new(cache), obj)
+        Reader::new(cache.clone(), obj)
+    }
+
+    fn reader(store: &Arc<MemoryStore>, key: &str) -> Reader {
+        reader_in(&cache(store), store, key)
     }
 
     #[tokio::test]
@@ -143,16 +157,82 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_small_random_read_fetches_only_its_block() {
+    async fn a_small_random_read_fetches_only_a_piece_around_it() {
         let body = data(64 * MIB);
         let store = Arc::new(MemoryStore::new());
         store.insert("k", body.clone());
         let r = reader(&store, "k");
-        for off in [40 * MIB + 17, 3 * MIB, 60 * MIB + 5] {
+        // The last one straddles two pieces: one GET all the same.
+        for off in [40 * MIB + 17, 3 * MIB, 60 * MIB + 5, 20 * MIB - 100] {
             let got = r.read(off, 4096).await.unwrap();
             assert_eq!(&got[..], &body[off as usize..off as usize + 4096]);
         }
-        assert_eq!(store.calls(Op::Get), 3);
+        assert_eq!(store.calls(Op::Get), 4);
+        assert_eq!(store.bytes_read(), 5 * 64 * 1024);
+    }
+
+    #[tokio::test]
+    async fn random_reads_that_turn_sequential_get_blocks_and_prefetch() {
+        let body = data(64 * MIB);
+        let store = Arc::new(MemoryStore::new());
+        store.insert("k", body.clone());
+        let r = reader(&store, "k");
+        let start = 30 * MIB + 4096;
+        let got = r.read(start, 4096).await.unwrap();
+        assert_eq!(&got[..], &body[start as usize..start as usize + 4096]);
+        let mut at = start + 4096;
+        while at < 40 * MIB {
+            let got = r.read(at, 128 * 1024).await.unwrap();
+            assert_eq!(&got[..], &body[at as usize..at as usize + got.len()]);
+            at += got.len() as u64;
+        }
+        // A piece, then blocks ahead in a few large GETs, not one per read.
+        let gets = store.calls(Op::Get);
+        assert!((2..=8).contains(&gets), "{gets} GETs");
+    }
+
+    #[tokio::test]
+    async fn a_random_read_of_a_cached_block_fetches_nothing() {
+        let body = data(8 * MIB);
+        let store = Arc::new(MemoryStore::new());
+        store.insert("k", body.clone());
+        let cache = cache(&store);
+        let whole = reader_in(&cache, &store, "k").read(0, MIB as u32).await;
+        assert_eq!(&whole.unwrap()[..], &body[..MIB as usize]);
+        cache.settle().await;
+        let gets = store.calls(Op::Get);
+        let off = MIB / 2 + 3;
+        let got = reader_in(&cache, &store, "k")
+            .read(off, 4096)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], &body[off as usize..off as usize + 4096]);
+        assert_eq!(store.calls(Op::Get), gets);
+    }
+
+    #[tokio::test]
+    async fn concurrent_random_reads_of_one_piece_share_its_fetch() {
+        let body = data(64 * MIB);
+        let store = Arc::new(MemoryStore::new());
+        store.insert("k", body.clone());
+        let cache = cache(&store);
+        let gate = store.hold(Op::Get);
+        // Three programs, each with its own handle, read in the same piece.
+        let offsets = [50 * MIB, 50 * MIB + 8192, 50 * MIB + 30_000];
+        let reads: Vec<_> = offsets
+            .iter()
+            .map(|&off| {
+                let r = reader_in(&cache, &store, "k");
+                tokio::spawn(async move { r.read(off, 4096).await })
+            })
+            .collect();
+        gate.reached(1).await;
+        drop(gate);
+        for (read, off) in reads.into_iter().zip(offsets) {
+            let got = read.await.unwrap().unwrap();
+            assert_eq!(&got[..], &body[off as usize..off as usize + 4096]);
+        }
+        assert_eq!(store.calls(Op::Get), 1);
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::cdn::Distribution;
 use common::{
-    FAIL_LIMIT, Mount, Noise, PrivateGarage, S3Env, TestBucket, assert_fails_with, close,
+    FAIL_LIMIT, Mount, Noise, PrivateGarage, S3Env, TestBucket, assert_fails_with, close, requests,
     run_bounded, wait_until,
 };
 use sha2::{Digest, Sha256};
@@ -40,19 +40,6 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default()
-}
-
-/// The count of `kind` in the "S3 requests: ..." line a mount logs at unmount.
-fn requests(log: &str, kind: &str) -> u64 {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("S3 requests:"))
-        .unwrap_or_else(|| panic!("no request count in the log:\n{log}"));
-    line.split([',', '(', ')'])
-        .filter_map(|part| part.trim().strip_prefix(kind)?.trim().parse().ok())
-        .next()
-        .unwrap_or(0)
 }
 
 /// A Garage of the test's own with `bucket` (tests that stop or freeze it), the

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::time::Instant;
 
-use common::{Mount, TestBucket, sh};
+use common::{Mount, Noise, TestBucket, bytes_received, requests, sh};
 
 #[test]
 fn cp_in_and_out_keeps_bytes_and_sets_content_type() {
@@ -184,5 +184,91 @@ fn names_s3_cannot_store_get_the_right_errno() {
     std::fs::write(mount.join(odd), "ok").unwrap();
     assert_eq!(bucket.get(odd).unwrap(), b"ok");
     assert_eq!(std::fs::read_to_string(mount.join(odd)).unwrap(), "ok");
+    mount.unmount();
+}
+
+const MIB: usize = 1 << 20;
+
+/// `count` offsets for reads of `len` bytes within `size`, from `seed`.
+fn random_offsets(seed: u64, count: usize, size: usize, len: usize) -> Vec<u64> {
+    let mut raw = vec![0u8; count * 8];
+    Noise::new(seed).fill(&mut raw);
+    raw.chunks(8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()) % (size - len) as u64)
+        .collect()
+}
+
+fn pread(f: &std::fs::File, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, offset).unwrap();
+    buf
+}
+
+#[test]
+fn random_reads_fetch_small_pieces_and_a_sequential_run_after_them_is_prefetched() {
+    let bucket = TestBucket::new("random");
+    let size = 128 * MIB;
+    let mut data = vec![0u8; size];
+    Noise::new(7).fill(&mut data);
+    bucket.put("obj", data.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("s3mount.log");
+    let mount = Mount::new(&bucket, &["--log-file", log.to_str().unwrap()]);
+    let f = std::fs::File::open(mount.join("obj")).unwrap();
+    let offsets = random_offsets(1, 40, size, 4096);
+    for &off in &offsets {
+        let want = &data[off as usize..off as usize + 4096];
+        assert!(pread(&f, off, 4096) == want, "4 KiB at {off}");
+    }
+    // Then the last quarter in order, through the same descriptor.
+    let mut at = 3 * size / 4;
+    while at < size {
+        let got = pread(&f, at as u64, 128 * 1024);
+        assert!(got == data[at..at + got.len()], "128 KiB at {at}");
+        at += got.len();
+    }
+    drop(f);
+    mount.unmount();
+    let log = std::fs::read_to_string(&log).unwrap();
+    // A whole block per random read would be 40 MiB or so; the sequential run is 32 MiB.
+    let received = bytes_received(&log);
+    assert!(
+        received < (32 + 8) * MIB as u64,
+        "{received} bytes received for 40 random reads of 4 KiB and 32 MiB read in order"
+    );
+    // Read in order, 32 MiB come in a few large GETs, not one per block.
+    let gets = requests(&log, "GetObject ");
+    assert!(gets <= 40 + 16, "{gets} GETs");
+}
+
+#[test]
+fn concurrent_random_readers_and_a_sequential_one_each_read_the_object() {
+    let bucket = TestBucket::new("readers");
+    let size = 48 * MIB;
+    let mut data = vec![0u8; size];
+    Noise::new(8).fill(&mut data);
+    bucket.put("obj", data.clone());
+    let mount = Mount::new(&bucket, &[]);
+    let path = mount.join("obj");
+    std::thread::scope(|scope| {
+        for reader in 0..4u64 {
+            let (path, data) = (&path, &data);
+            scope.spawn(move || {
+                let f = std::fs::File::open(path).unwrap();
+                for off in random_offsets(100 + reader, 60, size, 4096) {
+                    let want = &data[off as usize..off as usize + 4096];
+                    assert!(
+                        pread(&f, off, 4096) == want,
+                        "reader {reader}: 4 KiB at {off}"
+                    );
+                }
+            });
+        }
+        scope.spawn(|| {
+            let got = std::fs::read(&path).unwrap();
+            assert!(got == data, "the sequential reader got {} bytes", got.len());
+        });
+    });
     mount.unmount();
 }

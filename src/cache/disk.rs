@@ -157,6 +157,13 @@ impl DiskCache {
         self.index().bytes
     }
 
+    /// Whether the block may be on disk (without reading it).
+    pub fn may_have(&self, id: &BlockId) -> bool {
+        let name = file_name(id);
+        self.index().lru.contains(&name)
+            || (!self.indexed.load(Ordering::Acquire) && self.path(&name).exists())
+    }
+
     /// The block, if a valid copy is on disk. A damaged or foreign file is removed.
     pub fn get(&self, id: &BlockId) -> Option<Bytes> {
         let name = file_name(id);

@@ -63,6 +63,8 @@ pub struct MemoryStore {
     /// Calls that take effect but whose answer is lost (a timeout after the
     /// server acted), by operation.
     lost_answers: Mutex<HashMap<Op, usize>>,
+    /// Bytes GETs returned.
+    bytes_read: AtomicU64,
 }
 
 impl MemoryStore {
@@ -126,6 +128,11 @@ impl MemoryStore {
     }
 
     /// How many times `op` was called (failed calls included).
+    /// Bytes all GETs returned so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
     pub fn calls(&self, op: Op) -> u64 {
         lock(&self.calls).get(&op).copied().unwrap_or(0)
     }
@@ -305,6 +312,8 @@ impl ObjectStore for MemoryStore {
             return Err(StoreError::Other("InvalidRange (HTTP 416)".into()));
         }
         let end = range.end.min(len) as usize;
+        self.bytes_read
+            .fetch_add((end - range.start as usize) as u64, Ordering::Relaxed);
         Ok(o.body.slice(range.start as usize..end))
     }
 

@@ -436,6 +436,33 @@ impl Drop for Mount {
     }
 }
 
+/// The count of `kind` in the "S3 requests: ..." line a mount logs at unmount.
+pub fn requests(log: &str, kind: &str) -> u64 {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("S3 requests:"))
+        .unwrap_or_else(|| panic!("no request count in the log:\n{log}"));
+    line.split([',', '(', ')'])
+        .filter_map(|part| part.trim().strip_prefix(kind)?.trim().parse().ok())
+        .next()
+        .unwrap_or(0)
+}
+
+/// The bytes the GETs of a mount brought, from the line it logs at unmount.
+pub fn bytes_received(log: &str) -> u64 {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("S3 requests:"))
+        .unwrap_or_else(|| panic!("no request count in the log:\n{log}"));
+    line.rsplit(", ")
+        .next()
+        .and_then(|tail| tail.strip_suffix(" bytes received"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {line}"))
+}
+
 pub fn is_mounted(path: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let wanted = path.to_string_lossy();
