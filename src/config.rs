@@ -111,6 +111,13 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "WHAT", default_value = "keep")]
     pub on_conflict: ConflictChoice,
 
+    /// close() returns once the file is safe on local disk (its data and its
+    /// journal record synced) instead of once S3 has it; uploads run in the
+    /// background, a few at a time, fsync() still waits for S3 and returns its
+    /// error, unmount waits for them, and a crash leaves them to the next mount
+    #[arg(long)]
+    pub background_uploads: bool,
+
     /// HEAD each object before uploading over it, to catch another writer's
     /// change on servers that ignore If-Match / If-None-Match; `auto`: unless
     /// the endpoint is AWS S3, which enforces them

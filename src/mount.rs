@@ -138,6 +138,7 @@ impl MountConfig {
                     )),
                 },
                 upload_memory: cli.max_memory / 2,
+                background_uploads: cli.background_uploads,
             },
             prefix,
             mountpoint,

@@ -433,3 +433,82 @@ fn a_cloudfront_path_queued_before_a_crash_is_invalidated_after_the_remount() {
     assert!(again.unmount().success());
     assert_eq!(cdn.invalidations().len(), 1, "sent once");
 }
+
+#[test]
+fn background_uploads_close_at_once_fsync_reports_a_failure_and_unmount_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (garage, bucket, cache) = private(dir.path(), "background");
+    let mount = Mount::source(
+        &garage.env,
+        "background",
+        &["--background-uploads", "--cache-dir", &arg(&cache)],
+    );
+    std::fs::create_dir(mount.join("many")).unwrap();
+    let mut closed = std::fs::File::create(mount.join("closed")).unwrap();
+    let mut synced = std::fs::File::create(mount.join("synced")).unwrap();
+    garage.stop();
+    // The server is down: close() succeeds all the same, the file is safe on disk...
+    closed
+        .write_all(b"closed while the server was down")
+        .unwrap();
+    close(closed).unwrap();
+    let noted = records(&cache);
+    assert!(
+        noted
+            .iter()
+            .any(|r| r["key"] == "closed" && r["progress"] == "complete"),
+        "{noted:?}"
+    );
+    // ...but fsync() waits for S3, and says it does not have the file.
+    synced.write_all(b"synced").unwrap();
+    let err = synced.sync_all().expect_err("the upload fails");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    close(synced).unwrap();
+    assert_eq!(
+        std::fs::read(mount.join("closed")).unwrap(),
+        b"closed while the server was down"
+    );
+    garage.resume();
+    for i in 0..200 {
+        std::fs::write(mount.join(&format!("many/{i}")), i.to_string()).unwrap();
+    }
+    // Unmounted at once: it waits for every upload left.
+    assert!(mount.unmount().success());
+    assert_eq!(
+        bucket.get("closed").unwrap(),
+        b"closed while the server was down"
+    );
+    assert_eq!(bucket.get("synced").unwrap(), b"synced");
+    for i in 0..200 {
+        let key = format!("many/{i}");
+        assert_eq!(bucket.get(&key), Some(i.to_string().into_bytes()), "{key}");
+    }
+    assert!(records(&cache).is_empty());
+}
+
+#[test]
+fn a_background_upload_cut_by_a_kill_is_made_by_the_next_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let (garage, bucket, cache) = private(dir.path(), "killed");
+    let mount = Mount::source(
+        &garage.env,
+        "killed",
+        &["--background-uploads", "--cache-dir", &arg(&cache)],
+    );
+    let (data, hash) = noise(3 << 20, 11);
+    let mut file = std::fs::File::create(mount.join("site.css")).unwrap();
+    // The server hangs: the upload that close() leaves to the background with it.
+    garage.pause();
+    file.write_all(&data).unwrap();
+    close(file).unwrap();
+    mount.kill();
+    garage.unpause();
+    let again = Mount::source(&garage.env, "killed", &["--cache-dir", &arg(&cache)]);
+    wait_until(APPEAR, "the object after the remount", || {
+        bucket.keys().contains(&"site.css".to_string())
+    });
+    let got = bucket.get("site.css").unwrap();
+    assert_eq!(Sha256::digest(&got).to_vec(), hash, "the object is whole");
+    assert!(again.unmount().success());
+    assert!(records(&cache).is_empty());
+}

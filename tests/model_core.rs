@@ -246,6 +246,7 @@ impl Core {
                 )),
             },
             upload_memory: 64 * MIB,
+            background_uploads: false,
         };
         let fs = Fs::new(store.clone(), config.clone(), None).expect("fs");
         Self {

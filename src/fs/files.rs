@@ -6,7 +6,7 @@
 use std::ffi::OsStr;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
@@ -20,6 +20,9 @@ use crate::write::upload::FIRST_PART_SIZE;
 
 /// FALLOC_FL_KEEP_SIZE: reserve without changing the size (nothing to do here).
 const KEEP_SIZE: i32 = 1;
+/// Files whose upload is left to the background, at most: past it, close()
+/// waits for its upload.
+const MAX_BACKGROUND_FILES: usize = 1024;
 
 impl Fs {
     /// The write state of `ino`, registering one more user of it; `true` if this
@@ -367,7 +370,20 @@ impl Fs {
         if inode.local && inode.size == 0 && !self.upload_failed(handle.ino).await {
             return Ok(());
         }
+        if self.config.background_uploads && handle.writable && self.background_room() {
+            let open = self.open_state(handle.ino).ok_or(Errno::EBADF)?;
+            let mut of = open.lock().await;
+            return self.make_durable(handle.ino, &mut of).await;
+        }
         self.fsync(fh).await
+    }
+
+    /// May one more file's upload be left to the background? Past a bound, a
+    /// close waits for its upload, as without background uploads.
+    fn background_room(&self) -> bool {
+        self.pending_files
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < MAX_BACKGROUND_FILES
     }
 
     /// Did the last upload of `ino` fail (an fsync's)? Then the last release,
@@ -395,9 +411,12 @@ impl Fs {
     /// A caller that holds the write state of `ino` (a handle, a truncate)
     /// uploaded it: a pending state gives back its hold, and its task stops.
     fn uploaded_while_pending(&self, ino: u64, of: &mut OpenFile) {
-        if of.pending.take().is_some()
-            && let Some((n, _)) = self.state().handles.open.get_mut(&ino)
-        {
+        if of.pending.take().is_none() {
+            return;
+        }
+        self.pending_files
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some((n, _)) = self.state().handles.open.get_mut(&ino) {
             *n = n.saturating_sub(1);
         }
     }
@@ -432,6 +451,19 @@ impl Fs {
         if self.unsaved(ino) && of.write_error.is_none() && of.pending.is_none() {
             // After a failed close, the next attempt waits for the backoff.
             let retry_now = !of.upload_failed;
+            if self.config.background_uploads
+                && self.background_room()
+                && self.make_durable(ino, &mut of).await.is_ok()
+                && of.record.is_some()
+            {
+                let delay = if retry_now {
+                    Duration::ZERO
+                } else {
+                    self.config.retry.first
+                };
+                self.keep_pending(ino, &shared, &mut of, delay);
+                return;
+            }
             let failed = retry_now && self.upload_locked(ino, &mut of).await.is_err();
             if self.unsaved(ino) && of.record.is_some() && (failed || !retry_now) {
                 self.keep_pending(ino, &shared, &mut of, self.config.retry.first);
@@ -514,8 +546,9 @@ impl Fs {
     /// file still being written (its writer never closed it) is left to it
     /// too. Block fetches in flight are let reach the disk cache.
     pub async fn shutdown(&self) {
+        use futures::StreamExt;
         self.halt();
-        for (ino, of) in self.open_states() {
+        let last_attempt = |(ino, of): (u64, SharedOpenFile)| async move {
             let mut of = of.lock().await;
             if of.being_written() {
                 if let Ok(inode) = self.inode(ino) {
@@ -524,7 +557,7 @@ impl Fs {
                         self.key(&inode.path)
                     );
                 }
-                continue;
+                return;
             }
             if self.upload_locked(ino, &mut of).await.is_ok()
                 && of.record.is_none()
@@ -532,7 +565,11 @@ impl Fs {
             {
                 staged.into_file().remove();
             }
-        }
+        };
+        // A few at a time: with background uploads, many may be waiting.
+        futures::stream::iter(self.open_states())
+            .for_each_concurrent(super::write_back::RETRIES_AT_ONCE, last_attempt)
+            .await;
         self.write_dir_times().await;
         self.settle().await;
     }

@@ -85,6 +85,9 @@ pub struct FsConfig {
     pub cache: CacheConfig,
     /// Memory for parts being uploaded, across all uploads.
     pub upload_memory: u64,
+    /// close() returns once the file is durable in the journal; the upload
+    /// runs in the background.
+    pub background_uploads: bool,
 }
 
 /// Who makes a request.
@@ -195,6 +198,9 @@ pub struct Fs {
     /// Background upload attempts at once (the resume of many files must not
     /// crowd out the requests of programs).
     retry_slots: tokio::sync::Semaphore,
+    /// Files whose upload is left to a background task (failed, or, with
+    /// background uploads, not tried yet).
+    pending_files: std::sync::atomic::AtomicUsize,
     /// Directory times waiting for their markers.
     dir_times: dir_times::DirTimes,
     /// For the background tasks, which must not keep the filesystem alive.
@@ -246,6 +252,7 @@ impl Fs {
             journal,
             halt: write_back::Halt::default(),
             retry_slots: tokio::sync::Semaphore::new(write_back::RETRIES_AT_ONCE),
+            pending_files: std::sync::atomic::AtomicUsize::new(0),
             dir_times: dir_times::DirTimes::default(),
             me: me.clone(),
         }))

@@ -262,6 +262,36 @@ impl Fs {
         }
     }
 
+    /// Background uploads: the changes of `ino` are made safe on local disk
+    /// (its staging file synced, its record `Complete` and synced), so that a
+    /// crash leaves the upload to the next mount. A write that failed is
+    /// reported as a close without background uploads reports it.
+    pub(super) async fn make_durable(&self, ino: u64, of: &mut OpenFile) -> FsResult<()> {
+        let inode = self.inode(ino)?;
+        if !inode.dirty || !inode.is_linked() {
+            return Ok(());
+        }
+        if of.write_error.is_some() {
+            return self.upload_locked(ino, of).await;
+        }
+        // Complete already, and not changed since (a change makes the record
+        // `Writing`): what made it complete made it durable.
+        if of
+            .record
+            .as_ref()
+            .is_some_and(|r| r.progress == Progress::Complete)
+        {
+            return Ok(());
+        }
+        let staged = self.ensure_staged(ino, of, true)?;
+        staged.file().sync().await.map_err(|e| {
+            tracing::error!("cannot sync {}: {e}", staged.file().path().display());
+            Errno::from(e)
+        })?;
+        self.note(&inode, of, Progress::Complete).await?;
+        self.save_record(&inode, of, true).await
+    }
+
     /// One attempt to upload a complete file.
     async fn attempt(&self, ino: u64, of: &mut OpenFile, inode: &Inode, key: &str) -> Outcome {
         let condition = self.condition_of(of);
@@ -696,6 +726,8 @@ impl Fs {
             .next_fh
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         of.pending = Some(generation);
+        self.pending_files
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.state()
             .handles
             .open
@@ -718,6 +750,7 @@ impl Fs {
         let writing = of.being_written();
         let inode = self.inode(ino).ok();
         let was_dirty = self.unsaved(ino);
+        let first_attempt = !of.upload_failed;
         let result = if writing || !was_dirty {
             // Open and being changed again: its writer's close uploads it.
             Ok(())
@@ -733,9 +766,15 @@ impl Fs {
             && !writing
             && let Some(inode) = &inode
         {
-            tracing::info!("uploaded {} on a retry", self.key(&inode.path));
+            if first_attempt {
+                tracing::debug!("uploaded {} in the background", self.key(&inode.path));
+            } else {
+                tracing::info!("uploaded {} on a retry", self.key(&inode.path));
+            }
         }
         of.pending = None;
+        self.pending_files
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         drop(of);
         self.close_file(ino).await;
         true

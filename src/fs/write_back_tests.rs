@@ -610,3 +610,54 @@ async fn a_resume_of_many_files_uploads_a_few_at_a_time() {
     }
     assert_eq!(m.store.keys().len(), 20);
 }
+
+fn background() -> Mount {
+    mount_with(|c| c.background_uploads = true)
+}
+
+#[tokio::test]
+async fn a_background_close_returns_before_the_upload_and_unmount_waits_for_it() {
+    let m = background();
+    let gate = m.store.hold(Op::Put);
+    write_file(&m.fs, ROOT_INO, "f", b"saved").await.unwrap();
+    assert!(m.body("f").is_none());
+    // Safe on disk: a crash now would leave it to the next mount.
+    assert_eq!(m.records().len(), 1);
+    drop(gate);
+    assert_eq!(lookup_read(&m.fs, "f").await, b"saved");
+    m.fs.shutdown().await;
+    assert_eq!(m.body("f").unwrap(), b"saved");
+    assert!(m.records().is_empty());
+}
+
+#[tokio::test]
+async fn fsync_with_background_uploads_waits_for_s3_and_reports_its_error() {
+    let m = background();
+    let (_, fh) =
+        m.fs.create(ROOT_INO, name("f"), FILE_MODE, libc::O_WRONLY, ME)
+            .await
+            .unwrap();
+    m.fs.write(fh, 0, b"data".to_vec()).await.unwrap();
+    m.store.fail_next(Op::Put, down());
+    assert_eq!(m.fs.fsync(fh).await, Err(Errno::EIO));
+    m.fs.fsync(fh).await.unwrap();
+    assert_eq!(m.body("f").unwrap(), b"data");
+    m.fs.flush(fh, ME.process).await.unwrap();
+    m.fs.release(fh).await;
+}
+
+#[tokio::test]
+async fn a_background_upload_cut_by_a_crash_is_made_by_the_next_mount() {
+    let mut m = background();
+    m.store.fail_next(Op::Put, down());
+    let data = pattern(3 * MIB);
+    write_file(&m.fs, ROOT_INO, "f", &data).await.unwrap();
+    // The background attempt fails: the file waits for the next one.
+    while m.store.pending_faults(Op::Put) > 0 {
+        tokio::task::yield_now().await;
+    }
+    assert!(m.body("f").is_none());
+    assert_eq!(m.crash_and_remount().await, 1);
+    m.fs.shutdown().await;
+    assert_eq!(m.body("f").unwrap(), data);
+}
