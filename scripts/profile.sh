@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Where the daemon's CPU goes: a 2 GiB cp into a mount, a cold cat of it, and four
+# cats of four 256 MiB objects at once (written by four cps first), each through a fresh mount of a private
+# Garage, with wall time, the daemon's CPU seconds (user + system, from /proc) and
+# its peak RSS (VmHWM).
+#
+#   scripts/profile.sh            the figures
+#   scripts/profile.sh --perf     also a perf profile of the daemon in each step
+#                                 (DIR/perf.STEP.data; `perf report -i FILE`)
+#   scripts/profile.sh --dir DIR  work in DIR (default: a new directory under /tmp;
+#                                 needs ~7 GB, and 3 GB of /dev/shm for the sources)
+#
+# Needs root (drop_caches) and Garage (scripts/garage.sh install); stops what it
+# started, also on error or Ctrl-C. The benchmark against the peers is
+# scripts/bench.sh; this is the profile its targets are explained with.
+set -euo pipefail
+export LC_ALL=C
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+perf=
+work=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --perf) perf=1 ;;
+    --dir) work=$2; shift ;;
+    *) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2; exit 2 ;;
+  esac
+  shift
+done
+own=
+if [ -z "$work" ]; then work=$(mktemp -d /tmp/s3mount-profile.XXXXXX); own=1; fi
+mkdir -p "$work/mnt"
+src=$(mktemp -d /dev/shm/s3mount-profile.XXXXXX)
+pid=
+
+cleanup() {
+  if mountpoint -q "$work/mnt"; then fusermount3 -u "$work/mnt" || true; fi
+  if [ -n "$pid" ]; then wait "$pid" 2>/dev/null || true; fi
+  scripts/garage.sh stop "$work/garage" >/dev/null 2>&1 || true
+  rm -rf "$src" "${work:?}/cache" "${work:?}/mnt" "${work:?}/garage"
+  # A directory of its own goes too, unless it holds the profiles.
+  if [ -n "$own" ] && [ -z "$perf" ]; then rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+cargo build --release --quiet --bin s3mount
+scripts/garage.sh install
+scripts/garage.sh start "$work/garage" profile >/dev/null
+# shellcheck disable=SC1091
+source "$work/garage/env"
+head -c $((2 << 30)) /dev/urandom > "$src/big"
+for i in 0 1 2 3; do head -c $((256 << 20)) /dev/urandom > "$src/part$i"; done
+
+mount_fresh() {
+  rm -rf "$work/cache"
+  sync
+  echo 3 > /proc/sys/vm/drop_caches
+  "$repo/target/release/s3mount" profile "$work/mnt" --endpoint-url "$S3_ENDPOINT" \
+    --force-path-style --cache-dir "$work/cache" --foreground --log-file "$work/$1.log" &
+  pid=$!
+  for _ in $(seq 100); do mountpoint -q "$work/mnt" && return 0; sleep 0.1; done
+  echo "profile.sh: the mount did not come up; see $work/$1.log" >&2
+  exit 1
+}
+
+# step NAME COMMAND...: run COMMAND through a fresh mount and print its figures.
+step() {
+  local name=$1 prof='' start end
+  shift
+  mount_fresh "$name"
+  if [ -n "$perf" ]; then
+    perf record -F 499 -g -p "$pid" -o "$work/perf.$name.data" >/dev/null 2>&1 &
+    prof=$!
+  fi
+  start=$(date +%s.%N)
+  "$@"
+  end=$(date +%s.%N)
+  local cpu rss
+  cpu=$(awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$pid/stat")
+  rss=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$pid/status")
+  if [ -n "$prof" ]; then kill -INT "$prof"; wait "$prof" || true; fi
+  fusermount3 -u "$work/mnt"
+  wait "$pid" || true
+  pid=
+  printf '%-28s wall %6.2f s   daemon CPU %6.2f s   peak RSS %4d MiB\n' \
+    "$name" "$(echo "$end - $start" | bc)" "$cpu" "$rss"
+}
+
+write_big() { cp "$src/big" "$work/mnt/big"; }
+write_four() { for i in 0 1 2 3; do cp "$src/part$i" "$work/mnt/part$i"; done; }
+read_big() { cat "$work/mnt/big" > /dev/null; }
+read_four() {
+  local readers=()
+  for i in 0 1 2 3; do cat "$work/mnt/part$i" > /dev/null & readers+=($!); done
+  for r in "${readers[@]}"; do wait "$r"; done
+}
+
+echo "s3mount $(git rev-parse --short HEAD), $(nproc) cores"
+step "cp 2 GiB in" write_big
+step "cp 4 x 256 MiB in" write_four
+step "cat 2 GiB, cold" read_big
+step "4 cats of 256 MiB, cold" read_four
+if [ -n "$perf" ]; then echo "perf profiles and logs: $work"; fi
