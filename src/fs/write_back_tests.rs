@@ -652,8 +652,10 @@ async fn a_background_upload_cut_by_a_crash_is_made_by_the_next_mount() {
     m.store.fail_next(Op::Put, down());
     let data = pattern(3 * MIB);
     write_file(&m.fs, ROOT_INO, "f", &data).await.unwrap();
-    // The background attempt fails: the file waits for the next one.
-    while m.store.pending_faults(Op::Put) > 0 {
+    // The background attempt fails (and is over: a dead process writes
+    // nothing more): the file waits for the next one.
+    let (_, state) = m.fs.open_states().pop().unwrap();
+    while !state.lock().await.upload_failed {
         tokio::task::yield_now().await;
     }
     assert!(m.body("f").is_none());
