@@ -2,10 +2,19 @@
 //! s3mount, without FUSE) and the S3 helper of `scripts/bench.sh`.
 //!
 //! Settings come from the environment that `scripts/garage.sh start` writes
-//! (S3_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY). Every command
-//! prints one line of `name=value` words on stdout, ending with `seconds=` (time
-//! spent on S3, the client already built) and `rss_mib=` (this process's peak RSS).
-//! Errors print one line on stderr and exit 1.
+//! (S3_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY). Every S3
+//! command prints one line of `name=value` words on stdout, ending with `seconds=`
+//! (time spent on S3, the client already built), `rss_mib=` (this process's peak
+//! RSS) and `cpu_s=` (its CPU time, user and system). Errors print one line on
+//! stderr and exit 1. `proxy` is the delay proxy the benchmark puts between every
+//! tool and the server (see its module).
+
+#[path = "s3mount_bench/proxy.rs"]
+mod proxy;
+#[path = "s3mount_bench/tree.rs"]
+mod tree;
+
+use std::net::SocketAddr;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -77,8 +86,32 @@ enum Command {
         #[arg(long, short, default_value_t = 32)]
         jobs: usize,
     },
+    /// Download several objects at once (each as `get` does) and discard them
+    GetMany {
+        bucket: String,
+        #[arg(required = true)]
+        keys: Vec<String>,
+        /// Ranges in flight for each object
+        #[arg(long, short, default_value_t = 8)]
+        jobs: usize,
+    },
+    /// Upload every file under DIR as PREFIX + its path below DIR
+    PutTree {
+        dir: PathBuf,
+        bucket: String,
+        prefix: String,
+        /// Uploads in flight
+        #[arg(long, short, default_value_t = 32)]
+        jobs: usize,
+    },
     /// List one directory (delimiter "/", every page): the `ls` equivalent
-    List { bucket: String, prefix: String },
+    List {
+        bucket: String,
+        prefix: String,
+        /// Every key under PREFIX in one listing (no delimiter): what a sync needs
+        #[arg(long)]
+        recursive: bool,
+    },
     /// List a tree directory by directory, several at a time: the `find` equivalent
     Walk {
         bucket: String,
@@ -101,6 +134,34 @@ enum Command {
         count: u64,
         size: u64,
         seed: u64,
+    },
+    /// Write a tree of DIRS x FILES files into DIR: DIR/dNNN/fNN.c
+    Tree {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        dirs: u64,
+        #[arg(long, default_value_t = 20)]
+        files: u64,
+        #[arg(long, default_value_t = 1024)]
+        min_size: u64,
+        #[arg(long, default_value_t = 16384)]
+        max_size: u64,
+        /// Seed of the sizes: the same tree for the same seed
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Seed of the bodies (default: a new one each time)
+        #[arg(long)]
+        content_seed: Option<u64>,
+    },
+    /// Forward TCP connections to UPSTREAM, each direction delayed by half of DELAY_MS
+    Proxy {
+        #[arg(long, value_name = "ADDR")]
+        listen: SocketAddr,
+        #[arg(long, value_name = "ADDR")]
+        upstream: SocketAddr,
+        /// The round trip added to every exchange, in milliseconds
+        #[arg(long)]
+        delay_ms: u64,
     },
     /// Wait until KEY exists with SIZE bytes
     Wait {
@@ -126,29 +187,71 @@ type Res<T> = Result<T, String>;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Command::Offsets {
-        object_size,
-        count,
-        size,
-        seed,
-    } = cli.command
-    {
-        return match offsets(object_size, count, size, seed) {
-            Ok(list) => {
-                let text: Vec<String> = list.iter().map(u64::to_string).collect();
-                println!("{}", text.join("\n"));
-                std::process::ExitCode::SUCCESS
-            }
-            Err(e) => fail(&e),
-        };
+    match cli.command {
+        Command::Offsets {
+            object_size,
+            count,
+            size,
+            seed,
+        } => {
+            return match offsets(object_size, count, size, seed) {
+                Ok(list) => {
+                    let text: Vec<String> = list.iter().map(u64::to_string).collect();
+                    println!("{}", text.join("\n"));
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            };
+        }
+        Command::Tree {
+            ref dir,
+            dirs,
+            files,
+            min_size,
+            max_size,
+            seed,
+            content_seed,
+        } => {
+            let shape = tree::Shape {
+                dirs,
+                files,
+                min_size,
+                max_size,
+                seed,
+            };
+            return match tree::write(dir, &shape, content_seed.unwrap_or_else(tree::fresh_seed)) {
+                Ok(line) => {
+                    println!("{line}");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            };
+        }
+        _ => {}
     }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
+    if let Command::Proxy {
+        listen,
+        upstream,
+        delay_ms,
+    } = cli.command
+    {
+        let delay = Duration::from_millis(delay_ms);
+        return match rt.block_on(proxy::run(listen, upstream, delay)) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        };
+    }
     match rt.block_on(run(cli)) {
         Ok(line) => {
-            println!("{line} rss_mib={}", peak_rss_mib());
+            println!(
+                "{line} rss_mib={} cpu_s={:.2}",
+                peak_rss_mib(),
+                cpu_seconds()
+            );
             std::process::ExitCode::SUCCESS
         }
         Err(e) => fail(&e),
@@ -208,7 +311,26 @@ async fn run(cli: Cli) -> Res<String> {
             )
             .await?
         }
-        Command::List { bucket, prefix } => {
+        Command::GetMany { bucket, keys, jobs } => get_many(&s3, &bucket, &keys, jobs).await?,
+        Command::PutTree {
+            dir,
+            bucket,
+            prefix,
+            jobs,
+        } => put_tree(&s3, &dir, &bucket, &prefix, jobs).await?,
+        Command::List {
+            bucket,
+            prefix,
+            recursive: true,
+        } => {
+            let n = count_keys(&s3, &bucket, &prefix, |_| true).await?;
+            format!("entries={n} files={n} dirs=0")
+        }
+        Command::List {
+            bucket,
+            prefix,
+            recursive: false,
+        } => {
             let (files, dirs) = list_dir(&s3, &bucket, &prefix).await?;
             format!(
                 "entries={} files={} dirs={}",
@@ -241,7 +363,9 @@ async fn run(cli: Cli) -> Res<String> {
             n,
             timeout,
         } => wait_count(&s3, &bucket, &prefix, n, timeout).await?,
-        Command::Offsets { .. } => return Err("offsets is answered without a client".into()),
+        Command::Offsets { .. } | Command::Tree { .. } | Command::Proxy { .. } => {
+            return Err("this command is answered without a client".into());
+        }
     };
     Ok(format!(
         "{line} seconds={:.3}",
@@ -444,6 +568,42 @@ async fn get(s3: &Client, bucket: &str, key: &str, out: &Path, jobs: usize) -> R
     Ok(format!("bytes={size}"))
 }
 
+async fn get_many(s3: &Client, bucket: &str, keys: &[String], jobs: usize) -> Res<String> {
+    let null = Path::new("/dev/null");
+    let done =
+        futures::future::try_join_all(keys.iter().map(|key| get(s3, bucket, key, null, jobs)))
+            .await?;
+    Ok(format!("objects={}", done.len()))
+}
+
+async fn put_tree(s3: &Client, dir: &Path, bucket: &str, prefix: &str, jobs: usize) -> Res<String> {
+    let files = tree::files(dir)?;
+    let n = files.len();
+    let bytes = stream::iter(files)
+        .map(|(path, rel)| {
+            let (s3, bucket, key) = (s3.clone(), bucket.to_string(), format!("{prefix}{rel}"));
+            tokio::spawn(async move {
+                let data = tokio::fs::read(&path)
+                    .await
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let len = data.len() as u64;
+                s3.put_object()
+                    .bucket(bucket)
+                    .key(&key)
+                    .body(ByteStream::from(data))
+                    .send()
+                    .await
+                    .map_err(|e| sdk(&format!("PutObject {key}"), e))?;
+                Ok::<_, String>(len)
+            })
+        })
+        .buffer_unordered(jobs.max(1))
+        .map(|r| r.map_err(joined).and_then(|r| r))
+        .try_fold(0, |sum, len| async move { Ok(sum + len) })
+        .await?;
+    Ok(format!("objects={n} bytes={bytes}"))
+}
+
 /// `PREFIXfNNNNN`, or with `dirs` `PREFIXdNNN/fNNNNN` (`count` in each directory).
 fn many_keys(prefix: &str, count: u64, dirs: Option<u64>) -> Vec<String> {
     match dirs {
@@ -610,6 +770,19 @@ async fn wait(s3: &Client, bucket: &str, key: &str, size: u64, timeout: u64) -> 
 
 /// Keys under `prefix` that are files (not directory markers), over every page.
 async fn count_files(s3: &Client, bucket: &str, prefix: &str) -> Res<u64> {
+    count_keys(s3, bucket, prefix, |k| {
+        !k.ends_with('/') && !k.ends_with("_$folder$")
+    })
+    .await
+}
+
+/// Keys under `prefix` that `wanted` accepts, over every page.
+async fn count_keys(
+    s3: &Client,
+    bucket: &str,
+    prefix: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> Res<u64> {
     let mut pages = s3
         .list_objects_v2()
         .bucket(bucket)
@@ -623,7 +796,7 @@ async fn count_files(s3: &Client, bucket: &str, prefix: &str) -> Res<u64> {
             .contents()
             .iter()
             .filter_map(|o| o.key())
-            .filter(|k| !k.ends_with('/') && !k.ends_with("_$folder$"))
+            .filter(|k| wanted(k))
             .count() as u64;
     }
     Ok(n)
@@ -651,6 +824,20 @@ async fn wait_count(s3: &Client, bucket: &str, prefix: &str, n: u64, timeout: u6
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// The CPU time this process used so far, user and system, in seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given, which is plain data.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &raw mut usage) != 0 {
+            return 0.0;
+        }
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 /// This process's peak resident set (VmHWM), in MiB; 0 if /proc does not say.
