@@ -64,7 +64,7 @@ ALL_TOOLS=(s3mount s3fs rclone direct)
 GIB=$((1 << 30))
 W12_SIZE=$((256 << 20))
 SEED=42
-LIMIT=600       # seconds any one step may take
+LIMIT=${BENCH_STEP_LIMIT:-600} # seconds any one step may take (the variable is for tests)
 CASE_LIMIT=2400 # seconds one case (one workload, tool, round trip and run) may take
 EXIT_LIMIT=120  # seconds a mount daemon may take to exit after its unmount
 TREE_FILES=2000 # the tree of W9 and W10: 100 dirs x 20 files
@@ -224,18 +224,23 @@ stop_case() {
 }
 
 # Every mount is registered in $work/run/mount.* ("PID MOUNTPOINT") while it is up,
-# so that both a failed case and the script's exit can take it down.
+# so that both a failed case and the script's exit can take it down. Nothing here
+# may fail under set -e: a registration left behind would fail the next case too.
 release_mounts() {
   local f pid mnt i
   for f in "$work"/run/mount.*; do
     [ -e "$f" ] || continue
-    read -r pid mnt < "$f"
-    fusermount3 -uz "$mnt" 2> /dev/null
-    kill "$pid" 2> /dev/null
-    for i in $(seq 1 50); do alive "$pid" || break; sleep 0.1; done
-    kill -9 "$pid" 2> /dev/null
+    pid='' mnt=''
+    read -r pid mnt < "$f" || true
+    [ -z "$mnt" ] || ! is_mounted "$mnt" || fusermount3 -uz "$mnt" 2> /dev/null || true
+    if [ -n "$pid" ]; then
+      kill "$pid" 2> /dev/null || true
+      for i in $(seq 1 50); do alive "$pid" || break; sleep 0.1; done
+      ! alive "$pid" || kill -9 "$pid" 2> /dev/null || true
+    fi
     rm -f "$f"
   done
+  return 0
 }
 
 # Every delay proxy is registered in $work/run/proxy.* (its PID) while it runs.
@@ -319,7 +324,13 @@ drop_caches() {
   bounded_sync
   echo 3 > /proc/sys/vm/drop_caches
 }
-bounded() { timeout -k 10 "$LIMIT" "$@"; }
+# Run a step for at most LIMIT seconds.
+bounded() {
+  local status=0
+  timeout -k 10 "$LIMIT" "$@" || status=$?
+  [ $status -ne 124 ] && [ $status -ne 137 ] || echo "$1 ran over $LIMIT s and was stopped" >&2
+  return $status
+}
 # A seed for new random bodies (see the top).
 random_seed() { od -An -tu8 -N8 /dev/urandom | tr -d ' '; }
 
@@ -735,8 +746,10 @@ run_case() {
   [[ $c != *-* ]] || args=("${c#*-}")
   printf '%-9s %-8s %4s ms run %s/%s: ' "$c" "$tool" "$RTT" "$RUN" "$runs" >&2
   (
-    set -euo pipefail
-    trap release_mounts EXIT
+    set -Eeuo pipefail
+    # The failing command into the log, for failures that say nothing themselves.
+    trap 'echo "bench.sh: failed (status $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
+    trap 'set +e; release_mounts' EXIT
     "$fn" "$tool" "${args[@]}"
   ) > "$log" 2>&1 &
   case_pid=$!
