@@ -896,7 +896,7 @@ async fn a_file_open_in_a_renamed_directory_keeps_reading() {
 }
 
 /// Read a whole directory as the kernel does, `batch` entries at a time.
-async fn list_dir(fs: &Fs, ino: u64, plus: bool) -> Vec<Listed> {
+pub(super) async fn list_dir(fs: &Fs, ino: u64, plus: bool) -> Vec<Listed> {
     let fh = fs.opendir(ino).unwrap();
     let mut all: Vec<Listed> = Vec::new();
     loop {

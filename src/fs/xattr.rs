@@ -91,7 +91,20 @@ impl Fs {
         if !is_kept(name) {
             return Err(Errno::ENODATA);
         }
+        if (name == acl::ACCESS || name == acl::DEFAULT) && self.shows_defaults(ino)? {
+            return Err(Errno::ENODATA);
+        }
         self.xattrs(ino).await?.remove(name).ok_or(Errno::ENODATA)
+    }
+
+    /// Does `ino` show the mount's defaults, its headers never read? A listed
+    /// object does (without --head-listed), and its ACLs are then none, like its
+    /// mode and owner: `ls -l` asks for the ACL of every entry it shows, and a HEAD
+    /// for each would make it one request per entry. A lookup by name, and any
+    /// other attribute asked for, read the headers.
+    fn shows_defaults(&self, ino: u64) -> FsResult<bool> {
+        let inode = self.inode(ino)?;
+        Ok(inode.headers.is_none() && !inode.local)
     }
 
     /// The names, each followed by a NUL, as listxattr(2) returns them.

@@ -2,7 +2,7 @@
 
 use super::acl::{self, Acl};
 use super::inode::{Kind, ROOT_INO};
-use super::tests::{ME, meta_of, name, remount, setup, test_config, write_file};
+use super::tests::{ME, list_dir, meta_of, name, remount, setup, test_config, write_file};
 use super::*;
 use crate::store::memory::Op;
 
@@ -91,6 +91,45 @@ async fn attributes_s3fs_wrote_are_read_and_ours_survive_a_remount() {
         s.store.object("d/").unwrap().content_type.as_deref(),
         Some("application/x-directory")
     );
+}
+
+#[tokio::test]
+async fn a_listed_object_has_no_acl_until_its_headers_are_read() {
+    let s = setup();
+    let acl = acl_with_user(1234, 6, 6);
+    let stored = xattr::encode(&[(acl::ACCESS.to_string(), acl.clone())].into());
+    s.store
+        .insert_with("d/f", "x", [("xattr".to_string(), stored)].into());
+    let d = s.fs.lookup(ROOT_INO, name("d")).await.unwrap();
+    let listed = list_dir(&s.fs, d.ino, true).await;
+    let f = listed.iter().find(|e| e.name == "f").unwrap();
+    // `ls -l` asks every entry for its ACL: like the mode, a listed entry shows
+    // the mount's defaults (none), without a HEAD each.
+    let heads = s.store.calls(Op::Head);
+    assert_eq!(
+        s.fs.getxattr(f.ino, name(acl::ACCESS)).await,
+        Err(Errno::ENODATA)
+    );
+    assert_eq!(s.store.calls(Op::Head), heads);
+    // Any other attribute asked for reads the headers, and then the ACL is there.
+    assert_eq!(
+        s.fs.getxattr(f.ino, name("user.none")).await,
+        Err(Errno::ENODATA)
+    );
+    assert_eq!(s.store.calls(Op::Head), heads + 1);
+    assert_eq!(s.fs.getxattr(f.ino, name(acl::ACCESS)).await.unwrap(), acl);
+    // Looked up by name, an object's headers are read: its ACL shows at once.
+    s.store.insert_with(
+        "g",
+        "x",
+        [(
+            "xattr".to_string(),
+            xattr::encode(&[(acl::ACCESS.to_string(), acl.clone())].into()),
+        )]
+        .into(),
+    );
+    let g = s.fs.lookup(ROOT_INO, name("g")).await.unwrap();
+    assert_eq!(s.fs.getxattr(g.ino, name(acl::ACCESS)).await.unwrap(), acl);
 }
 
 #[tokio::test]
