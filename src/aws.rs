@@ -1,12 +1,14 @@
 //! The AWS configuration S3 and CloudFront clients share: credentials and region
 //! from the standard chain, retries, timeouts, and AWS_CA_BUNDLE.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
+use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
 use aws_sdk_s3::config::SharedHttpClient;
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
 use aws_smithy_types::error::display::DisplayErrorContext;
@@ -14,9 +16,17 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 /// Region used when neither the command line nor the AWS configuration names one.
 const DEFAULT_REGION: &str = "us-east-1";
 
+/// Which profile of which credentials file, where the defaults (AWS_PROFILE,
+/// ~/.aws/credentials) do not do: a mount from fstab or systemd has no HOME.
+#[derive(Clone, Debug, Default)]
+pub struct Profile {
+    pub name: Option<String>,
+    pub credentials_file: Option<PathBuf>,
+}
+
 /// The standard AWS configuration chain (environment, profile, web identity,
 /// instance metadata), in `region` if given.
-pub async fn load(region: Option<String>) -> Result<SdkConfig, String> {
+pub async fn load(region: Option<String>, profile: &Profile) -> Result<SdkConfig, String> {
     let region = RegionProviderChain::first_try(region.map(aws_config::Region::new))
         .or_default_provider()
         .or_else(DEFAULT_REGION);
@@ -29,6 +39,17 @@ pub async fn load(region: Option<String>) -> Result<SdkConfig, String> {
                 .read_timeout(Duration::from_secs(60))
                 .build(),
         );
+    if let Some(name) = &profile.name {
+        loader = loader.profile_name(name);
+    }
+    if let Some(file) = &profile.credentials_file {
+        loader = loader.profile_files(
+            EnvConfigFiles::builder()
+                .include_default_config_file(true)
+                .with_file(EnvConfigFileKind::Credentials, file)
+                .build(),
+        );
+    }
     if let Some(client) = http_client_with_ca_bundle()? {
         loader = loader.http_client(client);
     }

@@ -17,7 +17,7 @@ use clap::Parser;
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "s3mount",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("VERGEN_GIT_DESCRIBE"), ")"),
     after_help = "Unmount with `fusermount3 -u MOUNTPOINT` (or `umount`, or Ctrl-C with --foreground).\nPending uploads finish before s3mount exits."
 )]
 pub struct Cli {
@@ -35,6 +35,15 @@ pub struct Cli {
     /// Region (default: from the AWS configuration, else us-east-1)
     #[arg(long, value_name = "REGION")]
     pub region: Option<String>,
+
+    /// AWS profile to use [default: AWS_PROFILE, else the default profile]
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+
+    /// AWS credentials file [default: AWS_SHARED_CREDENTIALS_FILE, else
+    /// ~/.aws/credentials]; for mounts at boot, which have no home directory
+    #[arg(long, value_name = "FILE")]
+    pub credentials_file: Option<PathBuf>,
 
     /// Address the bucket in the path (http://host/bucket), not as a subdomain
     #[arg(long)]
@@ -104,6 +113,10 @@ pub struct Cli {
     /// Let other users than the one who mounts use the mount
     #[arg(long)]
     pub allow_other: bool,
+
+    /// Do not let programs be run from the mount
+    #[arg(long)]
+    pub noexec: bool,
 
     /// When another writer changed a file since this mount read it: keep both
     /// (theirs at the name, ours beside it as NAME.conflict-YYYYMMDD-HHMMSS, and
@@ -234,6 +247,11 @@ pub fn default_cache_dir() -> PathBuf {
     }
     if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(home).join(".cache").join("s3mount");
+    }
+    // Mounts at boot (fstab, systemd) run without HOME; the cache holds uploads
+    // not yet made, which must survive a reboot, so not under /tmp.
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/cache/s3mount");
     }
     std::env::temp_dir().join(format!("s3mount-{}", nix::unistd::geteuid()))
 }

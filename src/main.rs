@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use s3mount::config::Cli;
 use s3mount::daemon::{self, Readiness};
 
@@ -17,7 +17,16 @@ fn main() -> ExitCode {
     // The cache directory holds the bucket's data: nothing s3mount creates is
     // for other users to read.
     s3mount::private::restrict_umask();
-    let cli = Cli::parse();
+    // mount(8), fstab and mount.fuse3 pass options as `-o a=b,c`.
+    let line =
+        match s3mount::mount_args::command_line(std::env::args_os().collect(), &Cli::command()) {
+            Ok(line) => line,
+            Err(e) => {
+                eprintln!("s3mount: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    let cli = Cli::parse_from(line.args);
     let config = mountpoint::check(&cli.mountpoint).and_then(|mp| MountConfig::new(cli, mp));
     let config = match config {
         Ok(c) => c,
@@ -26,6 +35,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if line.fake {
+        // mount -f: everything checked, nothing mounted.
+        return ExitCode::SUCCESS;
+    }
     if config.foreground {
         match mount::run(config, &mut Readiness::none()) {
             Ok(()) => ExitCode::SUCCESS,

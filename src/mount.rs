@@ -40,7 +40,9 @@ pub struct MountConfig {
     pub mountpoint: PathBuf,
     pub cache_dir: PathBuf,
     pub fs: FsConfig,
+    pub profile: crate::aws::Profile,
     pub allow_other: bool,
+    pub noexec: bool,
     pub foreground: bool,
     pub log_level: String,
     pub log_file: Option<PathBuf>,
@@ -95,6 +97,17 @@ impl MountConfig {
                     ignore: cli.cloudfront_ignore.clone(),
                 },
             });
+        // Checked here: the SDK would silently go on without a file it cannot read.
+        // Absolute, as the background process changes directory.
+        let credentials_file = cli
+            .credentials_file
+            .as_ref()
+            .map(|f| {
+                std::fs::File::open(f)
+                    .and_then(|_| f.canonicalize())
+                    .map_err(|e| format!("credentials file {}: {e}", f.display()))
+            })
+            .transpose()?;
         let log_file = cli
             .log_file
             .clone()
@@ -143,7 +156,12 @@ impl MountConfig {
             prefix,
             mountpoint,
             cache_dir,
+            profile: crate::aws::Profile {
+                name: cli.profile.clone(),
+                credentials_file,
+            },
             allow_other: cli.allow_other,
+            noexec: cli.noexec,
             foreground: cli.foreground,
             log_level: cli.log_level,
             log_file,
@@ -268,7 +286,7 @@ pub fn run(mut config: MountConfig, readiness: &mut Readiness) -> Result<(), Str
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let (store, cdn) = rt.block_on(async {
-        let sdk_config = crate::aws::load(config.settings.region.clone()).await?;
+        let sdk_config = crate::aws::load(config.settings.region.clone(), &config.profile).await?;
         config.fs.check_before_upload = match config.check_before_upload {
             CheckBeforeUpload::Always => true,
             CheckBeforeUpload::Never => false,
@@ -334,6 +352,9 @@ pub fn run(mut config: MountConfig, readiness: &mut Readiness) -> Result<(), Str
             MountOption::RW
         },
     ];
+    if config.noexec {
+        options.mount_options.push(MountOption::NoExec);
+    }
     if config.allow_other {
         options.acl = SessionACL::All;
     }

@@ -704,7 +704,7 @@ async fn the_memory_store_conforms() {
 
 /// The S3 store over `env`, for `bucket`.
 async fn s3_store(env: &S3Env, bucket: &str) -> Store {
-    let config = s3mount::aws::load(Some(env.region.clone()))
+    let config = s3mount::aws::load(Some(env.region.clone()), &Default::default())
         .await
         .expect("AWS configuration");
     let settings = S3Settings {

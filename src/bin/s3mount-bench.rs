@@ -265,7 +265,7 @@ fn fail(e: &str) -> std::process::ExitCode {
 
 /// A client set up as s3mount's (src/store/s3.rs) is.
 async fn client(cli: &Cli) -> Res<Client> {
-    let sdk_config = s3mount::aws::load(Some(cli.region.clone())).await?;
+    let sdk_config = s3mount::aws::load(Some(cli.region.clone()), &Default::default()).await?;
     let mut builder = aws_sdk_s3::config::Builder::from(&sdk_config)
         .force_path_style(true)
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
