@@ -23,28 +23,50 @@ const DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub(super) struct DirTimes {
-    /// Directories whose marker lacks their times, by inode.
-    waiting: std::sync::Mutex<HashSet<u64>>,
+    waiting: std::sync::Mutex<Waiting>,
     /// Held while a marker is written (here, and by a directory's metadata
     /// changes), and by rmdir and directory renames: a write never brings back
     /// a directory removed meanwhile, nor puts back times older than a touch.
     pub markers: tokio::sync::Mutex<()>,
 }
 
+#[derive(Default)]
+struct Waiting {
+    /// Directories whose marker lacks their times, by inode.
+    inos: HashSet<u64>,
+    /// A task writes their markers, a second after it last did, for as long as
+    /// there are any: one at most, however long a stream of changes lasts.
+    writer: bool,
+}
+
 impl DirTimes {
-    fn waiting(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `ino`'s times changed; true if a writer must be started for it.
+    fn changed(&self, ino: u64) -> bool {
+        let mut waiting = self.waiting();
+        waiting.inos.insert(ino);
+        !std::mem::replace(&mut waiting.writer, true)
+    }
+
+    /// For the writer: the directories waiting, or `None`, and the writer stops,
+    /// when there are none.
+    fn take_or_stop(&self) -> Option<Vec<u64>> {
+        let mut waiting = self.waiting();
+        if waiting.inos.is_empty() {
+            waiting.writer = false;
+            return None;
+        }
+        Some(waiting.inos.drain().collect())
     }
 }
 
 impl Fs {
     /// The times of directory `ino` changed: have its marker take them.
     pub(super) fn dir_times_changed(&self, ino: u64) {
-        let first = {
-            let mut waiting = self.dir_times.waiting();
-            waiting.insert(ino) && waiting.len() == 1
-        };
-        if !first {
+        if !self.dir_times.changed(ino) {
             return;
         }
         let me = self.me.clone();
@@ -52,25 +74,26 @@ impl Fs {
             loop {
                 tokio::time::sleep(DELAY).await;
                 let Some(fs) = me.upgrade() else { return };
-                if !fs.write_dir_times().await {
+                let Some(inos) = fs.dir_times.take_or_stop() else {
                     return;
-                }
+                };
+                fs.write_markers(inos).await;
             }
         });
     }
 
-    /// Write the markers of the directories waiting; false when none is left.
-    pub(super) async fn write_dir_times(&self) -> bool {
-        let inos: Vec<u64> = self.dir_times.waiting().drain().collect();
-        if inos.is_empty() {
-            return false;
-        }
+    /// Write the markers of the directories waiting (at unmount).
+    pub(super) async fn write_dir_times(&self) {
+        let inos: Vec<u64> = self.dir_times.waiting().inos.drain().collect();
+        self.write_markers(inos).await;
+    }
+
+    async fn write_markers(&self, inos: Vec<u64>) {
         for ino in inos {
             if let Err(e) = self.write_dir_time(ino).await {
                 tracing::info!("the times of a directory were not stored: {e:?}");
             }
         }
-        true
     }
 
     async fn write_dir_time(&self, ino: u64) -> FsResult<()> {
@@ -142,6 +165,29 @@ mod tests {
         let stored = FileMeta::from_metadata(&s.store.object("d/").unwrap().metadata);
         assert_eq!(stored.mode, Some(libc::S_IFDIR | 0o700));
         assert_eq!(stored.mtime, Some(changed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_stream_of_changes_writes_the_marker_once_a_second() {
+        let s = setup();
+        let d = s.fs.mkdir(ROOT_INO, name("d"), 0o755, ME).await.unwrap();
+        // 20 ms a request: changes keep coming while a marker is written.
+        s.store.set_latency(Duration::from_millis(20));
+        let (puts, started) = (s.store.calls(Op::Put), tokio::time::Instant::now());
+        for i in 0..200 {
+            write_file(&s.fs, d.ino, &format!("f{i}"), b"x")
+                .await
+                .unwrap();
+        }
+        let seconds = started.elapsed().as_secs();
+        // Long enough for the last marker write.
+        tokio::time::sleep(super::DELAY * 3).await;
+        let markers = s.store.calls(Op::Put) - puts - 200;
+        assert!(seconds >= 3, "{seconds} s");
+        assert!(
+            markers <= seconds + 2,
+            "{markers} marker writes in {seconds} s of changes"
+        );
     }
 
     #[tokio::test]

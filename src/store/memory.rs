@@ -65,11 +65,19 @@ pub struct MemoryStore {
     lost_answers: Mutex<HashMap<Op, usize>>,
     /// Bytes GETs returned.
     bytes_read: AtomicU64,
+    /// How late every call answers (see [`MemoryStore::set_latency`]).
+    latency: Mutex<std::time::Duration>,
 }
 
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Answer every call `latency` late, as over a network (on tokio's paused
+    /// clock, without a real wait).
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        *lock(&self.latency) = latency;
     }
 
     /// Make the next call of `op` fail with `error` (queued: several calls fail in turn).
@@ -207,6 +215,10 @@ impl MemoryStore {
 
     async fn enter(&self, op: Op) -> StoreResult<()> {
         *lock(&self.calls).entry(op).or_default() += 1;
+        let latency = *lock(&self.latency);
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
         let gate = lock(&self.gates).get(&op).cloned();
         if let Some(gate) = gate {
             gate.waiting.send_modify(|n| *n += 1);
