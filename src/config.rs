@@ -131,6 +131,12 @@ pub struct Cli {
     #[arg(long)]
     pub background_uploads: bool,
 
+    /// After SIGTERM or SIGINT, how long uploads may take before s3mount exits;
+    /// what is not in S3 by then stays in the cache directory's journal, and the
+    /// next mount of it makes the uploads
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub stop_timeout: Duration,
+
     /// HEAD each object before uploading over it, to catch another writer's
     /// change on servers that ignore If-Match / If-None-Match; `auto`: unless
     /// the endpoint is AWS S3, which enforces them

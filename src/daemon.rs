@@ -23,7 +23,10 @@ impl Readiness {
         Self { pipe: None }
     }
 
+    /// The mount answers: the waiting parent exits 0, and a service manager
+    /// (systemd, `Type=notify`, with NOTIFY_SOCKET) hears READY=1.
     pub fn ready(&mut self) {
+        notify(&[sd_notify::NotifyState::Ready]);
         if let Some(mut pipe) = self.pipe.take() {
             let _ = pipe.write_all(b"ok\n");
             // From now on nobody reads the terminal output of the background process.
@@ -81,6 +84,18 @@ fn wait_for_child(read_end: OwnedFd) -> ExitCode {
             eprintln!("s3mount: {}", message.trim_end());
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The unmount begins: a service manager hears STOPPING=1.
+pub fn stopping() {
+    notify(&[sd_notify::NotifyState::Stopping]);
+}
+
+/// Tell the service manager, if there is one (nothing without NOTIFY_SOCKET).
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!("cannot notify the service manager: {e}");
     }
 }
 

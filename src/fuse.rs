@@ -157,6 +157,7 @@ impl Filesystem for S3Fuse {
     }
 
     fn destroy(&mut self) {
+        crate::daemon::stopping();
         let fs = self.fs.clone();
         // Called from fuser's thread, outside the runtime, after the last request.
         self.rt.block_on(async move { fs.shutdown().await });

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod fs;
 pub mod fuse;
 pub mod journal;
+pub mod logging;
 pub mod mount;
 pub mod mount_args;
 pub mod mountpoint;

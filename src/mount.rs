@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use fuser::{MountOption, SessionACL};
 use nix::mount::MntFlags;
-use tracing_subscriber::EnvFilter;
 
 use crate::cache::CacheConfig;
 use crate::cache::disk::DiskLimits;
@@ -43,6 +42,7 @@ pub struct MountConfig {
     pub profile: crate::aws::Profile,
     pub allow_other: bool,
     pub noexec: bool,
+    pub stop_timeout: Duration,
     pub foreground: bool,
     pub log_level: String,
     pub log_file: Option<PathBuf>,
@@ -162,6 +162,7 @@ impl MountConfig {
             },
             allow_other: cli.allow_other,
             noexec: cli.noexec,
+            stop_timeout: cli.stop_timeout,
             foreground: cli.foreground,
             log_level: cli.log_level,
             log_file,
@@ -169,31 +170,6 @@ impl MountConfig {
             check_before_upload: cli.check_before_upload,
         })
     }
-}
-
-fn init_logging(config: &MountConfig) -> Result<(), String> {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| {
-            EnvFilter::try_new(format!(
-                // fuser warns at every unmount that its own second unmount found nothing.
-                "warn,fuser::session=error,s3mount={}",
-                config.log_level
-            ))
-        })
-        .map_err(|e| format!("--log-level {}: {e}", config.log_level))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match &config.log_file {
-        Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("log file {}: {e}", path.display()))?;
-            builder.with_ansi(false).with_writer(Arc::new(file)).init();
-        }
-        None => builder.with_writer(std::io::stderr).init(),
-    }
-    Ok(())
 }
 
 /// Ask S3 for one key of the mount, so that a wrong bucket, wrong credentials or an
@@ -273,7 +249,10 @@ pub fn run(mut config: MountConfig, readiness: &mut Readiness) -> Result<(), Str
         std::process::id()
     );
     let _lock = crate::private::lock(&config.cache_dir, &holder)?;
-    init_logging(&config)?;
+    let log = Arc::new(crate::logging::init(
+        &config.log_level,
+        config.log_file.as_deref(),
+    )?);
     if !tightened.is_empty() {
         tracing::warn!(
             "made private (only its owner may read them): {}",
@@ -338,6 +317,13 @@ pub fn run(mut config: MountConfig, readiness: &mut Readiness) -> Result<(), Str
         fs
     };
 
+    // Before the mount is ready: from then on, a SIGUSR2 must not kill it.
+    let usr2 = {
+        let _runtime = rt.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
+    };
+    rt.spawn(change_log_level_on_sigusr2(usr2, log));
+
     let mut options = fuser::Config::default();
     options.mount_options = vec![
         MountOption::FSName(format!("s3mount:{}", config.settings.bucket)),
@@ -371,25 +357,51 @@ pub fn run(mut config: MountConfig, readiness: &mut Readiness) -> Result<(), Str
         config.prefix,
         config.mountpoint.display()
     );
-    readiness.ready();
 
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let serving = std::thread::spawn(move || {
         let result = session.run();
         let _ = done_tx.send(());
         result
     });
-    rt.block_on(async {
+    // Ready once the mount answers, not once it exists: mount(8) returns, and
+    // systemd starts what needs the mount, then.
+    match std::fs::metadata(&config.mountpoint) {
+        Ok(_) => readiness.ready(),
+        Err(e) => {
+            let message = format!(
+                "the mount on {} does not answer: {e}",
+                config.mountpoint.display()
+            );
+            tracing::error!("{message}");
+            readiness.failed(&message);
+        }
+    }
+    let finished = rt.block_on(async {
         tokio::select! {
-            _ = done_rx => {}
+            _ = &mut done_rx => true,
             signal = shutdown_signal() => {
+                crate::daemon::stopping();
                 tracing::info!("{signal}: unmounting {}", config.mountpoint.display());
                 if let Err(e) = detach(&config.mountpoint) {
                     tracing::error!("cannot unmount {}: {e}", config.mountpoint.display());
                 }
+                tokio::time::timeout(config.stop_timeout, done_rx).await.is_ok()
             }
         }
     });
+    if !finished {
+        // Bounded, as a service manager expects: what is not in S3 yet is in the
+        // write-back journal (or, for a file still open, staged to be put aside),
+        // and the next mount of this cache directory takes it from there.
+        tracing::warn!(
+            "uploads not finished {} after the signal; the next mount with cache directory {} makes them; {}",
+            humantime::format_duration(config.stop_timeout),
+            config.cache_dir.display(),
+            store.summary()
+        );
+        std::process::exit(0);
+    }
     let served = serving.join();
     tracing::info!(
         "unmounted {}; {}",
@@ -424,6 +436,22 @@ fn detach(mountpoint: &Path) -> std::io::Result<()> {
             }
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Each SIGUSR2 steps the log to the next level (error, warn, info, debug,
+/// trace, and round again).
+async fn change_log_level_on_sigusr2(
+    usr2: std::io::Result<tokio::signal::unix::Signal>,
+    log: Arc<crate::logging::LogControl>,
+) {
+    match usr2 {
+        Ok(mut usr2) => {
+            while usr2.recv().await.is_some() {
+                log.step();
+            }
+        }
+        Err(e) => tracing::warn!("SIGUSR2 will not change the log level: {e}"),
     }
 }
 

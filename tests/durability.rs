@@ -512,3 +512,44 @@ fn a_background_upload_cut_by_a_kill_is_made_by_the_next_mount() {
     assert!(again.unmount().success());
     assert!(records(&cache).is_empty());
 }
+
+#[test]
+fn sigterm_stops_within_the_stop_timeout_and_the_next_mount_makes_the_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (garage, bucket, cache) = private(dir.path(), "termed");
+    let mut mount = Mount::source(
+        &garage.env,
+        "termed",
+        &[
+            "--background-uploads",
+            "--stop-timeout",
+            "2s",
+            "--cache-dir",
+            &arg(&cache),
+        ],
+    );
+    let (data, hash) = noise(3 << 20, 12);
+    let mut file = std::fs::File::create(mount.join("backup.tar")).unwrap();
+    // The server hangs: the upload cannot finish before the stop timeout.
+    garage.pause();
+    file.write_all(&data).unwrap();
+    close(file).unwrap();
+    // SAFETY: kill(2) on the mount's own child process.
+    assert_eq!(unsafe { libc::kill(mount.pid() as i32, libc::SIGTERM) }, 0);
+    assert!(mount.wait_exit().success());
+    let log = mount.log_text();
+    assert!(
+        log.contains("uploads not finished 2s after the signal"),
+        "{log}"
+    );
+    assert!(!records(&cache).is_empty(), "the journal keeps the upload");
+    garage.unpause();
+    let again = Mount::source(&garage.env, "termed", &["--cache-dir", &arg(&cache)]);
+    wait_until(APPEAR, "the object after the remount", || {
+        bucket.keys().contains(&"backup.tar".to_string())
+    });
+    let got = bucket.get("backup.tar").unwrap();
+    assert_eq!(Sha256::digest(&got).to_vec(), hash, "the object is whole");
+    assert!(again.unmount().success());
+    assert!(records(&cache).is_empty());
+}

@@ -1,0 +1,138 @@
+//! Running under a service manager: systemd's notify protocol (`Type=notify`), and
+//! the log level of a running mount changed with SIGUSR2.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Mount, S3Env, TestBucket, is_mounted, wait_until};
+
+/// The next notification on `socket`, as text.
+fn next_notification(socket: &UnixDatagram) -> String {
+    let mut buf = [0u8; 1024];
+    let n = socket
+        .recv(&mut buf)
+        .expect("a notification within the socket's read timeout");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn ready_comes_once_the_mount_answers_and_stopping_when_it_unmounts() {
+    let bucket = TestBucket::new("notify");
+    bucket.put("hello.txt", "hi\n");
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    // A bound on a hang, not a timing: READY comes within a second or so.
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut cmd = bucket.env.command();
+    cmd.arg(&bucket.name)
+        .arg(&mnt)
+        .arg("--foreground")
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .arg("--log-file")
+        .arg(dir.path().join("s3mount.log"))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdin(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+
+    assert_eq!(next_notification(&socket), "READY=1\n");
+    // READY came after the mount answered: it is there and serves the bucket.
+    assert!(is_mounted(&mnt));
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("hello.txt")).unwrap(),
+        "hi\n"
+    );
+
+    // SAFETY: kill(2) on our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(next_notification(&socket), "STOPPING=1\n");
+    assert!(child.wait().unwrap().success());
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn sigusr2_steps_the_log_level_of_a_running_mount() {
+    let bucket = TestBucket::new("loglevel");
+    // The tests mount at debug: a close logs "uploaded KEY".
+    let mount = Mount::new(&bucket, &[]);
+    let usr2 = |from: &str, to: &str| {
+        // SAFETY: kill(2) on the mount's own child process.
+        assert_eq!(unsafe { libc::kill(mount.pid() as i32, libc::SIGUSR2) }, 0);
+        let said = format!("log level {from} -> {to}");
+        wait_until(Duration::from_secs(30), &said, || {
+            mount.log_text().contains(&said)
+        });
+    };
+    usr2("debug", "trace");
+    usr2("trace", "error");
+    std::fs::write(mount.join("quiet.txt"), "q").unwrap();
+    assert!(!mount.log_text().contains("uploaded quiet.txt"));
+    usr2("error", "warn");
+    usr2("warn", "info");
+    usr2("info", "debug");
+    std::fs::write(mount.join("loud.txt"), "l").unwrap();
+    assert!(mount.log_text().contains("uploaded loud.txt"));
+    assert!(mount.unmount().success());
+}
+
+#[test]
+fn no_secret_reaches_the_log_even_at_trace_level() {
+    // moto takes any credentials, a session token included: these are ours alone.
+    let secret = "s3cr3t-Kq81vZ-never-in-a-log";
+    let token = "t0k3n-Zx77pQ-never-in-a-log";
+    let bucket = TestBucket::on(S3Env::moto(), "secrets");
+    bucket.put("there.txt", "x");
+    let distribution = common::cdn::Distribution::new(&bucket.name);
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let log = dir.path().join("s3mount.log");
+    let stderr = dir.path().join("stderr");
+    let mut env = bucket.env.clone();
+    env.access_key = "AKIASECRETSTEST0001".into();
+    env.secret_key = secret.into();
+    let mut cmd = env.command();
+    cmd.arg(&bucket.name)
+        .arg(&mnt)
+        .arg("--foreground")
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .arg("--log-file")
+        .arg(&log)
+        .arg("--cloudfront-distribution-id")
+        .arg(&distribution.id)
+        .arg("--cloudfront-endpoint-url")
+        .arg(&env.endpoint)
+        // Every crate at trace: the SDK's signing and HTTP layers too.
+        .env("RUST_LOG", "trace")
+        .env("AWS_SESSION_TOKEN", token)
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap());
+    let mut child = cmd.spawn().unwrap();
+    wait_until(Duration::from_secs(30), "the mount", || is_mounted(&mnt));
+    std::fs::write(mnt.join("new.txt"), "secret-free").unwrap();
+    assert_eq!(std::fs::read_to_string(mnt.join("there.txt")).unwrap(), "x");
+    std::fs::rename(mnt.join("new.txt"), mnt.join("moved.txt")).unwrap();
+    std::fs::remove_file(mnt.join("there.txt")).unwrap();
+    let out = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(child.wait().unwrap().success());
+    let mut all = std::fs::read_to_string(&log).unwrap();
+    all.push_str(&std::fs::read_to_string(&stderr).unwrap());
+    assert!(all.contains("TRACE"), "the log is at trace level");
+    assert!(all.contains("moved.txt"));
+    assert!(!all.contains(secret), "the secret key is in the log");
+    assert!(!all.contains(token), "the session token is in the log");
+}
