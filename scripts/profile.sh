@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Where the daemon's CPU goes: a 2 GiB cp into a mount, a cold cat of it, and four
+# Where the daemon's CPU goes: a 2 GiB cp into a mount (see --size), a cold cat of it, and four
 # cats of four 256 MiB objects at once (written by four cps first), each through a fresh mount of a private
 # Garage, with wall time, the daemon's CPU seconds (user + system, from /proc) and
 # its peak RSS (VmHWM).
@@ -9,6 +9,9 @@
 #                                 (DIR/perf.STEP.data; `perf report -i FILE`)
 #   scripts/profile.sh --dir DIR  work in DIR (default: a new directory under /tmp;
 #                                 needs ~7 GB, and 3 GB of /dev/shm for the sources)
+#   scripts/profile.sh --size MIB the large file's size in MiB (default 2048): run
+#                                 with 512 and 4096 to see whether throughput (MB/s)
+#                                 falls as files grow
 #
 # Needs root (drop_caches) and Garage (scripts/garage.sh install); stops what it
 # started, also on error or Ctrl-C. The benchmark against the peers is
@@ -20,10 +23,12 @@ repo=$PWD
 
 perf=
 work=
+size_mib=2048
 while [ $# -gt 0 ]; do
   case $1 in
     --perf) perf=1 ;;
     --dir) work=$2; shift ;;
+    --size) [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || { echo "profile.sh: --size needs MiB" >&2; exit 2; }; size_mib=$2; shift ;;
     *) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2; exit 2 ;;
   esac
   shift
@@ -49,7 +54,7 @@ scripts/garage.sh install
 scripts/garage.sh start "$work/garage" profile >/dev/null
 # shellcheck disable=SC1091
 source "$work/garage/env"
-head -c $((2 << 30)) /dev/urandom > "$src/big"
+head -c $((size_mib << 20)) /dev/urandom > "$src/big"
 for i in 0 1 2 3; do head -c $((256 << 20)) /dev/urandom > "$src/part$i"; done
 
 mount_fresh() {
@@ -64,10 +69,11 @@ mount_fresh() {
   exit 1
 }
 
-# step NAME COMMAND...: run COMMAND through a fresh mount and print its figures.
+# step NAME BYTES COMMAND...: run COMMAND, which moves BYTES, through a fresh mount
+# and print its figures.
 step() {
-  local name=$1 prof='' start end
-  shift
+  local name=$1 bytes=$2 prof='' start end
+  shift 2
   mount_fresh "$name"
   if [ -n "$perf" ]; then
     perf record -F 499 -g -p "$pid" -o "$work/perf.$name.data" >/dev/null 2>&1 &
@@ -83,8 +89,8 @@ step() {
   fusermount3 -u "$work/mnt"
   wait "$pid" || true
   pid=
-  printf '%-28s wall %6.2f s   daemon CPU %6.2f s   peak RSS %4d MiB\n' \
-    "$name" "$(echo "$end - $start" | bc)" "$cpu" "$rss"
+  printf '%-28s wall %6.2f s (%4.0f MB/s)   daemon CPU %6.2f s   peak RSS %4d MiB\n' \
+    "$name" "$(echo "$end - $start" | bc)" "$(echo "$bytes / 1000000 / ($end - $start)" | bc -l)" "$cpu" "$rss"
 }
 
 write_big() { cp "$src/big" "$work/mnt/big"; }
@@ -97,8 +103,8 @@ read_four() {
 }
 
 echo "s3mount $(git rev-parse --short HEAD), $(nproc) cores"
-step "cp 2 GiB in" write_big
-step "cp 4 x 256 MiB in" write_four
-step "cat 2 GiB, cold" read_big
-step "4 cats of 256 MiB, cold" read_four
+step "cp $size_mib MiB in" $((size_mib << 20)) write_big
+step "cp 4 x 256 MiB in" $((1 << 30)) write_four
+step "cat $size_mib MiB, cold" $((size_mib << 20)) read_big
+step "4 cats of 256 MiB, cold" $((1 << 30)) read_four
 if [ -n "$perf" ]; then echo "perf profiles and logs: $work"; fi
