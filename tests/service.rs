@@ -4,7 +4,8 @@
 mod common;
 
 use std::os::unix::net::UnixDatagram;
-use std::process::Stdio;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Mount, S3Env, TestBucket, is_mounted, wait_until};
@@ -16,6 +17,20 @@ fn next_notification(socket: &UnixDatagram) -> String {
         .recv(&mut buf)
         .expect("a notification within the socket's read timeout");
     String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// `s3mount --foreground` of `bucket` on `mnt`, with its cache and log in `dir`.
+fn foreground(env: &S3Env, bucket: &str, mnt: &Path, dir: &Path, log: &Path) -> Command {
+    let mut cmd = env.command();
+    cmd.arg(bucket)
+        .arg(mnt)
+        .arg("--foreground")
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .arg("--log-file")
+        .arg(log)
+        .stdin(Stdio::null());
+    cmd
 }
 
 #[test]
@@ -31,17 +46,9 @@ fn ready_comes_once_the_mount_answers_and_stopping_when_it_unmounts() {
     socket
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-    let mut cmd = bucket.env.command();
-    cmd.arg(&bucket.name)
-        .arg(&mnt)
-        .arg("--foreground")
-        .arg("--cache-dir")
-        .arg(dir.path().join("cache"))
-        .arg("--log-file")
-        .arg(dir.path().join("s3mount.log"))
-        .env("NOTIFY_SOCKET", &socket_path)
-        .stdin(Stdio::null());
-    let mut child = cmd.spawn().unwrap();
+    let log = dir.path().join("s3mount.log");
+    let mut cmd = foreground(&bucket.env, &bucket.name, &mnt, dir.path(), &log);
+    let mut child = cmd.env("NOTIFY_SOCKET", &socket_path).spawn().unwrap();
 
     assert_eq!(next_notification(&socket), "READY=1\n");
     // READY came after the mount answered: it is there and serves the bucket.
@@ -99,22 +106,14 @@ fn no_secret_reaches_the_log_even_at_trace_level() {
     let mut env = bucket.env.clone();
     env.access_key = "AKIASECRETSTEST0001".into();
     env.secret_key = secret.into();
-    let mut cmd = env.command();
-    cmd.arg(&bucket.name)
-        .arg(&mnt)
-        .arg("--foreground")
-        .arg("--cache-dir")
-        .arg(dir.path().join("cache"))
-        .arg("--log-file")
-        .arg(&log)
-        .arg("--cloudfront-distribution-id")
+    let mut cmd = foreground(&env, &bucket.name, &mnt, dir.path(), &log);
+    cmd.arg("--cloudfront-distribution-id")
         .arg(&distribution.id)
         .arg("--cloudfront-endpoint-url")
         .arg(&env.endpoint)
         // Every crate at trace: the SDK's signing and HTTP layers too.
         .env("RUST_LOG", "trace")
         .env("AWS_SESSION_TOKEN", token)
-        .stdin(Stdio::null())
         .stderr(std::fs::File::create(&stderr).unwrap());
     let mut child = cmd.spawn().unwrap();
     wait_until(Duration::from_secs(30), "the mount", || is_mounted(&mnt));
