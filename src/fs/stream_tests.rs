@@ -1,26 +1,11 @@
 //! Unit tests of a new file sent part by part while it is written: whatever
 //! happens to the file meanwhile, the object is the file as it was at close.
 
-use super::tests::{FILE_MODE, ME, name, pattern, setup};
+use super::tests::{ME, pattern, setup, write_in_pieces};
 use super::*;
-use crate::fs::inode::ROOT_INO;
 use crate::store::memory::Op;
 
 const MIB: usize = 1 << 20;
-
-/// Create `file` and write `data` into it in order, 1 MiB at a time, as `cp` does.
-async fn create_and_write(fs: &Fs, file: &str, data: &[u8]) -> (u64, u64) {
-    let (attr, fh) = fs
-        .create(ROOT_INO, name(file), FILE_MODE, libc::O_RDWR, ME)
-        .await
-        .unwrap();
-    for (i, chunk) in data.chunks(MIB).enumerate() {
-        fs.write(fh, (i * MIB) as u64, chunk.to_vec())
-            .await
-            .unwrap();
-    }
-    (attr.ino, fh)
-}
 
 /// The object `key` is `expected` (without printing megabytes when it is not).
 fn assert_object(s: &super::tests::Setup, key: &str, expected: &[u8]) {
@@ -45,7 +30,7 @@ async fn a_part_collected_in_order_then_written_again_goes_up_as_written() {
     // Parts sent while the file is written stay on their way until the end.
     let gate = s.store.hold(Op::UploadPart);
     let mut data = pattern(40 * MIB);
-    let (_, fh) = create_and_write(&s.fs, "big", &data).await;
+    let (_, fh) = write_in_pieces(&s.fs, "big", &data).await;
     // Into a part on its way (the fourth, 24..32 MiB) and into the last one,
     // collected in memory and not sent yet (32..40 MiB).
     for offset in [25 * MIB + 7, 33 * MIB + 1] {
@@ -64,7 +49,7 @@ async fn a_file_cut_and_written_again_goes_up_as_it_ends() {
     let s = setup();
     let gate = s.store.hold(Op::UploadPart);
     let mut data = pattern(40 * MIB);
-    let (ino, fh) = create_and_write(&s.fs, "big", &data).await;
+    let (ino, fh) = write_in_pieces(&s.fs, "big", &data).await;
     let cut = SetAttr {
         size: Some(36 * MIB as u64),
         ..SetAttr::default()
@@ -83,7 +68,7 @@ async fn a_file_cut_and_written_again_goes_up_as_it_ends() {
 async fn a_second_open_that_empties_the_file_is_not_undone_by_parts_sent_before() {
     let s = setup();
     let data = pattern(40 * MIB);
-    let (ino, first) = create_and_write(&s.fs, "big", &data).await;
+    let (ino, first) = write_in_pieces(&s.fs, "big", &data).await;
     let second =
         s.fs.open(ino, libc::O_WRONLY | libc::O_TRUNC, ME)
             .await

@@ -1140,8 +1140,8 @@ async fn a_listing_shows_the_metadata_this_mount_wrote_even_after_a_remount() {
     assert_eq!(s.store.calls(Op::Head), heads, "no HEAD");
 }
 
-/// Write `data` to a new file in 1 MiB writes, as cp does.
-async fn write_in_pieces(fs: &Fs, file: &str, data: &[u8]) -> (u64, u64) {
+/// Write `data` to a new file in 1 MiB writes, as cp does; its inode and handle.
+pub(super) async fn write_in_pieces(fs: &Fs, file: &str, data: &[u8]) -> (u64, u64) {
     let (attr, fh) = fs
         .create(ROOT_INO, name(file), FILE_MODE, libc::O_WRONLY, ME)
         .await
