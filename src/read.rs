@@ -8,7 +8,9 @@
 //! elsewhere. A read smaller than a block elsewhere (the first read of a handle
 //! counts as sequential only at the start of the object) is random: it fetches
 //! only a small piece around it, unless its blocks are at hand
-//! ([`BlockCache::read_random`]).
+//! ([`BlockCache::read_random`]). Once a handle has made `WHOLE_AFTER` random
+//! reads, the whole object is fetched in the background if it fits the cache
+//! ([`BlockCache::fetch_whole`]), until the handle is closed.
 
 use std::sync::{Arc, Mutex};
 
@@ -23,11 +25,15 @@ const FIRST_WINDOW: u64 = 4 * MIB;
 const MAX_WINDOW: u64 = 64 * MIB;
 /// How far from the end of the last read a read may start and still be sequential.
 const SLACK: u64 = 2 * MIB;
+/// Random reads of one handle after which the whole object is worth fetching.
+const WHOLE_AFTER: u32 = 8;
 
 pub struct Reader {
     cache: Arc<BlockCache>,
     obj: ObjectVersion,
     state: Mutex<ReadState>,
+    /// Held while the handle is open: a whole fetch it started stops without it.
+    open: Arc<()>,
 }
 
 #[derive(Default)]
@@ -38,6 +44,9 @@ struct ReadState {
     run: u64,
     /// Blocks before this one have been asked for already.
     ahead: u64,
+    /// Random reads so far, up to the one that started a whole fetch.
+    random_reads: u32,
+    whole_started: bool,
 }
 
 impl Reader {
@@ -46,6 +55,7 @@ impl Reader {
             cache,
             obj,
             state: Mutex::new(ReadState::default()),
+            open: Arc::new(()),
         }
     }
 
@@ -59,10 +69,14 @@ impl Reader {
         if offset >= end {
             return Ok(Bytes::new());
         }
-        let (ahead, random) = {
+        let (ahead, random, whole) = {
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let sequential = offset <= st.next + SLACK && offset + SLACK >= st.next;
             let random = !sequential && end - offset < self.cache.block_size();
+            if random && !st.whole_started {
+                st.random_reads += 1;
+            }
+            let whole = !st.whole_started && st.random_reads >= WHOLE_AFTER;
             if sequential {
                 st.run += end - offset;
                 st.next = st.next.max(end);
@@ -87,8 +101,18 @@ impl Reader {
             } else {
                 None
             };
-            (ahead, random)
+            (ahead, random, whole)
         };
+        if whole
+            && let Some(_fetch) = self
+                .cache
+                .fetch_whole(&self.obj, Arc::downgrade(&self.open))
+        {
+            self.state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .whole_started = true;
+        }
         if let Some(blocks) = ahead {
             self.cache.prefetch(&self.obj, blocks).await;
         }

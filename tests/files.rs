@@ -5,9 +5,9 @@ mod common;
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use common::{Mount, Noise, TestBucket, bytes_received, requests, sh};
+use common::{Mount, Noise, TestBucket, bytes_received, requests, sh, wait_until};
 
 #[test]
 fn cp_in_and_out_keeps_bytes_and_sets_content_type() {
@@ -214,7 +214,14 @@ fn random_reads_fetch_small_pieces_and_a_sequential_run_after_them_is_prefetched
     bucket.put("obj", data.clone());
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("s3mount.log");
-    let mount = Mount::new(&bucket, &["--log-file", log.to_str().unwrap()]);
+    // Too large to be fetched whole (a quarter of the cache at most).
+    let args = [
+        "--log-file",
+        log.to_str().unwrap(),
+        "--cache-size",
+        "256MiB",
+    ];
+    let mount = Mount::new(&bucket, &args);
     let f = std::fs::File::open(mount.join("obj")).unwrap();
     let offsets = random_offsets(1, 40, size, 4096);
     for &off in &offsets {
@@ -240,6 +247,42 @@ fn random_reads_fetch_small_pieces_and_a_sequential_run_after_them_is_prefetched
     // Read in order, 32 MiB come in a few large GETs, not one per block.
     let gets = requests(&log, "GetObject ");
     assert!(gets <= 40 + 16, "{gets} GETs");
+}
+
+#[test]
+fn random_reads_that_keep_coming_have_the_whole_object_fetched_once() {
+    let bucket = TestBucket::new("whole");
+    let size = 40 * MIB + 321;
+    let mut data = vec![0u8; size];
+    Noise::new(9).fill(&mut data);
+    bucket.put("obj", data.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("s3mount.log");
+    let mount = Mount::new(&bucket, &["--log-file", log.to_str().unwrap()]);
+    let f = std::fs::File::open(mount.join("obj")).unwrap();
+    let offsets = random_offsets(2, 300, size, 4096);
+    let (first, rest) = offsets.split_at(8);
+    for &off in first {
+        assert!(pread(&f, off, 4096) == data[off as usize..off as usize + 4096]);
+    }
+    wait_until(Duration::from_secs(60), "the whole object fetched", || {
+        mount.log_text().contains("obj: fetched whole")
+    });
+    for &off in rest {
+        assert!(pread(&f, off, 4096) == data[off as usize..off as usize + 4096]);
+    }
+    drop(f);
+    mount.unmount();
+    let log = std::fs::read_to_string(&log).unwrap();
+    // Eight pieces, then 41 blocks in six GETs of at most 8; the rest from the cache.
+    let gets = requests(&log, "GetObject ");
+    assert!(gets <= 8 + 6, "{gets} GETs");
+    // A piece is 64 KiB, two for a read that straddles them.
+    let received = bytes_received(&log);
+    assert!(
+        received <= (size + 8 * 2 * 64 * 1024) as u64,
+        "{received} bytes received for an object of {size}"
+    );
 }
 
 #[test]

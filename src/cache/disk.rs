@@ -152,6 +152,11 @@ impl DiskCache {
         lock(&self.index)
     }
 
+    /// The most bytes of block files the cache keeps.
+    pub fn max_bytes(&self) -> u64 {
+        self.limits.max_bytes
+    }
+
     /// Bytes of block files on disk.
     pub fn bytes(&self) -> u64 {
         self.index().bytes

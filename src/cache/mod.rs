@@ -9,15 +9,18 @@
 //! A reader that jumps about gets small pieces instead ([`BlockCache::read_random`]):
 //! a 4 KiB read at a random place costs a 64 KiB GET, not a 1 MiB one, and the
 //! pieces are kept in memory only, in a cache of their own with a share of the
-//! memory budget.
+//! memory budget. A reader whose random reads keep coming in an object that fits
+//! the cache has the whole object fetched in the background ([`whole`]).
 
 pub mod disk;
 pub mod meta;
+mod whole;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
@@ -86,6 +89,8 @@ pub struct BlockCache {
     budget_units: usize,
     /// The pieces of random reads: a cache of small blocks, in memory only.
     pieces: Option<Arc<BlockCache>>,
+    /// Whether an object is being fetched whole: one at a time.
+    fetching_whole: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -131,6 +136,7 @@ impl BlockCache {
             budget: Arc::new(Semaphore::new(in_flight as usize)),
             budget_units: in_flight as usize,
             pieces,
+            fetching_whole: AtomicBool::new(false),
         })
     }
 
@@ -267,22 +273,9 @@ impl BlockCache {
             index,
         };
         let first = blocks.start;
-        let mut cells: Vec<Option<Cell>> = Vec::new();
-        // Runs of consecutive missing blocks, each at most MAX_FETCH long.
-        let per_fetch = (MAX_FETCH / self.block_size).max(1);
-        let mut runs: Vec<Range<u64>> = Vec::new();
-        for index in blocks {
-            let cell = self.cached(&id(index));
-            if cell.is_none() {
-                match runs.last_mut() {
-                    Some(run) if run.end == index && run.end - run.start < per_fetch => {
-                        run.end += 1
-                    }
-                    _ => runs.push(index..index + 1),
-                }
-            }
-            cells.push(cell);
-        }
+        let mut cells: Vec<Option<Cell>> = blocks.map(|index| self.cached(&id(index))).collect();
+        let missing = (first..).zip(&cells).filter(|(_, c)| c.is_none());
+        let runs = self.runs(missing.map(|(index, _)| index));
         for run in runs {
             let need = units((run.end - run.start) * self.block_size);
             let permit = if wait {
@@ -324,6 +317,20 @@ impl BlockCache {
             });
         }
         cells
+    }
+
+    /// Block indexes (ascending) in runs of consecutive ones, each at most
+    /// `MAX_FETCH` long: what one GET fetches.
+    fn runs(&self, indexes: impl Iterator<Item = u64>) -> Vec<Range<u64>> {
+        let per_fetch = (MAX_FETCH / self.block_size).max(1);
+        let mut runs: Vec<Range<u64>> = Vec::new();
+        for index in indexes {
+            match runs.last_mut() {
+                Some(run) if run.end == index && run.end - run.start < per_fetch => run.end += 1,
+                _ => runs.push(index..index + 1),
+            }
+        }
+        runs
     }
 
     /// The block if it is in memory or being fetched.

@@ -216,3 +216,71 @@ async fn a_workload_larger_than_the_cache_stays_within_its_bounds() {
         assert!(s.disk_files() <= 8, "{} block files", s.disk_files());
     }
 }
+
+#[tokio::test]
+async fn a_whole_fetch_brings_the_missing_blocks_in_large_gets() {
+    let s = Setup::new();
+    // 301 blocks: GETs of at most 128 (8 MiB), around one block already cached.
+    let data = body(300 * BLOCK + 5, 9);
+    let obj = s.object("k", data.clone());
+    let cache = s.cache(16 * BLOCK, 1 << 30);
+    cache.read(&obj, 130 * BLOCK..131 * BLOCK).await.unwrap();
+    cache.settle().await;
+    let open = Arc::new(());
+    let fetch = cache.fetch_whole(&obj, Arc::downgrade(&open));
+    fetch.expect("the object fits").await.unwrap();
+    cache.settle().await;
+    // 0..128, 128..130, 131..259, 259..301: no block twice.
+    assert_eq!(s.store.calls(Op::Get), 1 + 4);
+    assert_eq!(s.store.bytes_read(), data.len() as u64);
+    let mut x: u64 = 99;
+    for _ in 0..200 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let off = (x >> 33) % (data.len() as u64 - 4096);
+        let got = cache.read_random(&obj, off..off + 4096).await.unwrap();
+        assert_eq!(
+            &got[..],
+            &data[off as usize..off as usize + 4096],
+            "at {off}"
+        );
+    }
+    assert_eq!(s.store.calls(Op::Get), 5, "random reads found every block");
+}
+
+#[tokio::test]
+async fn only_an_object_that_fits_is_fetched_whole_and_one_at_a_time() {
+    let s = Setup::new();
+    // A quarter of the disk cache: 10 blocks.
+    let cache = s.cache(16 * BLOCK, 40 * BLOCK);
+    let big = s.object("big", body(10 * BLOCK + 1, 10));
+    let small = s.object("small", body(10 * BLOCK, 11));
+    let other = s.object("other", body(3 * BLOCK, 12));
+    let open = Arc::new(());
+    assert!(cache.fetch_whole(&big, Arc::downgrade(&open)).is_none());
+    let first = cache.fetch_whole(&small, Arc::downgrade(&open)).unwrap();
+    assert!(cache.fetch_whole(&other, Arc::downgrade(&open)).is_none());
+    first.await.unwrap();
+    let second = cache.fetch_whole(&other, Arc::downgrade(&open)).unwrap();
+    second.await.unwrap();
+    assert_eq!(s.store.calls(Op::Get), 2);
+}
+
+#[tokio::test]
+async fn a_whole_fetch_stops_once_its_reader_is_closed() {
+    let s = Setup::new();
+    // Four GETs of 8 MiB, one at a time within the budget.
+    let obj = s.object("k", body(512 * BLOCK, 13));
+    let cache = s.cache(16 * BLOCK, 1 << 30);
+    let gate = s.store.hold(Op::Get);
+    let open = Arc::new(());
+    let fetch = cache.fetch_whole(&obj, Arc::downgrade(&open)).unwrap();
+    gate.reached(1).await;
+    drop(open);
+    drop(gate);
+    fetch.await.unwrap();
+    // The second was waiting for room when the reader closed; no more after it.
+    let gets = s.store.calls(Op::Get);
+    assert!(gets <= 2, "{gets} GETs after the reader closed");
+}
