@@ -25,7 +25,7 @@ impl Fs {
     /// it answers this lookup and those that follow for the TTL, one request where
     /// each name would take a HEAD and a LIST (a `cp -r` into a new directory).
     pub(super) async fn list_for_lookups(&self, dir: &str) -> FsResult<()> {
-        first_page(&self.store, &self.listings, dir, self.dir_prefix(dir)).await?;
+        first_page(&self.store, &self.listings, dir, self.dir_prefix(dir), true).await?;
         Ok(())
     }
 
@@ -70,7 +70,7 @@ impl Fs {
                         let Ok(_slot) = in_flight.acquire().await else {
                             return;
                         };
-                        if let Err(e) = first_page(store, listings, &dir, prefix).await {
+                        if let Err(e) = first_page(store, listings, &dir, prefix, false).await {
                             tracing::debug!("listing {dir} ahead: {e}");
                         }
                     }
@@ -95,18 +95,23 @@ impl Default for Ahead {
     }
 }
 
-/// List the first page of directory `dir` (keys under `prefix`) and record it.
+/// List the first page of directory `dir` (keys under `prefix`) and record it,
+/// as made `for_lookups` or not.
 async fn first_page(
     store: &Arc<dyn ObjectStore>,
     listings: &Mutex<Listings>,
     dir: &str,
     prefix: String,
+    for_lookups: bool,
 ) -> StoreResult<()> {
     let mut handle = DirHandle::new(prefix, Vec::new());
     let begun: Instant = handle.begun();
     let entries = handle.first_page(store).await?;
     let mut listings = listings.lock().unwrap_or_else(|e| e.into_inner());
     listings.record(dir, begun, entries);
+    if for_lookups {
+        listings.made_for_lookups(dir, begun);
+    }
     if handle.is_done() {
         listings.complete(dir, begun);
     } else {

@@ -18,8 +18,9 @@ const MAX_NAMES: usize = 10_000;
 
 /// What the records say about a name.
 pub enum Known {
-    /// Listed, with what the listing said and when it began.
-    Listed(DirEntry, Instant),
+    /// Listed, with what the listing said, when it began, and whether it was
+    /// made for lookups (which then want the headers a HEAD would have given).
+    Listed(DirEntry, Instant, bool),
     /// Not there: a complete listing did not have it, or a lookup found nothing.
     Missing,
     /// Nothing recent.
@@ -30,6 +31,8 @@ struct Listing {
     /// When the listing began: it is complete as of then.
     started: Instant,
     complete: bool,
+    /// Made to answer lookups rather than a readdir.
+    for_lookups: bool,
     /// By name: when recorded, in which place of the listing, and what.
     entries: HashMap<String, (Instant, usize, DirEntry)>,
 }
@@ -52,6 +55,8 @@ pub struct Listings {
     missed_in: LruCache<String, ()>,
     /// Directories whose listing takes more than one page.
     large: LruCache<String, ()>,
+    /// The name last looked up in each directory.
+    last_lookup: LruCache<String, String>,
 }
 
 impl Listings {
@@ -67,6 +72,7 @@ impl Listings {
             missed_in: LruCache::new(names()),
             last_move: None,
             large: LruCache::new(names()),
+            last_lookup: LruCache::new(names()),
         }
     }
 
@@ -87,6 +93,7 @@ impl Listings {
                     Listing {
                         started,
                         complete: false,
+                        for_lookups: false,
                         entries: HashMap::new(),
                     },
                 );
@@ -117,6 +124,47 @@ impl Listings {
         }
     }
 
+    /// The listing of `dir` begun at `started` was made to answer lookups.
+    pub fn made_for_lookups(&mut self, dir: &str, started: Instant) {
+        if let Some(l) = self.dirs.get_mut(dir)
+            && l.started == started
+        {
+            l.for_lookups = true;
+        }
+    }
+
+    /// `name` in `dir` is being looked up: does it come after the name looked up
+    /// there last, in listing order (`ls -l`, `rsync`, `cp` going through it)?
+    pub fn in_order(&mut self, dir: &str, name: &str) -> bool {
+        let last = self.last_lookup.push(dir.to_string(), name.to_string());
+        last.is_some_and(|(last_dir, last)| last_dir == dir && last.as_str() < name)
+    }
+
+    /// Up to `n` entries that follow `name` in the listing of `dir`, still fresh.
+    pub fn following(&mut self, dir: &str, name: &str, n: usize) -> Vec<DirEntry> {
+        let ttl = self.ttl;
+        let Some(listing) = self.dirs.get(dir) else {
+            return Vec::new();
+        };
+        let Some((_, from, _)) = listing.entries.get(name) else {
+            return Vec::new();
+        };
+        if listing.started.elapsed() >= ttl {
+            return Vec::new();
+        }
+        let mut after: Vec<&(Instant, usize, DirEntry)> = listing
+            .entries
+            .values()
+            .filter(|(at, place, _)| place > from && at.elapsed() < ttl)
+            .collect();
+        after.sort_by_key(|(_, place, _)| *place);
+        after
+            .into_iter()
+            .take(n)
+            .map(|(_, _, e)| e.clone())
+            .collect()
+    }
+
     /// The listing of `dir` begun at `started` reached its end.
     pub fn complete(&mut self, dir: &str, started: Instant) {
         if let Some(l) = self.dirs.get_mut(dir)
@@ -144,7 +192,7 @@ impl Listings {
         };
         match listing.entries.get(name) {
             Some((at, _, e)) if holds(listing.started, ttl) && at.elapsed() < ttl => {
-                Known::Listed(e.clone(), listing.started)
+                Known::Listed(e.clone(), listing.started, listing.for_lookups)
             }
             None if listing.complete && holds(listing.started, negative_ttl) => Known::Missing,
             _ => Known::Unknown,
@@ -190,11 +238,12 @@ impl Listings {
     }
 
     /// Is `dir` worth listing to answer a lookup in it: also, a name was found
-    /// missing in it before? (Files are being created there, one after the other.
-    /// A single lookup is cheaper alone: a listing with a delimiter may have to
-    /// pass every key below the directory.)
-    pub fn worth_listing_for_lookups(&mut self, dir: &str) -> bool {
-        self.missed_in.contains(dir) && self.worth_listing_ahead(dir)
+    /// missing in it before (files are being created there, one after the
+    /// other), or the lookup is `in_order` (names are being gone through)? A
+    /// single lookup is cheaper alone: a listing with a delimiter may have to
+    /// pass every key below the directory.
+    pub fn worth_listing_for_lookups(&mut self, dir: &str, in_order: bool) -> bool {
+        (in_order || self.missed_in.contains(dir)) && self.worth_listing_ahead(dir)
     }
 
     /// `dir` has more entries than a page of a listing.
@@ -341,9 +390,13 @@ mod tests {
     fn a_directory_is_worth_listing_unless_fresh_or_large() {
         let mut l = Listings::new(Duration::from_secs(60), Duration::from_secs(60));
         assert!(l.worth_listing_ahead("d"));
-        assert!(!l.worth_listing_for_lookups("d"), "no name missed yet");
+        assert!(
+            !l.worth_listing_for_lookups("d", false),
+            "no name missed yet"
+        );
+        assert!(l.worth_listing_for_lookups("d", true), "names gone through");
         l.missing("d", "d/x");
-        assert!(l.worth_listing_for_lookups("d"));
+        assert!(l.worth_listing_for_lookups("d", false));
         let started = Instant::now();
         l.record("d", started, &[entry("a")]);
         assert!(
@@ -352,7 +405,7 @@ mod tests {
         );
         l.complete("d", started);
         assert!(!l.worth_listing_ahead("d"));
-        assert!(!l.worth_listing_for_lookups("d"));
+        assert!(!l.worth_listing_for_lookups("d", true));
         l.large("e");
         assert!(!l.worth_listing_ahead("e"));
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use super::dir::{DirEntry, S3FS_DIR_SUFFIX};
-use super::inode::{Attr, Kind, parent_of};
+use super::inode::{Attr, Kind, join, parent_of};
 use super::listing::Known;
 use super::meta::FileMeta;
 use super::{Errno, Fs, FsResult};
@@ -28,6 +28,9 @@ pub(super) struct Resolved {
 /// The ETag under which a directory marker's headers are remembered: a listing
 /// shows the directory, not its marker's version.
 const MARKER_VERSION: &str = "";
+
+/// Entries whose headers are read ahead of lookups of names one after another.
+const HEAD_AHEAD: usize = 32;
 
 /// Key, ETag and Last-Modified of an object version whose headers are remembered.
 pub(super) type Remembered = (String, String, Option<std::time::SystemTime>);
@@ -138,22 +141,37 @@ impl Fs {
     /// nothing is.
     async fn find(&self, path: &str) -> FsResult<Option<Found>> {
         let (dir, name) = (parent_of(path), super::inode::name_of(path));
+        let in_order = self.listings().in_order(dir, name);
         let mut known = self.listings().find(dir, name, path);
-        if matches!(known, Known::Unknown) && self.listings().worth_listing_for_lookups(dir) {
+        if matches!(known, Known::Unknown)
+            && self.listings().worth_listing_for_lookups(dir, in_order)
+        {
             self.list_for_lookups(dir).await?;
             known = self.listings().find(dir, name, path);
         }
         match known {
             Known::Missing => return Ok(None),
-            Known::Listed(entry, listed) if entry.kind == Kind::Dir || entry.meta.is_some() => {
+            Known::Listed(entry, listed, for_lookups)
+                if entry.kind == Kind::Dir || entry.meta.is_some() =>
+            {
                 let remembered = self.remembered(path, &entry).await;
-                if remembered.is_none() && !self.head_wanted(&entry) {
+                // A listing made for lookups answers as the HEAD it saves would
+                // have: with the headers (the mtime `rsync` compares).
+                if remembered.is_none() && !for_lookups && !self.head_wanted(&entry) {
                     return Ok(Some(Found::Listed(entry, None, listed)));
                 }
-                return Ok(self
-                    .complete_listed(path, entry, remembered)
-                    .await?
-                    .map(|(entry, headers)| Found::Listed(entry, Some(headers), listed)));
+                let completed = if remembered.is_none() && for_lookups && in_order {
+                    let ((), completed) = tokio::join!(
+                        self.head_following(dir, name),
+                        self.complete_listed(path, entry, None)
+                    );
+                    completed
+                } else {
+                    self.complete_listed(path, entry, remembered).await
+                };
+                return Ok(
+                    completed?.map(|(entry, headers)| Found::Listed(entry, Some(headers), listed))
+                );
             }
             Known::Listed(..) | Known::Unknown => {}
         }
@@ -228,6 +246,34 @@ impl Fs {
             Err(StoreError::NotFound) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Read the headers of the entries that follow `name` in the listing of
+    /// `dir` (made for lookups), in parallel, for the lookups of names one after
+    /// another that are likely to come next. What fails is left to the lookup.
+    async fn head_following(&self, dir: &str, name: &str) {
+        let following: Vec<(DirEntry, Remembered)> = self
+            .listings()
+            .following(dir, name, HEAD_AHEAD)
+            .into_iter()
+            .filter_map(|e| {
+                let version = self.version_of(&join(dir, &e.name), &e)?;
+                Some((e, version))
+            })
+            .collect();
+        let versions = following.iter().map(|(_, v)| v.clone()).collect();
+        let remembered = remembered_many(self.meta.clone(), versions).await;
+        let wanted = following
+            .into_iter()
+            .zip(remembered)
+            .filter_map(|((entry, _), r)| r.is_none().then_some(entry));
+        let heads = wanted.map(|entry| async move {
+            let path = join(dir, &entry.name);
+            if let Err(e) = self.complete_listed(&path, entry, None).await {
+                tracing::debug!("reading the headers of {path} ahead: {e:?}");
+            }
+        });
+        futures::future::join_all(heads).await;
     }
 
     /// Does anything exist at `path`, and what kind is it?

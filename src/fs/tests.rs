@@ -1041,6 +1041,59 @@ async fn copying_files_into_a_small_directory_lists_it_once() {
     assert_eq!(s.store.calls(Op::List), lists + 2);
 }
 
+/// An object at `key` as s3fs or s3mount wrote it, with its mtime in its headers.
+fn insert_with_mtime(s: &Setup, key: &str, mtime: u64) {
+    let metadata = [("mtime".to_string(), mtime.to_string())].into();
+    s.store.insert_with(key, "data", metadata);
+}
+
+fn secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[tokio::test(start_paused = true)]
+async fn names_looked_up_one_after_another_get_their_headers_in_few_round_trips() {
+    let s = setup();
+    for i in 0..100 {
+        insert_with_mtime(&s, &format!("tree/f{i:03}"), 1_600_000_000 + i);
+    }
+    let d = s.fs.lookup(ROOT_INO, name("tree")).await.unwrap();
+    let (heads, lists) = (s.store.calls(Op::Head), s.store.calls(Op::List));
+    // 20 ms a request, on the paused clock: elapsed time counts round trips.
+    s.store.set_latency(Duration::from_millis(20));
+    let started = tokio::time::Instant::now();
+    // What rsync does on the receiving side: lstat every name, in order.
+    for i in 0..100 {
+        let attr = s.fs.lookup(d.ino, name(&format!("f{i:03}"))).await.unwrap();
+        assert_eq!(secs(attr.mtime), 1_600_000_000 + i, "f{i:03}");
+    }
+    // The first alone (a HEAD and a LIST at once), then a listing, then three
+    // times the headers of a name and the 32 after it at once: 5 round trips,
+    // where one a name would be 100.
+    let round_trips = started.elapsed().as_millis() / 20;
+    assert_eq!(round_trips, 5, "round trips");
+    assert_eq!(s.store.calls(Op::List) - lists, 2, "LISTs");
+    assert_eq!(s.store.calls(Op::Head) - heads, 100, "HEADs");
+}
+
+#[tokio::test]
+async fn a_name_found_in_a_listing_made_for_lookups_has_the_mtime_of_its_headers() {
+    let s = setup();
+    insert_with_mtime(&s, "part/a", 1_600_000_001);
+    insert_with_mtime(&s, "part/c", 1_600_000_003);
+    let d = s.fs.lookup(ROOT_INO, name("part")).await.unwrap();
+    // rsync into a directory copied in part: a name there, one missing (which
+    // lists the directory), and one there again, out of order.
+    let a = s.fs.lookup(d.ino, name("a")).await.unwrap();
+    assert_eq!(secs(a.mtime), 1_600_000_001);
+    assert_eq!(
+        s.fs.lookup(d.ino, name("zz")).await.unwrap_err(),
+        Errno::ENOENT
+    );
+    let c = s.fs.lookup(d.ino, name("c")).await.unwrap();
+    assert_eq!(secs(c.mtime), 1_600_000_003, "not the time of the upload");
+}
+
 #[tokio::test]
 async fn a_lookup_in_a_large_directory_asks_for_the_name_alone() {
     let s = setup();
