@@ -44,9 +44,10 @@ struct ReadState {
     run: u64,
     /// Blocks before this one have been asked for already.
     ahead: u64,
-    /// Random reads so far, up to the one that started a whole fetch.
+    /// Random reads so far, up to the one that settled the whole fetch.
     random_reads: u32,
-    whole_started: bool,
+    /// A whole fetch was started for this handle, or the object does not fit.
+    whole_decided: bool,
 }
 
 impl Reader {
@@ -73,10 +74,10 @@ impl Reader {
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let sequential = offset <= st.next + SLACK && offset + SLACK >= st.next;
             let random = !sequential && end - offset < self.cache.block_size();
-            if random && !st.whole_started {
+            if random && !st.whole_decided {
                 st.random_reads += 1;
             }
-            let whole = !st.whole_started && st.random_reads >= WHOLE_AFTER;
+            let whole = !st.whole_decided && st.random_reads >= WHOLE_AFTER;
             if sequential {
                 st.run += end - offset;
                 st.next = st.next.max(end);
@@ -103,15 +104,19 @@ impl Reader {
             };
             (ahead, random, whole)
         };
+        // An object that does not fit is never fetched whole: stop asking. One
+        // that does is asked for again while another object is being fetched.
         if whole
-            && let Some(_fetch) = self
-                .cache
-                .fetch_whole(&self.obj, Arc::downgrade(&self.open))
+            && (!self.cache.fits_whole(&self.obj)
+                || self
+                    .cache
+                    .fetch_whole(&self.obj, Arc::downgrade(&self.open))
+                    .is_some())
         {
             self.state
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .whole_started = true;
+                .whole_decided = true;
         }
         if let Some(blocks) = ahead {
             self.cache.prefetch(&self.obj, blocks).await;
@@ -178,6 +183,26 @@ mod tests {
         // Prefetched in large requests, not one per read or per block.
         let gets = store.calls(Op::Get);
         assert!((5..=20).contains(&gets), "{gets} GETs");
+    }
+
+    #[tokio::test]
+    async fn random_reads_of_an_object_too_big_to_fetch_whole_stop_asking() {
+        let body = data(64 * MIB);
+        let store = Arc::new(MemoryStore::new());
+        store.insert("k", body.clone());
+        let r = reader(&store, "k");
+        assert!(!r.cache.fits_whole(r.version()));
+        for i in 0..u64::from(WHOLE_AFTER) + 2 {
+            let off = (i * 7 + 3) % 60 * MIB;
+            let got = r.read(off, 4096).await.unwrap();
+            assert_eq!(&got[..], &body[off as usize..off as usize + 4096]);
+        }
+        let st = r.state.lock().unwrap();
+        assert!(st.whole_decided);
+        assert_eq!(
+            st.random_reads, WHOLE_AFTER,
+            "no more counting once settled"
+        );
     }
 
     #[tokio::test]

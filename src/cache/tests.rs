@@ -61,17 +61,25 @@ impl Setup {
     }
 }
 
+/// A replayable stream of pseudo-random numbers (an LCG): the same seed gives
+/// the same reads.
+fn pseudo_random(seed: u64) -> impl Iterator<Item = u64> {
+    std::iter::successors(Some(seed), |x| {
+        Some(
+            x.wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407),
+        )
+    })
+    .skip(1)
+}
+
 #[tokio::test]
 async fn random_reads_match_the_object() {
     let s = Setup::new();
     let data = body(20 * BLOCK + 123, 1);
     let obj = s.object("k", data.clone());
     let cache = s.cache(4 * BLOCK, 1 << 30);
-    let mut x: u64 = 12345;
-    for _ in 0..300 {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+    for x in pseudo_random(12345).take(300) {
         let off = (x >> 33) % (data.len() as u64 + 10);
         let len = (x >> 13) % (3 * BLOCK);
         let got = cache.read(&obj, off..off + len).await.unwrap();
@@ -233,11 +241,7 @@ async fn a_whole_fetch_brings_the_missing_blocks_in_large_gets() {
     // 0..128, 128..130, 131..259, 259..301: no block twice.
     assert_eq!(s.store.calls(Op::Get), 1 + 4);
     assert_eq!(s.store.bytes_read(), data.len() as u64);
-    let mut x: u64 = 99;
-    for _ in 0..200 {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+    for x in pseudo_random(99).take(200) {
         let off = (x >> 33) % (data.len() as u64 - 4096);
         let got = cache.read_random(&obj, off..off + 4096).await.unwrap();
         assert_eq!(
