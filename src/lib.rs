@@ -18,5 +18,6 @@ pub mod mount_args;
 pub mod mountpoint;
 pub mod private;
 pub mod read;
+pub mod status;
 pub mod store;
 pub mod write;

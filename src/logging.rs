@@ -78,6 +78,13 @@ fn rotating_writer(path: &Path) -> Result<FileRotate<AppendCount>, String> {
 impl LogControl {
     /// Log s3mount's messages at `level` from now on.
     pub fn set_level(&self, level: &str) -> Result<(), String> {
+        // A level only: a whole filter could turn on a library's trace.
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+            return Err(format!(
+                "log level {level:?} is not one of {}",
+                LEVELS.join(", ")
+            ));
+        }
         let new = filter(level)?;
         let mut current = self.level.lock().unwrap_or_else(|e| e.into_inner());
         // Said at warn, under whichever of the two levels shows it.
@@ -93,6 +100,11 @@ impl LogControl {
         }
         *current = level.to_string();
         Ok(())
+    }
+
+    /// The level now.
+    pub fn level(&self) -> String {
+        self.level.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// SIGUSR2: the next level, from error up to trace and round to error again.

@@ -17,15 +17,18 @@ fn main() -> ExitCode {
     // The cache directory holds the bucket's data: nothing s3mount creates is
     // for other users to read.
     s3mount::private::restrict_umask();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if s3mount::status::command::asked(&args) {
+        return s3mount::status::command::run(args);
+    }
     // mount(8), fstab and mount.fuse3 pass options as `-o a=b,c`.
-    let line =
-        match s3mount::mount_args::command_line(std::env::args_os().collect(), &Cli::command()) {
-            Ok(line) => line,
-            Err(e) => {
-                eprintln!("s3mount: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let line = match s3mount::mount_args::command_line(args, &Cli::command()) {
+        Ok(line) => line,
+        Err(e) => {
+            eprintln!("s3mount: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cli = Cli::parse_from(line.args);
     let config = mountpoint::check(&cli.mountpoint).and_then(|mp| MountConfig::new(cli, mp));
     let config = match config {

@@ -322,7 +322,22 @@ pub fn run(mut config: MountConfig, readiness: &mut Readiness) -> Result<(), Str
         let _runtime = rt.enter();
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
     };
-    rt.spawn(change_log_level_on_sigusr2(usr2, log));
+    rt.spawn(change_log_level_on_sigusr2(usr2, log.clone()));
+    let reporter = reporter(&config, &store, &fs, cdn.clone(), log.clone());
+    // A mount without its status view still serves its files.
+    let _status = match crate::status::server::start(rt.handle(), reporter, log) {
+        Ok(socket) => {
+            tracing::info!(
+                "status: s3mount status (socket {})",
+                socket.path().display()
+            );
+            Some(socket)
+        }
+        Err(e) => {
+            tracing::warn!("s3mount status will not see this mount: {e}");
+            None
+        }
+    };
 
     let mut options = fuser::Config::default();
     options.mount_options = vec![
@@ -414,6 +429,47 @@ pub fn run(mut config: MountConfig, readiness: &mut Readiness) -> Result<(), Str
     }
     let result = served.map_err(|_| "the FUSE session panicked".to_string())?;
     result.map_err(|e| format!("FUSE session ended with an error: {e}"))
+}
+
+/// What `s3mount status` shows of this mount, gathered when asked.
+fn reporter(
+    config: &MountConfig,
+    store: &Arc<CountingStore<S3Store>>,
+    fs: &Arc<Fs>,
+    cdn: Option<Arc<Invalidator>>,
+    log: Arc<crate::logging::LogControl>,
+) -> crate::status::server::Reporter {
+    let source = format!("s3://{}/{}", config.settings.bucket, config.prefix);
+    let (mountpoint, cache_dir) = (config.mountpoint.clone(), config.cache_dir.clone());
+    let (store, fs) = (store.clone(), Arc::downgrade(fs));
+    Arc::new(move || {
+        let fs = fs.upgrade();
+        let (uploads, failed, conflicts) = fs
+            .as_ref()
+            .map(|fs| fs.board().snapshot())
+            .unwrap_or_default();
+        let (bytes_sent, bytes_received) = store.bytes();
+        crate::status::Report {
+            source: source.clone(),
+            mountpoint: mountpoint.clone(),
+            pid: std::process::id(),
+            cache_dir: cache_dir.clone(),
+            log_level: log.level(),
+            uploading: crate::status::uploading(&uploads, store.uploads()),
+            waiting: fs.as_ref().map_or(0, |fs| fs.waiting()),
+            failed,
+            conflicts,
+            cache: fs.as_ref().map(|fs| fs.cache_stats()).unwrap_or_default(),
+            requests: store
+                .requests()
+                .into_iter()
+                .map(|(kind, n)| (kind.to_string(), n))
+                .collect(),
+            bytes_sent,
+            bytes_received,
+            cloudfront: cdn.as_ref().map(|c| c.stats()),
+        }
+    })
 }
 
 /// Lazy unmount: the mount leaves the directory tree at once, files still open keep

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
@@ -91,6 +91,9 @@ pub struct BlockCache {
     pieces: Option<Arc<BlockCache>>,
     /// Whether an object is being fetched whole: one at a time.
     fetching_whole: AtomicBool,
+    /// Blocks reads found in memory or on disk, and blocks they waited for S3.
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -137,11 +140,28 @@ impl BlockCache {
             budget_units: in_flight as usize,
             pieces,
             fetching_whole: AtomicBool::new(false),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         })
     }
 
     pub fn block_size(&self) -> u64 {
         self.block_size
+    }
+
+    /// Blocks (and pieces) reads found in memory or on disk, and those they
+    /// waited for S3 to send.
+    pub fn hits_and_misses(&self) -> (u64, u64) {
+        let (mut hits, mut misses) = (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        );
+        if let Some(pieces) = &self.pieces {
+            let (h, m) = pieces.hits_and_misses();
+            hits += h;
+            misses += m;
+        }
+        (hits, misses)
     }
 
     /// The disk cache, shared with the cache of object headers.
@@ -183,8 +203,20 @@ impl BlockCache {
             let data = match cell {
                 // A read always gets room to fetch, so every block has a cell.
                 None => return Err(StoreError::Other("a block fetch was lost".into())),
-                Some(Cell::Ready(data)) => data,
+                Some(Cell::Ready(data)) => {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    data
+                }
                 Some(Cell::Pending(mut p)) => {
+                    // Waiting for the disk is a hit, for S3 a miss.
+                    let id = BlockId {
+                        key: obj.key.clone(),
+                        etag: etag.clone(),
+                        index,
+                    };
+                    let on_disk = self.disk.as_ref().is_some_and(|d| d.may_have(&id));
+                    let counter = if on_disk { &self.hits } else { &self.misses };
+                    counter.fetch_add(1, Ordering::Relaxed);
                     let value = p
                         .wait_for(Option::is_some)
                         .await

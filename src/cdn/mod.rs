@@ -247,6 +247,17 @@ impl Invalidator {
     }
 
     /// The counters, for the log at unmount.
+    /// Paths queued, sent, in how many invalidations, and given up.
+    pub fn stats(&self) -> crate::status::CdnStats {
+        let c = &self.shared.counters;
+        crate::status::CdnStats {
+            queued: c.queued.load(Ordering::Relaxed),
+            sent: c.sent.load(Ordering::Relaxed),
+            invalidations: c.invalidations.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+        }
+    }
+
     pub fn summary(&self) -> String {
         let c = &self.shared.counters;
         format!(

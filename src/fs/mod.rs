@@ -203,6 +203,8 @@ pub struct Fs {
     pending_files: std::sync::atomic::AtomicUsize,
     /// Directory times waiting for their markers.
     dir_times: dir_times::DirTimes,
+    /// The uploads under way, failed and in conflict, for `s3mount status`.
+    board: crate::status::board::Board,
     /// For the background tasks, which must not keep the filesystem alive.
     me: Weak<Fs>,
 }
@@ -254,6 +256,7 @@ impl Fs {
             retry_slots: tokio::sync::Semaphore::new(write_back::RETRIES_AT_ONCE),
             pending_files: std::sync::atomic::AtomicUsize::new(0),
             dir_times: dir_times::DirTimes::default(),
+            board: Default::default(),
             me: me.clone(),
         }))
     }

@@ -348,7 +348,10 @@ impl Fs {
             check_before_complete: self.config.check_before_upload,
             on_part: &on_part,
         };
-        match self.uploader.upload(job, staged, stream).await {
+        self.board.upload_begins(key, staged.size());
+        let uploaded = self.uploader.upload(job, staged, stream).await;
+        self.board.upload_ends(key);
+        match uploaded {
             Ok(etag) => {
                 match self
                     .stored(ino, of, inode, key, etag, options, streamed, since)
@@ -395,6 +398,11 @@ impl Fs {
     async fn failed(&self, inode: &Inode, of: &mut OpenFile, e: &WriteError) -> Errno {
         of.upload_failed = true;
         let key = self.key(&inode.path);
+        self.board.failed(
+            &key,
+            &e.to_string(),
+            of.staged.as_ref().map(|s| s.file().path()),
+        );
         if let Some(staged) = &of.staged {
             if let Err(sync) = staged.file().sync().await {
                 tracing::error!("cannot sync {}: {sync}", staged.file().path().display());
@@ -430,6 +438,7 @@ impl Fs {
         since: SystemTime,
     ) -> FsResult<()> {
         self.published(key, Change::Written { new: inode.local });
+        self.board.stored(key);
         let mut written = options;
         if let Some(streamed) = streamed {
             // A multipart upload takes its metadata when it begins; a stream
@@ -593,10 +602,13 @@ impl Fs {
             Err(WriteError::Store(StoreError::PreconditionFailed | StoreError::NotFound)) => {
                 let name = staged.file().name();
                 match self.journal.put_aside(key, &name) {
-                    Ok(path) => tracing::error!(
-                        "{key} was changed by another writer after this mount began changing it, and the unchanged bytes of this mount's version went with the old one: the bytes written here are in {} (a sparse file; the record beside it lists their ranges)",
-                        path.display()
-                    ),
+                    Ok(path) => {
+                        tracing::error!(
+                            "{key} was changed by another writer after this mount began changing it, and the unchanged bytes of this mount's version went with the old one: the bytes written here are in {} (a sparse file; the record beside it lists their ranges)",
+                            path.display()
+                        );
+                        self.board.conflict(key, path.display().to_string());
+                    }
                     Err(e) => tracing::error!(
                         "{key} was changed by another writer; this mount's changes stay in {} ({e})",
                         staged.file().path().display()
@@ -636,6 +648,7 @@ impl Fs {
                     tracing::error!(
                         "{key} was changed by another writer after this mount read it: {key} keeps their version, this mount's is saved as {copy_key}"
                     );
+                    self.board.conflict(key, copy_key.clone());
                     self.published(&copy_key, Change::Written { new: true });
                     if let Some(path) = copy_key.strip_prefix(self.config.prefix.as_str()) {
                         self.entry_changed(path);
@@ -798,6 +811,31 @@ impl Fs {
             n += usize::from(of.lock().await.pending.is_some());
         }
         n
+    }
+
+    /// The uploads under way (with their sizes), failed and in conflict.
+    pub fn board(&self) -> &crate::status::board::Board {
+        &self.board
+    }
+
+    /// Files whose upload is left to the background: a retry after a failure,
+    /// or with background uploads, their first attempt.
+    pub fn waiting(&self) -> u64 {
+        self.pending_files
+            .load(std::sync::atomic::Ordering::Relaxed) as u64
+    }
+
+    /// The disk cache's size and limit, and the blocks reads found at hand or
+    /// waited for.
+    pub fn cache_stats(&self) -> crate::status::CacheStats {
+        let (hits, misses) = self.cache.hits_and_misses();
+        let disk = self.cache.disk();
+        crate::status::CacheStats {
+            disk_bytes: disk.as_ref().map_or(0, |d| d.bytes()),
+            disk_limit: disk.as_ref().map_or(0, |d| d.max_bytes()),
+            hits,
+            misses,
+        }
     }
 
     /// Stop every background task of the mount at once (unmount; a test plays

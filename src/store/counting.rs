@@ -1,9 +1,13 @@
 //! An [`ObjectStore`] wrapper that counts the requests made through it, so that a
 //! mount can say at unmount how many S3 requests it made and how many bytes its
-//! GETs brought (the benchmark and the tests read it).
+//! GETs brought (the benchmark and the tests read it), and follows the uploads
+//! under way, so that `s3mount status` can show the bytes S3 has of each.
 
+use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -13,10 +17,27 @@ use super::{
     ObjectStore, Op, PutOptions, StoreResult,
 };
 
+/// Uploads followed at once; past this, a new one is not followed (its bytes
+/// still count in the totals).
+const FOLLOWED: usize = 10_000;
+
+/// An upload under way: a multipart upload from its creation to its completion
+/// or abort, or one PutObject.
+struct Sending {
+    key: String,
+    /// Bytes S3 has confirmed.
+    sent: u64,
+    started: Instant,
+}
+
 pub struct CountingStore<S> {
     inner: S,
     counts: [AtomicU64; Op::ALL.len()],
     received: AtomicU64,
+    sent: AtomicU64,
+    /// By upload id, or `put N` for a PutObject.
+    sending: Mutex<HashMap<String, Sending>>,
+    puts: AtomicU64,
 }
 
 impl<S: ObjectStore> CountingStore<S> {
@@ -25,7 +46,65 @@ impl<S: ObjectStore> CountingStore<S> {
             inner,
             counts: Default::default(),
             received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            sending: Mutex::new(HashMap::new()),
+            puts: AtomicU64::new(0),
         }
+    }
+
+    fn sending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Sending>> {
+        self.sending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn follow(&self, id: String, key: &str) {
+        let mut sending = self.sending();
+        if sending.len() < FOLLOWED {
+            sending.insert(
+                id,
+                Sending {
+                    key: key.to_string(),
+                    sent: 0,
+                    started: Instant::now(),
+                },
+            );
+        }
+    }
+
+    fn confirmed(&self, id: &str, bytes: u64) {
+        self.sent.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(s) = self.sending().get_mut(id) {
+            s.sent += bytes;
+        }
+    }
+
+    /// The uploads under way by key: bytes S3 has confirmed, and seconds since
+    /// the first began.
+    pub fn uploads(&self) -> HashMap<String, (u64, f64)> {
+        let mut by_key: HashMap<String, (u64, f64)> = HashMap::new();
+        for s in self.sending().values() {
+            let entry = by_key.entry(s.key.clone()).or_default();
+            entry.0 += s.sent;
+            entry.1 = entry.1.max(s.started.elapsed().as_secs_f64());
+        }
+        by_key
+    }
+
+    /// Requests made so far, by kind (those made at least once).
+    pub fn requests(&self) -> Vec<(&'static str, u64)> {
+        Op::ALL
+            .iter()
+            .map(|op| (op.name(), self.calls(*op)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// Bytes sent in PutObject and UploadPart requests S3 confirmed, and bytes
+    /// received from GETs.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.received.load(Ordering::Relaxed),
+        )
     }
 
     fn count(&self, op: Op) {
@@ -44,16 +123,9 @@ impl<S: ObjectStore> CountingStore<S> {
     /// `S3 requests: 12 (HeadObject 3, GetObject 9), 9437184 bytes received`: the
     /// total and every kind made, and the bytes of the GETs.
     pub fn summary(&self) -> String {
-        let made: Vec<(Op, u64)> = Op::ALL
-            .iter()
-            .map(|op| (*op, self.calls(*op)))
-            .filter(|(_, n)| *n > 0)
-            .collect();
+        let made = self.requests();
         let total: u64 = made.iter().map(|(_, n)| n).sum();
-        let parts: Vec<String> = made
-            .iter()
-            .map(|(op, n)| format!("{} {n}", op.name()))
-            .collect();
+        let parts: Vec<String> = made.iter().map(|(name, n)| format!("{name} {n}")).collect();
         format!(
             "S3 requests: {total} ({}), {} bytes received",
             parts.join(", "),
@@ -109,7 +181,15 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         condition: Option<&Condition>,
     ) -> StoreResult<String> {
         self.count(Op::Put);
-        self.inner.put(key, body, options, condition).await
+        let id = format!("put {}", self.puts.fetch_add(1, Ordering::Relaxed));
+        let len = body.len() as u64;
+        self.follow(id.clone(), key);
+        let result = self.inner.put(key, body, options, condition).await;
+        if result.is_ok() {
+            self.confirmed(&id, len);
+        }
+        self.sending().remove(&id);
+        result
     }
 
     async fn copy(&self, from: &str, to: &str, options: &CopyOptions) -> StoreResult<String> {
@@ -124,7 +204,9 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
 
     async fn create_multipart(&self, key: &str, options: &PutOptions) -> StoreResult<String> {
         self.count(Op::CreateMultipart);
-        self.inner.create_multipart(key, options).await
+        let id = self.inner.create_multipart(key, options).await?;
+        self.follow(id.clone(), key);
+        Ok(id)
     }
 
     async fn upload_part(
@@ -135,7 +217,10 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         body: Bytes,
     ) -> StoreResult<String> {
         self.count(Op::UploadPart);
-        self.inner.upload_part(key, upload_id, number, body).await
+        let len = body.len() as u64;
+        let etag = self.inner.upload_part(key, upload_id, number, body).await?;
+        self.confirmed(upload_id, len);
+        Ok(etag)
     }
 
     async fn upload_part_copy(
@@ -161,13 +246,19 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         condition: Option<&Condition>,
     ) -> StoreResult<String> {
         self.count(Op::CompleteMultipart);
-        self.inner
+        let result = self
+            .inner
             .complete_multipart(key, upload_id, parts, condition)
-            .await
+            .await;
+        if result.is_ok() {
+            self.sending().remove(upload_id);
+        }
+        result
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
         self.count(Op::AbortMultipart);
+        self.sending().remove(upload_id);
         self.inner.abort_multipart(key, upload_id).await
     }
 
@@ -196,5 +287,40 @@ mod tests {
             store.summary(),
             "S3 requests: 3 (HeadObject 2, PutObject 1), 0 bytes received"
         );
+    }
+
+    #[tokio::test]
+    async fn a_multipart_upload_is_followed_part_by_part_until_it_completes() {
+        let store = CountingStore::new(MemoryStore::new());
+        let options = PutOptions::default();
+        let id = store.create_multipart("big", &options).await.unwrap();
+        let part = Bytes::from(vec![7u8; 5 << 20]);
+        let etag = store
+            .upload_part("big", &id, 1, part.clone())
+            .await
+            .unwrap();
+        assert_eq!(store.uploads()["big"].0, 5 << 20);
+        let etag2 = store.upload_part("big", &id, 2, part).await.unwrap();
+        assert_eq!(store.uploads()["big"].0, 10 << 20);
+        let parts = vec![
+            CompletedPart { number: 1, etag },
+            CompletedPart {
+                number: 2,
+                etag: etag2,
+            },
+        ];
+        store
+            .complete_multipart("big", &id, parts, None)
+            .await
+            .unwrap();
+        assert!(store.uploads().is_empty());
+        assert_eq!(store.bytes(), (10 << 20, 0));
+        // A PutObject is followed only while it is in flight.
+        store
+            .put("small", Bytes::from("abc"), &options, None)
+            .await
+            .unwrap();
+        assert!(store.uploads().is_empty());
+        assert_eq!(store.bytes().0, (10 << 20) + 3);
     }
 }

@@ -1,0 +1,239 @@
+//! `s3mount status`: a running mount's uploads (bytes sent growing), its failed
+//! uploads with their reason and where the data is, `--json`, the list of every
+//! mount, and the log level changed through it. Real mounts on a Garage of the
+//! test's own, reached through the delay proxy so that an upload takes long
+//! enough to be watched.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{BIN, Mount, PrivateGarage, S3Env, TestBucket, close, wait_until};
+use s3mount::status::Report;
+
+const MIB: u64 = 1 << 20;
+
+/// The delay proxy of the benchmark, in front of `env`'s server, adding
+/// `delay_ms` to every round trip; killed on drop.
+struct DelayProxy {
+    child: Child,
+    env: S3Env,
+}
+
+impl DelayProxy {
+    fn new(env: &S3Env, delay_ms: u64) -> Self {
+        let upstream = env.endpoint.trim_start_matches("http://");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_s3mount-bench"))
+            .args(["proxy", "--listen", "127.0.0.1:0", "--upstream", upstream])
+            .args(["--delay-ms", &delay_ms.to_string()])
+            .stdout(Stdio::piped())
+            // It says so each time the stopped server refuses it.
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the delay proxy");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the proxy's first line");
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("listening="))
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let env = S3Env {
+            endpoint: format!("http://{addr}"),
+            ..env.clone()
+        };
+        Self { child, env }
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn status(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("status")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run s3mount status")
+}
+
+fn arg(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 path")
+}
+
+/// What `s3mount status --json MOUNTPOINT` says.
+fn report(mnt: &Path) -> Report {
+    let out = status(&["--json", arg(mnt)]);
+    assert!(
+        out.status.success(),
+        "s3mount status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stdout));
+    })
+}
+
+#[test]
+fn status_shows_an_upload_growing_then_a_failed_upload_with_its_reason_and_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let garage = PrivateGarage::start(dir.path(), "watched");
+    let proxy = DelayProxy::new(&garage.env, 2000);
+    let bucket = TestBucket::existing(proxy.env.clone(), "watched");
+    let mount = Mount::new(&bucket, &[]);
+
+    // A backup script's cp of a large file: 16 parts of 8 MiB, four at a time,
+    // each taking two seconds or more.
+    let size = 128 * MIB;
+    let writer = {
+        let path = mount.join("backup.tar");
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::create(path).unwrap();
+            let chunk = vec![7u8; MIB as usize];
+            for _ in 0..size / MIB {
+                file.write_all(&chunk).unwrap();
+            }
+            close(file)
+        })
+    };
+    let mut seen: Vec<(u64, Option<u64>)> = Vec::new();
+    while !writer.is_finished() {
+        if let Some(u) = report(&mount.path)
+            .uploading
+            .into_iter()
+            .find(|u| u.key == "backup.tar")
+        {
+            seen.push((u.sent, u.total));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    writer.join().unwrap().expect("the upload succeeds");
+    let sent: Vec<u64> = seen.iter().map(|(s, _)| *s).collect();
+    assert!(
+        sent.windows(2).all(|w| w[0] <= w[1]),
+        "bytes sent never go back: {sent:?}"
+    );
+    let mut partial: Vec<u64> = sent
+        .iter()
+        .copied()
+        .filter(|s| *s > 0 && *s < size)
+        .collect();
+    partial.dedup();
+    assert!(
+        partial.len() >= 2,
+        "bytes sent seen growing while the file went up: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|(_, total)| *total == Some(size)),
+        "the file's size shown once it was complete: {seen:?}"
+    );
+    assert!(report(&mount.path).uploading.is_empty());
+
+    // The server goes away: the close of a page fails, and status says why and
+    // where the page is kept.
+    let mut file = std::fs::File::create(mount.join("index.html")).unwrap();
+    garage.stop();
+    file.write_all(b"<h1>saved while the server was down</h1>\n")
+        .unwrap();
+    assert!(close(file).is_err(), "the upload fails");
+    let now = report(&mount.path);
+    let failed = now
+        .failed
+        .iter()
+        .find(|f| f.key == "index.html")
+        .unwrap_or_else(|| panic!("index.html among the failed: {now:?}"));
+    assert!(!failed.reason.is_empty());
+    let kept = failed.kept_in.as_ref().expect("where the data is");
+    assert_eq!(
+        std::fs::read(kept).unwrap(),
+        b"<h1>saved while the server was down</h1>\n"
+    );
+    let screen = String::from_utf8(status(&[arg(&mount.path)]).stdout).unwrap();
+    assert!(
+        screen.contains(&format!(
+            "index.html: {}; data kept in {}",
+            failed.reason,
+            kept.display()
+        )),
+        "{screen}"
+    );
+    // The 16 parts of the backup, and what they carried.
+    assert!(
+        now.requests.get("UploadPart").is_some_and(|n| *n >= 16),
+        "{now:?}"
+    );
+    assert!(now.bytes_sent >= size, "{now:?}");
+
+    // Back again: the retry stores it, and the failure is gone from the view.
+    garage.resume();
+    wait_until(Duration::from_secs(120), "the retried upload", || {
+        report(&mount.path).failed.is_empty()
+    });
+    assert_eq!(
+        bucket.get("index.html").unwrap(),
+        b"<h1>saved while the server was down</h1>\n"
+    );
+    assert!(mount.unmount().success());
+}
+
+#[test]
+fn plain_status_lists_every_mount_and_log_level_changes_a_running_one() {
+    let first = TestBucket::new("status-a");
+    let second = TestBucket::new("status-b");
+    let (a, b) = (Mount::new(&first, &[]), Mount::new(&second, &[]));
+    let out = status(&[]);
+    assert!(out.status.success());
+    let screen = String::from_utf8(out.stdout).unwrap();
+    for (bucket, mount) in [(&first, &a), (&second, &b)] {
+        assert!(
+            screen.contains(&format!(
+                "s3://{}/ on {} (process {}",
+                bucket.name,
+                mount.path.display(),
+                mount.pid()
+            )),
+            "{screen}"
+        );
+    }
+    let all: Vec<Report> = serde_json::from_slice(&status(&["--json"]).stdout).unwrap();
+    assert!(all.iter().any(|r| r.mountpoint == b.path));
+
+    let out = status(&["--log-level", "trace", arg(&a.path)]);
+    assert!(out.status.success());
+    assert_eq!(report(&a.path).log_level, "trace");
+    assert_eq!(
+        report(&b.path).log_level,
+        "debug",
+        "the other mount keeps its level"
+    );
+    let out = status(&["--log-level", "verbose", arg(&a.path)]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("is not one of error, warn, info, debug, trace"),
+        "{err}"
+    );
+
+    // A directory with no mount on it is one clear line and a failure.
+    let plain = tempfile::tempdir().unwrap();
+    let out = status(&[arg(plain.path())]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("no s3mount mount of this user on"), "{err}");
+
+    // An unmounted mount leaves the list, and takes its socket with it.
+    let gone = a.path.clone();
+    assert!(a.unmount().success());
+    let all: Vec<Report> = serde_json::from_slice(&status(&["--json"]).stdout).unwrap();
+    assert!(all.iter().all(|r| r.mountpoint != gone));
+    assert!(b.unmount().success());
+}
