@@ -143,6 +143,12 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "WHEN", default_value = "auto")]
     pub check_before_upload: CheckBeforeUpload,
 
+    /// Serve Prometheus metrics on this address (`127.0.0.1:9464`; a host name
+    /// is resolved once). Off unless given; listen on another address than
+    /// localhost only if it is meant to be reached from elsewhere
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+
     /// Log level (error, warn, info, debug, trace); RUST_LOG, if set, wins
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,

@@ -6,7 +6,7 @@
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     BsdFileFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -41,11 +41,17 @@ impl S3Fuse {
         Self { fs, rt, ttl }
     }
 
-    fn spawn<F>(&self, f: impl FnOnce(Arc<Fs>) -> F)
+    /// Run request `op` as a task; its time to the answer goes to the metrics.
+    fn spawn<F>(&self, op: &'static str, f: impl FnOnce(Arc<Fs>) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.rt.spawn(f(self.fs.clone()));
+        let started = Instant::now();
+        let request = f(self.fs.clone());
+        self.rt.spawn(async move {
+            request.await;
+            crate::metrics::fuse_request(op, started.elapsed());
+        });
     }
 }
 
@@ -166,7 +172,7 @@ impl Filesystem for S3Fuse {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_owned();
         let ttl = self.ttl;
-        self.spawn(|fs| async move {
+        self.spawn("lookup", |fs| async move {
             match fs.lookup(parent.0, &name).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(e)),
@@ -180,7 +186,7 @@ impl Filesystem for S3Fuse {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let ttl = self.ttl;
-        self.spawn(|fs| async move {
+        self.spawn("getattr", |fs| async move {
             match fs.getattr(ino.0).await {
                 Ok(a) => reply.attr(&ttl, &file_attr(&a)),
                 Err(e) => reply.error(errno(e)),
@@ -215,7 +221,7 @@ impl Filesystem for S3Fuse {
             atime: atime.map(time_of),
             mtime: mtime.map(time_of),
         };
-        self.spawn(|fs| async move {
+        self.spawn("setattr", |fs| async move {
             match fs.setattr(ino.0, changes).await {
                 Ok(a) => reply.attr(&ttl, &file_attr(&a)),
                 Err(e) => reply.error(errno(e)),
@@ -236,7 +242,7 @@ impl Filesystem for S3Fuse {
         let name = name.to_owned();
         let ttl = self.ttl;
         let caller = creator(req, umask);
-        self.spawn(|fs| async move {
+        self.spawn("mknod", |fs| async move {
             match fs.mknod(parent.0, &name, mode, rdev, caller).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(e)),
@@ -256,7 +262,7 @@ impl Filesystem for S3Fuse {
         let name = name.to_owned();
         let ttl = self.ttl;
         let caller = creator(req, umask);
-        self.spawn(|fs| async move {
+        self.spawn("mkdir", |fs| async move {
             match fs.mkdir(parent.0, &name, mode, caller).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(e)),
@@ -266,7 +272,7 @@ impl Filesystem for S3Fuse {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
-        self.spawn(|fs| async move {
+        self.spawn("unlink", |fs| async move {
             match fs.unlink(parent.0, &name).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(e)),
@@ -276,7 +282,7 @@ impl Filesystem for S3Fuse {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
-        self.spawn(|fs| async move {
+        self.spawn("rmdir", |fs| async move {
             match fs.rmdir(parent.0, &name).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(e)),
@@ -295,7 +301,7 @@ impl Filesystem for S3Fuse {
         let (name, target) = (link_name.to_owned(), target.as_os_str().to_owned());
         let ttl = self.ttl;
         let caller = caller(req);
-        self.spawn(|fs| async move {
+        self.spawn("symlink", |fs| async move {
             match fs.symlink(parent.0, &name, &target, caller).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(e)),
@@ -304,7 +310,7 @@ impl Filesystem for S3Fuse {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.spawn(|fs| async move {
+        self.spawn("readlink", |fs| async move {
             match fs.readlink(ino.0).await {
                 Ok(target) => reply.data(target.as_bytes()),
                 Err(e) => reply.error(errno(e)),
@@ -324,7 +330,7 @@ impl Filesystem for S3Fuse {
     ) {
         let (name, newname) = (name.to_owned(), newname.to_owned());
         let flags = flags.bits();
-        self.spawn(|fs| async move {
+        self.spawn("rename", |fs| async move {
             match fs
                 .rename(parent.0, &name, newparent.0, &newname, flags)
                 .await
@@ -350,7 +356,7 @@ impl Filesystem for S3Fuse {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let caller = caller(req);
-        self.spawn(|fs| async move {
+        self.spawn("open", |fs| async move {
             match fs.open(ino.0, flags.0, caller).await {
                 Ok(fh) => {
                     let flags = if fs.keep_cache(ino.0) {
@@ -376,7 +382,7 @@ impl Filesystem for S3Fuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.spawn(|fs| async move {
+        self.spawn("read", |fs| async move {
             match fs.read(fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno(e)),
@@ -397,7 +403,7 @@ impl Filesystem for S3Fuse {
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
-        self.spawn(|fs| async move {
+        self.spawn("write", |fs| async move {
             match fs.write(fh.0, offset, data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(e)),
@@ -414,7 +420,7 @@ impl Filesystem for S3Fuse {
         reply: ReplyEmpty,
     ) {
         let process = process_of(req);
-        self.spawn(|fs| async move {
+        self.spawn("flush", |fs| async move {
             match fs.flush(fh.0, process).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(e)),
@@ -432,7 +438,7 @@ impl Filesystem for S3Fuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(|fs| async move {
+        self.spawn("release", |fs| async move {
             fs.release(fh.0).await;
             reply.ok();
         });
@@ -446,7 +452,7 @@ impl Filesystem for S3Fuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(|fs| async move {
+        self.spawn("fsync", |fs| async move {
             match fs.fsync(fh.0).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(e)),
@@ -469,7 +475,7 @@ impl Filesystem for S3Fuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.spawn(|fs| async move {
+        self.spawn("readdir", |fs| async move {
             match fs.readdir(ino.0, fh.0, offset, READDIR_BATCH, false).await {
                 Ok(entries) => {
                     for e in entries {
@@ -494,7 +500,7 @@ impl Filesystem for S3Fuse {
         mut reply: ReplyDirectoryPlus,
     ) {
         let ttl = self.ttl;
-        self.spawn(|fs| async move {
+        self.spawn("readdirplus", |fs| async move {
             match fs
                 .readdir(ino.0, fh.0, offset, READDIRPLUS_BATCH, true)
                 .await
@@ -542,7 +548,7 @@ impl Filesystem for S3Fuse {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let name = name.to_owned();
-        self.spawn(|fs| async move {
+        self.spawn("getxattr", |fs| async move {
             match fs.getxattr(ino.0, &name).await {
                 Ok(value) => reply_xattr(reply, size, &value),
                 Err(e) => reply.error(errno(e)),
@@ -551,7 +557,7 @@ impl Filesystem for S3Fuse {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.spawn(|fs| async move {
+        self.spawn("listxattr", |fs| async move {
             match fs.listxattr(ino.0).await {
                 Ok(names) => reply_xattr(reply, size, &names),
                 Err(e) => reply.error(errno(e)),
@@ -571,7 +577,7 @@ impl Filesystem for S3Fuse {
     ) {
         let name = name.to_owned();
         let value = value.to_vec();
-        self.spawn(|fs| async move {
+        self.spawn("setxattr", |fs| async move {
             match fs.setxattr(ino.0, &name, &value, flags).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(e)),
@@ -581,7 +587,7 @@ impl Filesystem for S3Fuse {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
-        self.spawn(|fs| async move {
+        self.spawn("removexattr", |fs| async move {
             match fs.removexattr(ino.0, &name).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(e)),
@@ -599,7 +605,7 @@ impl Filesystem for S3Fuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.spawn(|fs| async move {
+        self.spawn("fallocate", |fs| async move {
             match fs.fallocate(fh.0, offset, length, mode).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(e)),
@@ -627,7 +633,7 @@ impl Filesystem for S3Fuse {
         let name = name.to_owned();
         let ttl = self.ttl;
         let caller = creator(req, umask);
-        self.spawn(|fs| async move {
+        self.spawn("create", |fs| async move {
             match fs.create(parent.0, &name, mode, flags, caller).await {
                 Ok((a, fh)) => reply.created(
                     &ttl,

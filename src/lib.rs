@@ -13,6 +13,7 @@ pub mod fs;
 pub mod fuse;
 pub mod journal;
 pub mod logging;
+pub mod metrics;
 pub mod mount;
 pub mod mount_args;
 pub mod mountpoint;

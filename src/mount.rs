@@ -1,5 +1,6 @@
 //! Mounting: connect to S3, check the bucket, mount, serve until unmounted.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +49,7 @@ pub struct MountConfig {
     pub log_file: Option<PathBuf>,
     pub cdn: Option<CdnSettings>,
     pub check_before_upload: CheckBeforeUpload,
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl MountConfig {
@@ -106,6 +108,16 @@ impl MountConfig {
                 std::fs::File::open(f)
                     .and_then(|_| f.canonicalize())
                     .map_err(|e| format!("credentials file {}: {e}", f.display()))
+            })
+            .transpose()?;
+        let metrics_addr = cli
+            .metrics_addr
+            .as_deref()
+            .map(|addr| {
+                addr.to_socket_addrs()
+                    .map_err(|e| format!("--metrics-addr {addr}: {e}"))?
+                    .next()
+                    .ok_or_else(|| format!("--metrics-addr {addr}: no address"))
             })
             .transpose()?;
         let log_file = cli
@@ -168,6 +180,7 @@ impl MountConfig {
             log_file,
             cdn,
             check_before_upload: cli.check_before_upload,
+            metrics_addr,
         })
     }
 }
@@ -324,6 +337,10 @@ pub fn run(mut config: MountConfig, readiness: &mut Readiness) -> Result<(), Str
     };
     rt.spawn(change_log_level_on_sigusr2(usr2, log.clone()));
     let reporter = reporter(&config, &store, &fs, cdn.clone(), log.clone());
+    if let Some(addr) = config.metrics_addr {
+        crate::metrics::serve(addr, rt.handle(), reporter.clone())?;
+        tracing::info!("metrics on http://{addr}/metrics");
+    }
     // A mount without its status view still serves its files.
     let _status = match crate::status::server::start(rt.handle(), reporter, log) {
         Ok(socket) => {
@@ -457,6 +474,17 @@ fn reporter(
             log_level: log.level(),
             uploading: crate::status::uploading(&uploads, store.uploads()),
             waiting: fs.as_ref().map_or(0, |fs| fs.waiting()),
+            unsaved: fs
+                .as_ref()
+                .map(|fs| {
+                    let (files, bytes, oldest) = fs.unsaved_changes();
+                    crate::status::Unsaved {
+                        files,
+                        bytes,
+                        oldest_seconds: oldest.map(|d| d.as_secs_f64()),
+                    }
+                })
+                .unwrap_or_default(),
             failed,
             conflicts,
             cache: fs.as_ref().map(|fs| fs.cache_stats()).unwrap_or_default(),

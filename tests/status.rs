@@ -1,17 +1,22 @@
-//! `s3mount status`: a running mount's uploads (bytes sent growing), its failed
-//! uploads with their reason and where the data is, `--json`, the list of every
-//! mount, and the log level changed through it. Real mounts on a Garage of the
-//! test's own, reached through the delay proxy so that an upload takes long
+//! Watching a running mount: `s3mount status` (uploads with bytes sent growing,
+//! failed uploads with their reason and where the data is, `--json`, the list of
+//! every mount, the log level changed through it) and `--metrics-addr` (scraped
+//! and parsed as Prometheus text). Real mounts; the upload test runs on a Garage
+//! of its own, reached through the delay proxy so that an upload takes long
 //! enough to be watched.
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{BIN, Mount, PrivateGarage, S3Env, TestBucket, close, wait_until};
+use common::{
+    BIN, Mount, PrivateGarage, S3Env, TestBucket, assert_fails_with, close, mount_failing,
+    wait_until,
+};
 use s3mount::status::Report;
 
 const MIB: u64 = 1 << 20;
@@ -207,12 +212,14 @@ fn plain_status_lists_every_mount_and_log_level_changes_a_running_one() {
     let all: Vec<Report> = serde_json::from_slice(&status(&["--json"]).stdout).unwrap();
     assert!(all.iter().any(|r| r.mountpoint == b.path));
 
-    let out = status(&["--log-level", "trace", arg(&a.path)]);
+    // The tests mount at trace.
+    let out = status(&["--log-level", "warn", arg(&a.path)]);
     assert!(out.status.success());
-    assert_eq!(report(&a.path).log_level, "trace");
+    assert_eq!(report(&a.path).log_level, "warn");
+    assert!(a.log_text().contains("log level trace -> warn"));
     assert_eq!(
         report(&b.path).log_level,
-        "debug",
+        "trace",
         "the other mount keeps its level"
     );
     let out = status(&["--log-level", "verbose", arg(&a.path)]);
@@ -236,4 +243,111 @@ fn plain_status_lists_every_mount_and_log_level_changes_a_running_one() {
     let all: Vec<Report> = serde_json::from_slice(&status(&["--json"]).stdout).unwrap();
     assert!(all.iter().all(|r| r.mountpoint != gone));
     assert!(b.unmount().success());
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The metrics served on `port`, parsed.
+fn scrape(port: u16) -> prometheus_parse::Scrape {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus text")
+}
+
+/// The value of `metric` with `labels`: a counter's or gauge's value, a
+/// histogram's count; 0 if there is none yet.
+fn value(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(buckets) => {
+                buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+            }
+            prometheus_parse::Value::Summary(_) => panic!("{metric} is a summary"),
+        })
+        .sum()
+}
+
+#[test]
+fn the_metrics_endpoint_is_parsed_and_its_counters_move_with_the_operations() {
+    let bucket = TestBucket::new("metrics");
+    bucket.put("page.html", "<p>old</p>\n");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mount = Mount::new(&bucket, &["--metrics-addr", &addr]);
+    let before = scrape(port);
+
+    assert_eq!(
+        std::fs::read(mount.join("page.html")).unwrap(),
+        b"<p>old</p>\n"
+    );
+    std::fs::write(mount.join("style.css"), "body { color: red }\n").unwrap();
+    let after = scrape(port);
+    let moved = |metric: &str, labels: &[(&str, &str)]| {
+        value(&after, metric, labels) - value(&before, metric, labels)
+    };
+    let requests = "s3mount_s3_requests_total";
+    assert!(moved(requests, &[("kind", "GetObject"), ("outcome", "ok")]) >= 1.0);
+    assert!(moved(requests, &[("kind", "PutObject"), ("outcome", "ok")]) >= 1.0);
+    assert!(moved("s3mount_s3_bytes_received_total", &[]) >= 11.0);
+    assert!(moved("s3mount_s3_bytes_sent_total", &[]) >= 20.0);
+    let fuse = "s3mount_fuse_request_duration_seconds";
+    for op in ["read", "create", "write", "flush"] {
+        assert!(moved(fuse, &[("op", op)]) >= 1.0, "a {op} request timed");
+    }
+    // What is taken from the status report comes within its refresh.
+    wait_until(Duration::from_secs(10), "the cache's counters", || {
+        value(&scrape(port), "s3mount_cache_misses_total", &[]) >= 1.0
+    });
+    let now = scrape(port);
+    for gauge in [
+        "s3mount_uploads_in_progress",
+        "s3mount_uploads_waiting",
+        "s3mount_dirty_bytes",
+        "s3mount_oldest_unsaved_change_seconds",
+        "s3mount_cache_disk_limit_bytes",
+    ] {
+        assert!(
+            now.samples.iter().any(|s| s.metric == gauge),
+            "{gauge} served"
+        );
+    }
+    assert_eq!(value(&now, "s3mount_dirty_bytes", &[]), 0.0, "all in S3");
+
+    // The address is taken now: a second mount says so and does not start.
+    let mnt = tempfile::tempdir().unwrap();
+    let out = mount_failing(
+        &bucket.env,
+        &bucket.name,
+        mnt.path(),
+        &["--metrics-addr", &addr],
+    );
+    assert_fails_with(&out, &format!("--metrics-addr {addr}"));
+    let out = mount_failing(
+        &bucket.env,
+        &bucket.name,
+        mnt.path(),
+        &["--metrics-addr", "nonsense"],
+    );
+    assert_fails_with(&out, "--metrics-addr nonsense");
+    assert!(mount.unmount().success());
 }

@@ -825,6 +825,12 @@ impl Fs {
             .load(std::sync::atomic::Ordering::Relaxed) as u64
     }
 
+    /// Files with changes S3 lacks: how many, their bytes as last noted, and
+    /// how long the oldest has waited.
+    pub fn unsaved_changes(&self) -> (u64, u64, Option<Duration>) {
+        self.journal.unsaved()
+    }
+
     /// The disk cache's size and limit, and the blocks reads found at hand or
     /// waited for.
     pub fn cache_stats(&self) -> crate::status::CacheStats {
@@ -959,6 +965,7 @@ impl Fs {
             inode.ino
         };
         self.listings().changed(parent_of(&path), &path);
+        self.journal.resumed(&record);
         let of = OpenFile {
             staged: Some(staged),
             record: Some(RecordState {

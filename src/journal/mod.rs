@@ -14,19 +14,28 @@
 pub mod record;
 pub mod recover;
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::private::{FILE_MODE, create_dir};
 
 pub use record::{FORMAT, PartRecord, Progress, Record, UploadRecord};
 pub use recover::{Recovery, recover};
 
+/// The records written, by staging name: when the first was written (this
+/// run) and the file's size as last noted. What `s3mount status` and the
+/// metrics say of the changes S3 lacks.
+type Index = Arc<Mutex<HashMap<String, (Instant, u64)>>>;
+
 /// Where the journal and the data it names live, under the cache directory.
 #[derive(Debug, Clone)]
 pub struct Journal {
+    index: Index,
     /// Records.
     dir: PathBuf,
     /// Staging files, named by the records.
@@ -45,6 +54,7 @@ impl Journal {
     /// they are needed).
     pub fn new(cache_dir: &Path) -> io::Result<Self> {
         let journal = Self {
+            index: Index::default(),
             dir: cache_dir.join("journal"),
             staging: cache_dir.join("staging"),
             recovered: cache_dir.join("recovered"),
@@ -61,6 +71,26 @@ impl Journal {
 
     pub fn staging_dir(&self) -> &Path {
         &self.staging
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, u64)>> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Files with changes S3 lacks (records this run wrote or resumed): how
+    /// many, their bytes as last noted, and how long ago the oldest was noted.
+    pub fn unsaved(&self) -> (u64, u64, Option<Duration>) {
+        let index = self.index();
+        let bytes = index.values().map(|(_, size)| size).sum();
+        let oldest = index.values().map(|(at, _)| at.elapsed()).max();
+        (index.len() as u64, bytes, oldest)
+    }
+
+    /// A record of an earlier run is taken up: its changes count as S3 lacks
+    /// them from now.
+    pub fn resumed(&self, record: &Record) {
+        self.index()
+            .insert(record.staging.clone(), (Instant::now(), record.size));
     }
 
     fn record_path(&self, staging: &str) -> PathBuf {
@@ -85,6 +115,10 @@ impl Journal {
         }
         drop(file);
         fs::rename(&tmp, &path)?;
+        self.index()
+            .entry(record.staging.clone())
+            .or_insert((Instant::now(), 0))
+            .1 = record.size;
         if durable {
             File::open(&self.dir)?.sync_all()?;
             // The staging file's name, which the record relies on.
@@ -95,6 +129,7 @@ impl Journal {
 
     /// S3 has the file (or its data went elsewhere): its record goes.
     pub fn remove(&self, staging: &str) {
+        self.index().remove(staging);
         let path = self.record_path(staging);
         if let Err(e) = fs::remove_file(&path)
             && e.kind() != io::ErrorKind::NotFound
@@ -106,6 +141,7 @@ impl Journal {
     /// Move the staging file `staging` of `key` (and its record, if any) to
     /// `recovered/`, named after the key; returns where the data went.
     pub fn put_aside(&self, key: &str, staging: &str) -> io::Result<PathBuf> {
+        self.index().remove(staging);
         create_dir(&self.recovered)?;
         let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
         let name = format!("{}.{stamp}", file_name_of_key(key));

@@ -31,6 +31,9 @@ pub struct Report {
     /// Files waiting for their upload (a retry after a failure, or with
     /// background uploads, their turn).
     pub waiting: u64,
+    /// Files whose changes S3 lacks (being written, uploading, waiting or
+    /// failed), all kept in the write-back journal.
+    pub unsaved: Unsaved,
     pub failed: Vec<Failure>,
     pub conflicts: Vec<Conflict>,
     pub cache: CacheStats,
@@ -51,6 +54,16 @@ pub struct Uploading {
     pub total: Option<u64>,
     /// Seconds since its first byte was sent.
     pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Unsaved {
+    pub files: u64,
+    /// Their sizes as last noted in the journal (a file being written is
+    /// noted as it begins and as it is closed).
+    pub bytes: u64,
+    /// Seconds since the oldest of them was first noted.
+    pub oldest_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -174,6 +187,15 @@ impl Report {
             let _ = writeln!(out, "{}", upload_line(u));
         }
         let _ = writeln!(out, "Waiting: {}", self.waiting);
+        if self.unsaved.files > 0 {
+            let _ = writeln!(
+                out,
+                "Not in S3 yet: {} files, {}, the oldest noted {}s ago",
+                self.unsaved.files,
+                size(self.unsaved.bytes),
+                self.unsaved.oldest_seconds.unwrap_or(0.0).round() as u64
+            );
+        }
         let _ = writeln!(out, "Failed uploads: {}", self.failed.len());
         for f in &self.failed {
             let kept = f
@@ -257,6 +279,11 @@ mod tests {
                 },
             ],
             waiting: 1,
+            unsaved: Unsaved {
+                files: 2,
+                bytes: 3 << 20,
+                oldest_seconds: Some(61.4),
+            },
             failed: vec![Failure {
                 key: "www/a.css".into(),
                 reason: "cannot reach the endpoint".into(),
@@ -295,6 +322,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("hit rate 75%"), "{text}");
+        assert!(
+            text.contains("Not in S3 yet: 2 files, 3.0 MiB, the oldest noted 61s ago"),
+            "{text}"
+        );
         assert!(
             text.contains("Requests: 6 (GetObject 4, PutObject 2)"),
             "{text}"

@@ -72,6 +72,7 @@ impl<S: ObjectStore> CountingStore<S> {
 
     fn confirmed(&self, id: &str, bytes: u64) {
         self.sent.fetch_add(bytes, Ordering::Relaxed);
+        crate::metrics::bytes_sent(bytes);
         if let Some(s) = self.sending().get_mut(id) {
             s.sent += bytes;
         }
@@ -107,6 +108,12 @@ impl<S: ObjectStore> CountingStore<S> {
         )
     }
 
+    /// `result` of a request of kind `op`, counted by outcome for the metrics.
+    fn ended<T>(op: Op, result: StoreResult<T>) -> StoreResult<T> {
+        crate::metrics::s3_request(op.name(), result.is_ok());
+        result
+    }
+
     fn count(&self, op: Op) {
         if let Some(i) = Op::ALL.iter().position(|o| *o == op) {
             self.counts[i].fetch_add(1, Ordering::Relaxed);
@@ -138,7 +145,7 @@ impl<S: ObjectStore> CountingStore<S> {
 impl<S: ObjectStore> ObjectStore for CountingStore<S> {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
         self.count(Op::Head);
-        self.inner.head(key).await
+        Self::ended(Op::Head, self.inner.head(key).await)
     }
 
     async fn get_range(
@@ -148,9 +155,10 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         if_match: Option<&str>,
     ) -> StoreResult<Bytes> {
         self.count(Op::Get);
-        let data = self.inner.get_range(key, range, if_match).await?;
+        let data = Self::ended(Op::Get, self.inner.get_range(key, range, if_match).await)?;
         self.received
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        crate::metrics::bytes_received(data.len() as u64);
         Ok(data)
     }
 
@@ -162,15 +170,19 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         piece: u64,
     ) -> StoreResult<Vec<Bytes>> {
         self.count(Op::Get);
-        let pieces = self.inner.get_pieces(key, range, if_match, piece).await?;
+        let pieces = Self::ended(
+            Op::Get,
+            self.inner.get_pieces(key, range, if_match, piece).await,
+        )?;
         let len: usize = pieces.iter().map(Bytes::len).sum();
         self.received.fetch_add(len as u64, Ordering::Relaxed);
+        crate::metrics::bytes_received(len as u64);
         Ok(pieces)
     }
 
     async fn list(&self, request: ListRequest<'_>) -> StoreResult<ListPage> {
         self.count(Op::List);
-        self.inner.list(request).await
+        Self::ended(Op::List, self.inner.list(request).await)
     }
 
     async fn put(
@@ -184,7 +196,7 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         let id = format!("put {}", self.puts.fetch_add(1, Ordering::Relaxed));
         let len = body.len() as u64;
         self.follow(id.clone(), key);
-        let result = self.inner.put(key, body, options, condition).await;
+        let result = Self::ended(Op::Put, self.inner.put(key, body, options, condition).await);
         if result.is_ok() {
             self.confirmed(&id, len);
         }
@@ -194,17 +206,20 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
 
     async fn copy(&self, from: &str, to: &str, options: &CopyOptions) -> StoreResult<String> {
         self.count(Op::Copy);
-        self.inner.copy(from, to, options).await
+        Self::ended(Op::Copy, self.inner.copy(from, to, options).await)
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.count(Op::Delete);
-        self.inner.delete(key).await
+        Self::ended(Op::Delete, self.inner.delete(key).await)
     }
 
     async fn create_multipart(&self, key: &str, options: &PutOptions) -> StoreResult<String> {
         self.count(Op::CreateMultipart);
-        let id = self.inner.create_multipart(key, options).await?;
+        let id = Self::ended(
+            Op::CreateMultipart,
+            self.inner.create_multipart(key, options).await,
+        )?;
         self.follow(id.clone(), key);
         Ok(id)
     }
@@ -218,7 +233,10 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
     ) -> StoreResult<String> {
         self.count(Op::UploadPart);
         let len = body.len() as u64;
-        let etag = self.inner.upload_part(key, upload_id, number, body).await?;
+        let etag = Self::ended(
+            Op::UploadPart,
+            self.inner.upload_part(key, upload_id, number, body).await,
+        )?;
         self.confirmed(upload_id, len);
         Ok(etag)
     }
@@ -233,9 +251,11 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         if_match: Option<&str>,
     ) -> StoreResult<String> {
         self.count(Op::UploadPartCopy);
-        self.inner
+        let result = self
+            .inner
             .upload_part_copy(key, upload_id, number, source, range, if_match)
-            .await
+            .await;
+        Self::ended(Op::UploadPartCopy, result)
     }
 
     async fn complete_multipart(
@@ -250,6 +270,7 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
             .inner
             .complete_multipart(key, upload_id, parts, condition)
             .await;
+        let result = Self::ended(Op::CompleteMultipart, result);
         if result.is_ok() {
             self.sending().remove(upload_id);
         }
@@ -259,12 +280,15 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
         self.count(Op::AbortMultipart);
         self.sending().remove(upload_id);
-        self.inner.abort_multipart(key, upload_id).await
+        Self::ended(
+            Op::AbortMultipart,
+            self.inner.abort_multipart(key, upload_id).await,
+        )
     }
 
     async fn list_parts(&self, key: &str, upload_id: &str) -> StoreResult<Vec<ListedPart>> {
         self.count(Op::ListParts);
-        self.inner.list_parts(key, upload_id).await
+        Self::ended(Op::ListParts, self.inner.list_parts(key, upload_id).await)
     }
 }
 

@@ -77,6 +77,8 @@ impl S3Env {
         let mut cmd = Command::new(BIN);
         cmd.env("AWS_ACCESS_KEY_ID", &self.access_key)
             .env("AWS_SECRET_ACCESS_KEY", &self.secret_key)
+            // scripts/test.sh searches the logs for it (the servers ignore it).
+            .env("AWS_SESSION_TOKEN", session_token())
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env_remove("AWS_PROFILE")
             .env_remove("RUST_LOG")
@@ -296,7 +298,16 @@ impl Mount {
         if let Some(i) = args.iter().position(|a| *a == "--cache-dir") {
             cache = PathBuf::from(args[i + 1]);
         }
-        let mut log = dir.path().join("s3mount.log");
+        // Into the suite's log directory, which scripts/test.sh searches for
+        // secrets, if there is one.
+        let mut log = match std::env::var_os("S3MOUNT_TEST_LOGS") {
+            Some(logs) => PathBuf::from(logs).join(format!(
+                "{}-{}.log",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            )),
+            None => dir.path().join("s3mount.log"),
+        };
         if let Some(i) = args.iter().position(|a| *a == "--log-file") {
             log = PathBuf::from(args[i + 1]);
         }
@@ -306,7 +317,7 @@ impl Mount {
         cmd.arg(source)
             .arg(&path)
             .arg("--foreground")
-            .args(["--log-level", "debug"])
+            .args(["--log-level", "trace"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
@@ -478,6 +489,13 @@ pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "gave up waiting: {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The session token every mount of the suite carries (the servers ignore it):
+/// scripts/test.sh picks a fresh one and searches the logs for it.
+pub fn session_token() -> String {
+    std::env::var("S3MOUNT_TEST_SESSION_TOKEN")
+        .unwrap_or_else(|_| "s3mount-test-session-token".into())
 }
 
 /// A mount expected to fail may take no longer than this (a hang is a failure).
