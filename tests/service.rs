@@ -1,5 +1,6 @@
-//! Running under a service manager: systemd's notify protocol (`Type=notify`), and
-//! the log level of a running mount changed with SIGUSR2.
+//! Running under a service manager: systemd's notify protocol (`Type=notify`), the
+//! README's unit as systemd runs it, and the log level of a running mount changed
+//! with SIGUSR2.
 
 mod common;
 
@@ -133,4 +134,98 @@ fn no_secret_reaches_the_log_even_at_trace_level() {
     assert!(all.contains("moved.txt"));
     assert!(!all.contains(secret), "the secret key is in the log");
     assert!(!all.contains(token), "the session token is in the log");
+}
+
+/// The words of the README unit's `ExecStart=`.
+fn readme_exec_start() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let line = readme
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ExecStart="))
+        .expect("README.md has a unit with ExecStart=");
+    line.split_whitespace().map(str::to_string).collect()
+}
+
+#[test]
+fn the_readme_unit_runs_as_systemd_runs_it() {
+    let bucket = TestBucket::new("unit");
+    bucket.put("site/index.html", "<h1>hi</h1>\n");
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let credentials = dir.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            bucket.env.access_key, bucket.env.secret_key
+        ),
+    )
+    .unwrap();
+    // The README's command, pointed at the test's bucket, directories and server.
+    let words = readme_exec_start();
+    assert!(words[0].ends_with("/s3mount"), "{words:?}");
+    let mut args: Vec<String> = Vec::new();
+    let mut rest = words[1..].iter();
+    let mut positional = 0;
+    while let Some(word) = rest.next() {
+        match word.as_str() {
+            "--cache-dir" => {
+                rest.next();
+                args.push(word.clone());
+                args.push(dir.path().join("cache").display().to_string());
+            }
+            "--credentials-file" => {
+                rest.next();
+                args.push(word.clone());
+                args.push(credentials.display().to_string());
+            }
+            w if w.starts_with('-') => args.push(word.clone()),
+            source if positional == 0 => {
+                positional += 1;
+                let (_, prefix) = source.split_once(':').expect("BUCKET:PREFIX");
+                args.push(format!("{}:{prefix}", bucket.name));
+            }
+            _ => {
+                positional += 1;
+                args.push(mnt.display().to_string());
+            }
+        }
+    }
+    assert_eq!(positional, 2, "{words:?}");
+    assert!(args.iter().any(|a| a == "--foreground"), "{words:?}");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    // A bound on a hang, not a timing.
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let log = dir.path().join("s3mount.log");
+    // As systemd starts it: no credentials in the environment, the file's.
+    let mut child = Command::new(common::BIN)
+        .args(&args)
+        .args(["--endpoint-url", &bucket.env.endpoint])
+        .args(["--region", &bucket.env.region, "--force-path-style"])
+        .arg("--log-file")
+        .arg(&log)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert_eq!(next_notification(&socket), "READY=1\n");
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("index.html")).unwrap(),
+        "<h1>hi</h1>\n"
+    );
+    // systemctl stop: SIGTERM.
+    // SAFETY: kill(2) on our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(next_notification(&socket), "STOPPING=1\n");
+    assert!(child.wait().unwrap().success());
+    assert!(!is_mounted(&mnt));
 }
