@@ -7,6 +7,7 @@ mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use common::cdn::Distribution;
@@ -261,6 +262,24 @@ fn two_writers_keep_both(env: &S3Env, bucket: &TestBucket, extra: &[&str]) {
         log.contains(&copies[0]) && log.contains("site/style.css keeps their version"),
         "{log}"
     );
+    // s3mount status says so too, for the mount that kept both.
+    let out = Command::new(common::BIN)
+        .args(["status", "--json"])
+        .arg(&b.path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: s3mount::status::Report = serde_json::from_slice(&out.stdout).unwrap();
+    let conflicts: Vec<(&str, &str)> = report
+        .conflicts
+        .iter()
+        .map(|c| (c.key.as_str(), c.saved_as.as_str()))
+        .collect();
+    assert_eq!(conflicts, [("site/style.css", copies[0].as_str())]);
     assert!(a.unmount().success());
     assert!(b.unmount().success());
 }

@@ -242,7 +242,36 @@ fn plain_status_lists_every_mount_and_log_level_changes_a_running_one() {
     assert!(a.unmount().success());
     let all: Vec<Report> = serde_json::from_slice(&status(&["--json"]).stdout).unwrap();
     assert!(all.iter().all(|r| r.mountpoint != gone));
+
+    // --watch draws the screen again and again, and ends with the mount.
+    let mut watch = Command::new(BIN)
+        .args(["status", "--watch", arg(&b.path)])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut screen = BufReader::new(watch.stdout.take().unwrap());
+    let mut drawn = 0;
+    let mut line = String::new();
+    while drawn < 2 {
+        line.clear();
+        assert!(
+            screen.read_line(&mut line).unwrap() > 0,
+            "--watch ended early"
+        );
+        drawn += usize::from(line.contains(&format!("on {} (process", b.path.display())));
+    }
+    let watched = b.path.clone();
     assert!(b.unmount().success());
+    let mut rest = String::new();
+    screen.read_to_string(&mut rest).unwrap();
+    assert!(watch.wait().unwrap().success());
+    assert!(
+        rest.contains(&format!(
+            "no s3mount mount of this user on {}",
+            watched.display()
+        )),
+        "{rest}"
+    );
 }
 
 /// A port nothing listens on now.
