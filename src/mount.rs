@@ -472,7 +472,7 @@ fn reporter(
             pid: std::process::id(),
             cache_dir: cache_dir.clone(),
             log_level: log.level(),
-            uploading: crate::status::uploading(&uploads, store.uploads()),
+            uploading: crate::status::uploading(&uploads, store.uploads(), &failed),
             waiting: fs.as_ref().map_or(0, |fs| fs.waiting()),
             unsaved: fs
                 .as_ref()

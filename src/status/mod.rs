@@ -104,11 +104,19 @@ pub struct CdnStats {
 
 /// The uploads to show: the files the filesystem is uploading (with their
 /// size), with the bytes the request layer saw S3 confirm (`sending`, by key),
-/// then the uploads of files still being written, longest running first.
+/// then the uploads of files still being written, longest running first. A
+/// multipart upload kept for the next attempt of a failed file is not shown:
+/// the file is among the failed.
 pub fn uploading(
     files: &[board::Upload],
     mut sending: HashMap<String, (u64, f64)>,
+    failed: &[Failure],
 ) -> Vec<Uploading> {
+    for f in failed {
+        if !files.iter().any(|u| u.key == f.key) {
+            sending.remove(&f.key);
+        }
+    }
     let mut out: Vec<Uploading> = files
         .iter()
         .map(|f| {
@@ -330,6 +338,32 @@ mod tests {
             text.contains("Requests: 6 (GetObject 4, PutObject 2)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_failed_file_is_not_shown_uploading_until_it_is_tried_again() {
+        let sending: HashMap<String, (u64, f64)> = [
+            ("failed.bin".to_string(), (8 << 20, 9.0)),
+            ("written.log".to_string(), (16 << 20, 3.0)),
+        ]
+        .into();
+        let failure = Failure {
+            key: "failed.bin".into(),
+            reason: "down".into(),
+            kept_in: None,
+            at: 0,
+        };
+        let shown = uploading(&[], sending.clone(), std::slice::from_ref(&failure));
+        let keys: Vec<&str> = shown.iter().map(|u| u.key.as_str()).collect();
+        assert_eq!(keys, ["written.log"]);
+        // The retry begins: shown with its size and the parts S3 had already.
+        let retry = board::Board::default();
+        retry.upload_begins("failed.bin", 20 << 20);
+        let (files, _, _) = retry.snapshot();
+        let shown = uploading(&files, sending, &[failure]);
+        assert_eq!(shown[0].key, "failed.bin");
+        assert_eq!((shown[0].sent, shown[0].total), (8 << 20, Some(20 << 20)));
+        assert_eq!(shown[1].total, None);
     }
 
     #[test]

@@ -70,9 +70,14 @@ impl<S: ObjectStore> CountingStore<S> {
         }
     }
 
-    fn confirmed(&self, id: &str, bytes: u64) {
+    /// S3 has `bytes` more of upload `id` of `key` (one an earlier run began,
+    /// and this one resumes, is followed from its first part).
+    fn confirmed(&self, id: &str, key: &str, bytes: u64) {
         self.sent.fetch_add(bytes, Ordering::Relaxed);
         crate::metrics::bytes_sent(bytes);
+        if !self.sending().contains_key(id) {
+            self.follow(id.to_string(), key);
+        }
         if let Some(s) = self.sending().get_mut(id) {
             s.sent += bytes;
         }
@@ -198,7 +203,7 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         self.follow(id.clone(), key);
         let result = Self::ended(Op::Put, self.inner.put(key, body, options, condition).await);
         if result.is_ok() {
-            self.confirmed(&id, len);
+            self.confirmed(&id, key, len);
         }
         self.sending().remove(&id);
         result
@@ -237,7 +242,7 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
             Op::UploadPart,
             self.inner.upload_part(key, upload_id, number, body).await,
         )?;
-        self.confirmed(upload_id, len);
+        self.confirmed(upload_id, key, len);
         Ok(etag)
     }
 
@@ -346,5 +351,14 @@ mod tests {
             .unwrap();
         assert!(store.uploads().is_empty());
         assert_eq!(store.bytes().0, (10 << 20) + 3);
+        // An upload an earlier run began is followed from its next part.
+        let earlier = store.inner.create_multipart("old", &options).await.unwrap();
+        store
+            .upload_part("old", &earlier, 3, Bytes::from(vec![1u8; 100]))
+            .await
+            .unwrap();
+        assert_eq!(store.uploads()["old"].0, 100);
+        store.abort_multipart("old", &earlier).await.unwrap();
+        assert!(store.uploads().is_empty());
     }
 }
