@@ -88,6 +88,10 @@ pub fn ask(socket: &Path, request: &str) -> std::io::Result<Reply> {
 
 /// The sockets in `dir`, in the order of their process ids.
 pub fn sockets(dir: &Path) -> Vec<PathBuf> {
+    sockets_by_pid(dir).into_iter().map(|(_, p)| p).collect()
+}
+
+fn sockets_by_pid(dir: &Path) -> Vec<(u32, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -100,19 +104,20 @@ pub fn sockets(dir: &Path) -> Vec<PathBuf> {
         })
         .collect();
     found.sort();
-    found.into_iter().map(|(_, p)| p).collect()
+    found
 }
 
-/// Remove the sockets in `dir` no process listens on any more (a mount that
-/// was killed leaves its socket behind).
+/// Remove the sockets in `dir` whose process is gone (a mount that was killed
+/// leaves its socket behind). Judged by the process, not by a refused
+/// connection: a mount that has just bound its socket refuses one until it
+/// listens.
 pub fn remove_stale(dir: &Path) {
-    for socket in sockets(dir) {
-        if let Err(e) = UnixStream::connect(&socket)
-            && matches!(
-                e.kind(),
-                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
-            )
-        {
+    for (pid, socket) in sockets_by_pid(dir) {
+        let gone = i32::try_from(pid).is_ok_and(|pid| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                == Err(nix::errno::Errno::ESRCH)
+        });
+        if gone {
             let _ = std::fs::remove_file(&socket);
         }
     }
@@ -143,8 +148,18 @@ mod tests {
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["3.sock", "20.sock"]);
-        // Plain files, no one listening: all stale.
+    }
+
+    #[test]
+    fn only_the_sockets_of_processes_gone_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mine = path(dir.path(), std::process::id());
+        // Past the largest pid Linux hands out.
+        let gone = path(dir.path(), 99_999_999);
+        for socket in [&mine, &gone] {
+            std::fs::write(socket, "").unwrap();
+        }
         remove_stale(dir.path());
-        assert!(sockets(dir.path()).is_empty());
+        assert_eq!(sockets(dir.path()), [mine]);
     }
 }
