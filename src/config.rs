@@ -18,7 +18,7 @@ use clap::Parser;
 #[command(
     name = "s3mount",
     version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("VERGEN_GIT_DESCRIBE"), ")"),
-    after_help = "Unmount with `fusermount3 -u MOUNTPOINT` (or `umount`, or Ctrl-C with --foreground).\nPending uploads finish before s3mount exits."
+    after_help = "Unmount with `fusermount3 -u MOUNTPOINT` (or `umount`, or Ctrl-C with --foreground).\nPending uploads finish before s3mount exits.\n`s3mount status [MOUNTPOINT]` shows what running mounts are doing (`s3mount status --help`)."
 )]
 pub struct Cli {
     /// The bucket, optionally with a key prefix to mount only the keys under it

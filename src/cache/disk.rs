@@ -162,6 +162,11 @@ impl DiskCache {
         self.index().bytes
     }
 
+    /// Whether the index has the block (no file system call: for counting).
+    pub fn in_index(&self, id: &BlockId) -> bool {
+        self.index().lru.contains(&file_name(id))
+    }
+
     /// Whether the block may be on disk (without reading it).
     pub fn may_have(&self, id: &BlockId) -> bool {
         let name = file_name(id);

@@ -214,7 +214,7 @@ impl BlockCache {
                         etag: etag.clone(),
                         index,
                     };
-                    let on_disk = self.disk.as_ref().is_some_and(|d| d.may_have(&id));
+                    let on_disk = self.disk.as_ref().is_some_and(|d| d.in_index(&id));
                     let counter = if on_disk { &self.hits } else { &self.misses };
                     counter.fetch_add(1, Ordering::Relaxed);
                     let value = p

@@ -495,6 +495,7 @@ impl Fs {
                     let key = self.key(&inode.path);
                     let name = staged.file().name();
                     drop(staged);
+                    self.board.settled(&name);
                     match self.journal.put_aside(&key, &name) {
                         Ok(path) => tracing::warn!(
                             "{key}: not uploaded (a write failed); what was written is in {}",

@@ -221,6 +221,28 @@ async fn failed_upload_fails_close_and_keeps_the_data() {
 }
 
 #[tokio::test]
+async fn a_failed_upload_is_on_the_board_until_its_file_is_removed() {
+    let s = setup();
+    for _ in 0..2 {
+        s.store
+            .fail_next(Op::Put, StoreError::Unreachable("server down".into()));
+    }
+    write_file(&s.fs, ROOT_INO, "report.txt", b"precious")
+        .await
+        .unwrap_err();
+    let (_, failed, _) = s.fs.board().snapshot();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].key, "report.txt");
+    assert!(failed[0].reason.contains("server down"), "{failed:?}");
+    let kept = failed[0].kept_in.as_ref().expect("the staging file");
+    assert_eq!(std::fs::read(kept).unwrap(), b"precious");
+    // Removed: nothing is waiting for S3 any more, and nothing says so.
+    s.fs.unlink(ROOT_INO, name("report.txt")).await.unwrap();
+    assert!(s.fs.board().snapshot().1.is_empty());
+    assert_eq!(s.fs.unsaved_changes().0, 0);
+}
+
+#[tokio::test]
 async fn access_denied_upload_is_eacces() {
     let s = setup();
     s.store

@@ -189,6 +189,9 @@ impl Fs {
     /// The changes of `of` are no longer wanted (the file was removed or
     /// replaced): its record goes, so that no later mount uploads them.
     pub(super) async fn drop_changes(&self, of: &mut OpenFile) {
+        if let Some(staged) = &of.staged {
+            self.board.settled(&staged.file().name());
+        }
         if of.record.take().is_some()
             && let Some(staged) = &of.staged
         {
@@ -398,7 +401,12 @@ impl Fs {
     async fn failed(&self, inode: &Inode, of: &mut OpenFile, e: &WriteError) -> Errno {
         of.upload_failed = true;
         let key = self.key(&inode.path);
+        let id = of
+            .staged
+            .as_ref()
+            .map_or_else(|| key.clone(), |s| s.file().name());
         self.board.failed(
+            &id,
             &key,
             &e.to_string(),
             of.staged.as_ref().map(|s| s.file().path()),
@@ -438,7 +446,7 @@ impl Fs {
         since: SystemTime,
     ) -> FsResult<()> {
         self.published(key, Change::Written { new: inode.local });
-        self.board.stored(key);
+        self.board.settled(key);
         let mut written = options;
         if let Some(streamed) = streamed {
             // A multipart upload takes its metadata when it begins; a stream
@@ -601,6 +609,7 @@ impl Fs {
             Ok(()) => {}
             Err(WriteError::Store(StoreError::PreconditionFailed | StoreError::NotFound)) => {
                 let name = staged.file().name();
+                self.board.settled(&name);
                 match self.journal.put_aside(key, &name) {
                     Ok(path) => {
                         tracing::error!(
@@ -685,6 +694,7 @@ impl Fs {
     fn settled(&self, of: &mut OpenFile) {
         if let Some(staged) = &of.staged {
             self.journal.remove(&staged.file().name());
+            self.board.settled(&staged.file().name());
         }
         of.record = None;
         of.upload_failed = false;

@@ -141,18 +141,22 @@ impl Journal {
     /// Move the staging file `staging` of `key` (and its record, if any) to
     /// `recovered/`, named after the key; returns where the data went.
     pub fn put_aside(&self, key: &str, staging: &str) -> io::Result<PathBuf> {
-        self.index().remove(staging);
         create_dir(&self.recovered)?;
         let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
         let name = format!("{}.{stamp}", file_name_of_key(key));
         let record = self.record_path(staging);
         let record = record.exists().then_some(record);
-        move_aside(
+        let moved = move_aside(
             &self.recovered,
             &name,
             Some(&self.staging.join(staging)),
             record.as_deref(),
-        )
+        );
+        if moved.is_ok() {
+            // The changes are no longer S3's to receive: they are in `recovered/`.
+            self.index().remove(staging);
+        }
+        moved
     }
 }
 

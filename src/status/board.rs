@@ -60,16 +60,19 @@ impl Board {
         self.state().uploads.remove(key);
     }
 
-    /// S3 has `key` as this mount wrote it: an earlier failure is over.
-    pub fn stored(&self, key: &str) {
+    /// The changes `id` (a staging file's name, or the key of a file without
+    /// one) are in S3, or went elsewhere (removed, replaced, put aside): an
+    /// earlier failure of theirs is over.
+    pub fn settled(&self, id: &str) {
         let mut state = self.state();
-        if state.failed.remove(key).is_some() {
-            state.failed_order.retain(|k| k != key);
+        if state.failed.remove(id).is_some() {
+            state.failed_order.retain(|k| k != id);
         }
     }
 
-    /// The upload of `key` failed for `reason`; its data is in `kept_in`.
-    pub fn failed(&self, key: &str, reason: &str, kept_in: Option<&Path>) {
+    /// The upload of the changes `id` to `key` failed for `reason`; their data
+    /// is in `kept_in`. Known by `id`, not by key: a rename keeps the failure.
+    pub fn failed(&self, id: &str, key: &str, reason: &str, kept_in: Option<&Path>) {
         let mut state = self.state();
         let failure = Failure {
             key: key.to_string(),
@@ -77,8 +80,8 @@ impl Board {
             kept_in: kept_in.map(Path::to_path_buf),
             at: unix_secs(SystemTime::now()),
         };
-        if state.failed.insert(key.to_string(), failure).is_none() {
-            state.failed_order.push_back(key.to_string());
+        if state.failed.insert(id.to_string(), failure).is_none() {
+            state.failed_order.push_back(id.to_string());
             if state.failed_order.len() > FAILURES_KEPT
                 && let Some(oldest) = state.failed_order.pop_front()
             {
@@ -91,9 +94,6 @@ impl Board {
     /// key beside it, or a file put aside in the cache directory).
     pub fn conflict(&self, key: &str, saved_as: String) {
         let mut state = self.state();
-        if state.failed.remove(key).is_some() {
-            state.failed_order.retain(|k| k != key);
-        }
         state.conflicts.push_back(Conflict {
             key: key.to_string(),
             saved_as,
@@ -124,20 +124,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_failure_lasts_until_the_file_is_stored_or_kept_both_ways() {
+    fn a_failure_lasts_until_its_changes_are_settled() {
         let board = Board::default();
         board.upload_begins("a", 10);
         board.upload_ends("a");
-        board.failed("a", "server down", Some(Path::new("/c/staging/1")));
-        board.failed("b", "server down", None);
-        board.failed("a", "still down", Some(Path::new("/c/staging/1")));
+        board.failed("1", "a", "server down", Some(Path::new("/c/staging/1")));
+        board.failed("2", "b", "server down", None);
+        // Renamed meanwhile: the same changes, under their new key.
+        board.failed("1", "a2", "still down", Some(Path::new("/c/staging/1")));
         let (uploads, failed, _) = board.snapshot();
         assert!(uploads.is_empty());
         let keys: Vec<&str> = failed.iter().map(|f| f.key.as_str()).collect();
-        assert_eq!(keys, ["a", "b"]);
+        assert_eq!(keys, ["a2", "b"]);
         assert_eq!(failed[0].reason, "still down");
-        board.stored("a");
+        board.settled("1");
         board.conflict("b", "b.conflict-1".into());
+        board.settled("2");
         let (_, failed, conflicts) = board.snapshot();
         assert!(failed.is_empty());
         assert_eq!(conflicts[0].saved_as, "b.conflict-1");
@@ -147,7 +149,7 @@ mod tests {
     fn what_the_board_remembers_is_bounded() {
         let board = Board::default();
         for i in 0..FAILURES_KEPT + 5 {
-            board.failed(&format!("k{i}"), "down", None);
+            board.failed(&i.to_string(), &format!("k{i}"), "down", None);
         }
         for i in 0..CONFLICTS_KEPT + 5 {
             board.conflict(&format!("c{i}"), String::new());

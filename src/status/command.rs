@@ -36,9 +36,9 @@ pub struct StatusCli {
 }
 
 /// Whether `args` (the whole command line) ask for `s3mount status`: the word
-/// `status` and at most one more argument that is not an option. A mount of a
-/// bucket named `status` has two (`s3mount status /mnt`, or `status:` for one
-/// with no other argument).
+/// `status` and at most one more argument that is not an option (or the value
+/// of `--log-level`). A bucket named `status` is mounted as `status:`
+/// (`s3mount status: /mnt`); `s3mount status /mnt` is the status of /mnt.
 pub fn asked(args: &[OsString]) -> bool {
     if args.get(1).is_none_or(|a| a != "status") {
         return false;
@@ -138,12 +138,15 @@ fn show(cli: &StatusCli) -> Result<(), String> {
 /// The sockets of this user's mounts and what each says, only the one on
 /// `mountpoint` if given (an error if there is none).
 fn mounts(mountpoint: Option<&Path>) -> Result<Vec<(PathBuf, Report)>, String> {
-    let dir = socket::dir();
     let mut found = Vec::new();
-    if dir.exists() {
-        socket::check(&dir)?;
-        socket::remove_stale(&dir);
-        for path in socket::sockets(&dir) {
+    for dir in socket::dirs().iter().filter(|d| d.exists()) {
+        // Not ours (another user made it first in /tmp): nothing of ours in it.
+        if let Err(e) = socket::check(dir) {
+            eprintln!("s3mount status: skipped {e}");
+            continue;
+        }
+        socket::remove_stale(dir);
+        for path in socket::sockets(dir) {
             if let Ok(Reply::Status(report)) = socket::ask(&path, "status")
                 && mountpoint.is_none_or(|m| m == report.mountpoint)
             {

@@ -129,18 +129,38 @@ pub fn uploading(
             }
         })
         .collect();
-    out.extend(sending.into_iter().map(|(key, (sent, seconds))| Uploading {
-        key,
-        sent,
-        total: None,
-        seconds,
-    }));
+    // Of the rest, those that have sent something: a part of a file being
+    // written. (A multipart copy or a marker's PutObject sends nothing here.)
+    out.extend(sending.into_iter().filter(|(_, (sent, _))| *sent > 0).map(
+        |(key, (sent, seconds))| Uploading {
+            key,
+            sent,
+            total: None,
+            seconds,
+        },
+    ));
     out.sort_by(|a, b| b.seconds.total_cmp(&a.seconds).then(a.key.cmp(&b.key)));
     out
 }
 
 pub fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `text` with control characters escaped: keys, file names and S3's error
+/// messages are printed to a terminal, and another user's file name must not
+/// be able to send it escape sequences.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 fn size(bytes: u64) -> String {
@@ -165,14 +185,14 @@ fn upload_line(u: &Uploading) -> String {
             };
             format!(
                 "  {}  {} / {}  {percent}%  {rate_text}  {eta}",
-                u.key,
+                printable(&u.key),
                 size(u.sent),
                 size(total)
             )
         }
         None => format!(
             "  {}  {} sent while it is written  {rate_text}",
-            u.key,
+            printable(&u.key),
             size(u.sent)
         ),
     }
@@ -198,22 +218,23 @@ impl Report {
         if self.unsaved.files > 0 {
             let _ = writeln!(
                 out,
-                "Not in S3 yet: {} files, {}, the oldest noted {}s ago",
+                "Not in S3 yet: {} file{}, {}, the oldest noted {}s ago",
                 self.unsaved.files,
+                if self.unsaved.files == 1 { "" } else { "s" },
                 size(self.unsaved.bytes),
                 self.unsaved.oldest_seconds.unwrap_or(0.0).round() as u64
             );
         }
         let _ = writeln!(out, "Failed uploads: {}", self.failed.len());
         for f in &self.failed {
-            let kept = f
-                .kept_in
-                .as_ref()
-                .map_or_else(String::new, |p| format!("; data kept in {}", p.display()));
+            let kept = f.kept_in.as_ref().map_or_else(String::new, |p| {
+                format!("; data kept in {}", printable(&p.display().to_string()))
+            });
             let _ = writeln!(
                 out,
                 "  {}: {}{kept} (tried again in the background)",
-                f.key, f.reason
+                printable(&f.key),
+                printable(&f.reason)
             );
         }
         let _ = writeln!(out, "Conflicts: {}", self.conflicts.len());
@@ -221,7 +242,8 @@ impl Report {
             let _ = writeln!(
                 out,
                 "  {}: changed by another writer; this mount's version is {}",
-                c.key, c.saved_as
+                printable(&c.key),
+                printable(&c.saved_as)
             );
         }
         let reads = self.cache.hits + self.cache.misses;
@@ -364,6 +386,15 @@ mod tests {
         assert_eq!(shown[0].key, "failed.bin");
         assert_eq!((shown[0].sent, shown[0].total), (8 << 20, Some(20 << 20)));
         assert_eq!(shown[1].total, None);
+    }
+
+    #[test]
+    fn a_name_cannot_send_the_terminal_escape_sequences() {
+        let mut r = report();
+        r.failed[0].key = "www/\x1b]0;owned\x07x.css".into();
+        let text = r.render();
+        assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+        assert!(text.contains("www/\\u{1b}]0;owned\\u{7}x.css"), "{text}");
     }
 
     #[test]

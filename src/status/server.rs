@@ -13,7 +13,8 @@ use super::Report;
 use super::socket::{self, Reply};
 use crate::logging::LogControl;
 
-/// A request is one short line, read within this time.
+/// A request is one short line, read within this time (and the answer
+/// written within it).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_REQUEST: u64 = 1024;
 
@@ -95,5 +96,6 @@ async fn answer(stream: UnixStream, report: Reporter, log: Arc<LogControl>) {
         return;
     };
     text.push('\n');
-    let _ = write.write_all(text.as_bytes()).await;
+    // A client that does not read is dropped, not waited for.
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(text.as_bytes())).await;
 }

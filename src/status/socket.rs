@@ -70,6 +70,19 @@ pub fn check(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Where this user's mounts may have their sockets: [`dir`] first, then for a
+/// user with a runtime directory, `/tmp/s3mount-UID` too (a mount started
+/// without one, from cron or `su`, listens there).
+pub fn dirs() -> Vec<PathBuf> {
+    let uid = nix::unistd::geteuid();
+    let mut dirs = vec![dir()];
+    let fallback = PathBuf::from(format!("/tmp/s3mount-{uid}"));
+    if !uid.is_root() && !dirs.contains(&fallback) {
+        dirs.push(fallback);
+    }
+    dirs
+}
+
 /// The socket of the mount run by process `pid`.
 pub fn path(dir: &Path, pid: u32) -> PathBuf {
     dir.join(format!("{pid}.sock"))
