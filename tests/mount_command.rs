@@ -188,14 +188,7 @@ fn the_readme_fstab_line_mounts_with_mount_a() {
         .expect("BUCKET:PREFIX in the README line");
     // The README's options, pointed at the test server, cache and credentials.
     let credentials = place.path("credentials");
-    std::fs::write(
-        &credentials,
-        format!(
-            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            bucket.env.access_key, bucket.env.secret_key
-        ),
-    )
-    .expect("write credentials");
+    bucket.env.write_credentials_file(&credentials);
     let mut options: Vec<String> = Vec::new();
     for option in fields[3].split(',') {
         match option.split_once('=') {

@@ -5,8 +5,8 @@
 mod common;
 
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{Mount, S3Env, TestBucket, is_mounted, wait_until};
@@ -18,6 +18,27 @@ fn next_notification(socket: &UnixDatagram) -> String {
         .recv(&mut buf)
         .expect("a notification within the socket's read timeout");
     String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// A notification socket in `dir` as systemd gives one (`NOTIFY_SOCKET`), and
+/// its path.
+fn notify_socket(dir: &Path) -> (PathBuf, UnixDatagram) {
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    // A bound on a hang, not a timing: READY comes within a second or so.
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    (path, socket)
+}
+
+/// `systemctl stop`: SIGTERM, then STOPPING=1, a clean exit and no mount.
+fn stop_as_systemd(mut child: Child, socket: &UnixDatagram, mnt: &Path) {
+    // SAFETY: kill(2) on our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(next_notification(socket), "STOPPING=1\n");
+    assert!(child.wait().unwrap().success());
+    assert!(!is_mounted(mnt));
 }
 
 /// `s3mount --foreground` of `bucket` on `mnt`, with its cache and log in `dir`.
@@ -41,15 +62,10 @@ fn ready_comes_once_the_mount_answers_and_stopping_when_it_unmounts() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let socket_path = dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    // A bound on a hang, not a timing: READY comes within a second or so.
-    socket
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    let (socket_path, socket) = notify_socket(dir.path());
     let log = dir.path().join("s3mount.log");
     let mut cmd = foreground(&bucket.env, &bucket.name, &mnt, dir.path(), &log);
-    let mut child = cmd.env("NOTIFY_SOCKET", &socket_path).spawn().unwrap();
+    let child = cmd.env("NOTIFY_SOCKET", &socket_path).spawn().unwrap();
 
     assert_eq!(next_notification(&socket), "READY=1\n");
     // READY came after the mount answered: it is there and serves the bucket.
@@ -59,11 +75,7 @@ fn ready_comes_once_the_mount_answers_and_stopping_when_it_unmounts() {
         "hi\n"
     );
 
-    // SAFETY: kill(2) on our own child process.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    assert_eq!(next_notification(&socket), "STOPPING=1\n");
-    assert!(child.wait().unwrap().success());
-    assert!(!is_mounted(&mnt));
+    stop_as_systemd(child, &socket, &mnt);
 }
 
 #[test]
@@ -155,14 +167,7 @@ fn the_readme_unit_runs_as_systemd_runs_it() {
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let credentials = dir.path().join("credentials");
-    std::fs::write(
-        &credentials,
-        format!(
-            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            bucket.env.access_key, bucket.env.secret_key
-        ),
-    )
-    .unwrap();
+    bucket.env.write_credentials_file(&credentials);
     // The README's command, pointed at the test's bucket, directories and server.
     let words = readme_exec_start();
     assert!(words[0].ends_with("/s3mount"), "{words:?}");
@@ -195,15 +200,10 @@ fn the_readme_unit_runs_as_systemd_runs_it() {
     }
     assert_eq!(positional, 2, "{words:?}");
     assert!(args.iter().any(|a| a == "--foreground"), "{words:?}");
-    let socket_path = dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    // A bound on a hang, not a timing.
-    socket
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    let (socket_path, socket) = notify_socket(dir.path());
     let log = dir.path().join("s3mount.log");
     // As systemd starts it: no credentials in the environment, the file's.
-    let mut child = Command::new(common::BIN)
+    let child = Command::new(common::BIN)
         .args(&args)
         .args(["--endpoint-url", &bucket.env.endpoint])
         .args(["--region", &bucket.env.region, "--force-path-style"])
@@ -222,10 +222,5 @@ fn the_readme_unit_runs_as_systemd_runs_it() {
         std::fs::read_to_string(mnt.join("index.html")).unwrap(),
         "<h1>hi</h1>\n"
     );
-    // systemctl stop: SIGTERM.
-    // SAFETY: kill(2) on our own child process.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    assert_eq!(next_notification(&socket), "STOPPING=1\n");
-    assert!(child.wait().unwrap().success());
-    assert!(!is_mounted(&mnt));
+    stop_as_systemd(child, &socket, &mnt);
 }

@@ -114,15 +114,12 @@ fn show(cli: &StatusCli) -> Result<(), String> {
                 .collect::<Vec<_>>()
                 .join("\n")
         };
-        if cli.watch {
-            // Home, clear, then the screen: a steady view, not a scroll.
-            print!("\x1b[H\x1b[2J{screen}");
-        } else {
-            print!("{screen}");
-        }
         if !cli.watch {
+            print!("{screen}");
             return Ok(());
         }
+        // Home, clear, then the screen: a steady view, not a scroll.
+        print!("\x1b[H\x1b[2J{screen}");
         std::thread::sleep(WATCH_EVERY);
         reports = match mounts(wanted.as_deref()) {
             Ok(found) => found.into_iter().map(|(_, r)| r).collect(),

@@ -151,16 +151,15 @@ pub fn unix_secs(t: SystemTime) -> u64 {
 /// messages are printed to a terminal, and another user's file name must not
 /// be able to send it escape sequences.
 fn printable(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn size(bytes: u64) -> String {

@@ -30,6 +30,20 @@ struct Sending {
     started: Instant,
 }
 
+/// Follow upload `id` of `key` from now, within [`FOLLOWED`].
+fn follow_in(sending: &mut HashMap<String, Sending>, id: String, key: &str) {
+    if sending.len() < FOLLOWED {
+        sending.insert(
+            id,
+            Sending {
+                key: key.to_string(),
+                sent: 0,
+                started: Instant::now(),
+            },
+        );
+    }
+}
+
 pub struct CountingStore<S> {
     inner: S,
     counts: [AtomicU64; Op::ALL.len()],
@@ -57,17 +71,7 @@ impl<S: ObjectStore> CountingStore<S> {
     }
 
     fn follow(&self, id: String, key: &str) {
-        let mut sending = self.sending();
-        if sending.len() < FOLLOWED {
-            sending.insert(
-                id,
-                Sending {
-                    key: key.to_string(),
-                    sent: 0,
-                    started: Instant::now(),
-                },
-            );
-        }
+        follow_in(&mut self.sending(), id, key);
     }
 
     /// S3 has `bytes` more of upload `id` of `key` (one an earlier run began,
@@ -75,10 +79,11 @@ impl<S: ObjectStore> CountingStore<S> {
     fn confirmed(&self, id: &str, key: &str, bytes: u64) {
         self.sent.fetch_add(bytes, Ordering::Relaxed);
         crate::metrics::bytes_sent(bytes);
-        if !self.sending().contains_key(id) {
-            self.follow(id.to_string(), key);
+        let mut sending = self.sending();
+        if !sending.contains_key(id) {
+            follow_in(&mut sending, id.to_string(), key);
         }
-        if let Some(s) = self.sending().get_mut(id) {
+        if let Some(s) = sending.get_mut(id) {
             s.sent += bytes;
         }
     }

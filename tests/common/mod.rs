@@ -72,6 +72,18 @@ impl S3Env {
         }
     }
 
+    /// Write these credentials at `path`, in the format of ~/.aws/credentials.
+    pub fn write_credentials_file(&self, path: &Path) {
+        std::fs::write(
+            path,
+            format!(
+                "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+                self.access_key, self.secret_key
+            ),
+        )
+        .expect("write credentials");
+    }
+
     /// A command for the s3mount binary with these credentials and endpoint.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(BIN);
