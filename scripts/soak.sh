@@ -4,6 +4,9 @@
 #   scripts/soak.sh SECONDS        run the mount test's four size classes with fresh
 #                                  seeds for SECONDS, against a Garage started here;
 #                                  prints the operations run, seeds tried and failures
+#   scripts/soak.sh --faults SECONDS  the same through the fault proxy (6% of the
+#                                  requests fail, every kind mixed: small and
+#                                  multipart files); prints the faults by kind too
 #   scripts/soak.sh --replay FILE  run one saved case again (a failure prints its file:
 #                                  target/tmp/model-failures/NAME-SEED.json); a case
 #                                  whose name starts with core- runs on the core alone
@@ -13,8 +16,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { echo "usage: $0 SECONDS | --replay FILE" >&2; exit 2; }
+usage() { echo "usage: $0 [--faults] SECONDS | --replay FILE" >&2; exit 2; }
 [ $# -ge 1 ] || usage
+tests=(_match_the_model -- --skip through_faults)
+if [ "$1" = --faults ]; then
+  tests=(_match_the_model_through_faults --)
+  shift
+  [ $# -ge 1 ] || usage
+fi
 
 if [ "$1" = --replay ]; then
   [ $# -eq 2 ] || usage
@@ -44,10 +53,11 @@ fi
 
 cargo build --release --tests
 status=0
-S3MOUNT_SOAK_SECONDS=$1 cargo test --release --test model_mount _match_the_model \
-  -- --test-threads 4 --nocapture 2>&1 | tee "$work/log" || status=$?
+S3MOUNT_SOAK_SECONDS=$1 cargo test --release --test model_mount "${tests[@]}" \
+  --test-threads 4 --nocapture 2>&1 | tee "$work/log" || status=$?
 # Each size class ends with "NAME: S seeds, O operations, F failures".
-grep -E '^mount-[a-z]+: [0-9]+ seeds' "$work/log" | awk '
+grep -E '^(mount|faults)-[a-z]+: [0-9]+ seeds' "$work/log" | awk '
   { seeds += $2; ops += $4; failures += $6 }
   END { printf "soak: %d operations, %d seeds, %d failures\n", ops, seeds, failures }'
+grep -E '^faults injected:' "$work/log" || true
 exit "$status"

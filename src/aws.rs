@@ -13,6 +13,9 @@ use aws_sdk_s3::config::SharedHttpClient;
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
 use aws_smithy_types::error::display::DisplayErrorContext;
 
+/// How long a connection to an endpoint may take to open.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Region used when neither the command line nor the AWS configuration names one.
 const DEFAULT_REGION: &str = "us-east-1";
 
@@ -35,7 +38,7 @@ pub async fn load(region: Option<String>, profile: &Profile) -> Result<SdkConfig
         .retry_config(RetryConfig::standard().with_max_attempts(3))
         .timeout_config(
             TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(5))
+                .connect_timeout(CONNECT_TIMEOUT)
                 .read_timeout(Duration::from_secs(60))
                 .build(),
         );

@@ -137,6 +137,18 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     pub stop_timeout: Duration,
 
+    /// How long a request that fails in a way that may pass (no connection, a
+    /// reset, a stall, 5xx, SlowDown) is made again before the error reaches the
+    /// program; nothing is lost when it does (the data stays in the cache
+    /// directory and the upload is tried again)
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub retry_for: Duration,
+
+    /// A request that brings no answer or no byte of its body for this long is
+    /// abandoned and made again (an upload gets more time by its size)
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
     /// HEAD each object before uploading over it, to catch another writer's
     /// change on servers that ignore If-Match / If-None-Match; `auto`: unless
     /// the endpoint is AWS S3, which enforces them

@@ -20,6 +20,7 @@ use crate::fs::changes::Changes;
 use crate::fs::{Fs, FsConfig, OnConflict, RetryPolicy};
 use crate::fuse::S3Fuse;
 use crate::store::counting::CountingStore;
+use crate::store::retry::{RetrySettings, RetryingStore};
 use crate::store::s3::{S3Settings, S3Store};
 use crate::store::{ListRequest, ObjectStore, StoreError};
 
@@ -36,6 +37,7 @@ const MAX_CDN_DELAY: Duration = Duration::from_secs(3600);
 /// Everything a mount needs, checked.
 pub struct MountConfig {
     pub settings: S3Settings,
+    pub retry: RetrySettings,
     pub prefix: String,
     pub mountpoint: PathBuf,
     pub cache_dir: PathBuf,
@@ -61,6 +63,9 @@ impl MountConfig {
                 "--block-size {} is outside 64KiB..64MiB",
                 bytesize::ByteSize(cli.block_size)
             ));
+        }
+        if cli.request_timeout < Duration::from_secs(1) {
+            return Err("--request-timeout must be at least 1s".into());
         }
         let cache_dir = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
         crate::private::create_dir(&cache_dir)
@@ -130,6 +135,10 @@ impl MountConfig {
                 endpoint_url: cli.endpoint_url.clone(),
                 region: cli.region.clone(),
                 force_path_style: cli.force_path_style,
+            },
+            retry: RetrySettings {
+                retry_for: cli.retry_for,
+                request_timeout: cli.request_timeout,
             },
             fs: FsConfig {
                 prefix: prefix.clone(),
@@ -290,7 +299,7 @@ pub fn run(mut config: MountConfig, readiness: &mut Readiness) -> Result<(), Str
                 .or_else(|| sdk_config.endpoint_url())
                 .is_some(),
         };
-        let store = S3Store::new(&sdk_config, &config.settings);
+        let store = S3Store::new(&sdk_config, &config.settings, config.retry.request_timeout);
         check_bucket(&store, &config).await?;
         let cdn = match &config.cdn {
             Some(settings) => {
@@ -316,7 +325,8 @@ pub fn run(mut config: MountConfig, readiness: &mut Readiness) -> Result<(), Str
             }
             None => None,
         };
-        Ok::<_, String>((Arc::new(CountingStore::new(store)), cdn))
+        let store = RetryingStore::new(CountingStore::new(store), config.retry);
+        Ok::<_, String>((Arc::new(store), cdn))
     })?;
     let changes = cdn.clone().map(|c| c as Arc<dyn Changes>);
     let fs = {
@@ -430,7 +440,7 @@ pub fn run(mut config: MountConfig, readiness: &mut Readiness) -> Result<(), Str
             "uploads not finished {} after the signal; the next mount with cache directory {} makes them; {}",
             humantime::format_duration(config.stop_timeout),
             config.cache_dir.display(),
-            store.summary()
+            store.inner().summary()
         );
         std::process::exit(0);
     }
@@ -438,7 +448,7 @@ pub fn run(mut config: MountConfig, readiness: &mut Readiness) -> Result<(), Str
     tracing::info!(
         "unmounted {}; {}",
         config.mountpoint.display(),
-        store.summary()
+        store.inner().summary()
     );
     if let Some(cdn) = cdn {
         rt.block_on(cdn.finish(CDN_FLUSH_WAIT));
@@ -451,15 +461,16 @@ pub fn run(mut config: MountConfig, readiness: &mut Readiness) -> Result<(), Str
 /// What `s3mount status` shows of this mount, gathered when asked.
 fn reporter(
     config: &MountConfig,
-    store: &Arc<CountingStore<S3Store>>,
+    store: &Arc<RetryingStore<CountingStore<S3Store>>>,
     fs: &Arc<Fs>,
     cdn: Option<Arc<Invalidator>>,
     log: Arc<crate::logging::LogControl>,
 ) -> crate::status::server::Reporter {
     let source = format!("s3://{}/{}", config.settings.bucket, config.prefix);
     let (mountpoint, cache_dir) = (config.mountpoint.clone(), config.cache_dir.clone());
-    let (store, fs) = (store.clone(), Arc::downgrade(fs));
+    let (store, fs) = (Arc::clone(store), Arc::downgrade(fs));
     Arc::new(move || {
+        let store = store.inner();
         let fs = fs.upgrade();
         let (uploads, failed, conflicts) = fs
             .as_ref()

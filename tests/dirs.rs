@@ -118,3 +118,63 @@ fn mkdir_rmdir_and_rm_survive_a_remount() {
     mount.unmount();
     assert!(bucket.keys().is_empty(), "{:?}", bucket.keys());
 }
+
+/// rm -rf reads a directory while it removes what it read: every entry that
+/// stays must still come, exactly once, whatever the kernel's readdir buffers
+/// hold, at the default TTL and at 0.
+#[test]
+fn rm_rf_of_a_directory_made_through_the_mount_removes_everything() {
+    let bucket = TestBucket::new("rmrf");
+    for ttl in ["1s", "0"] {
+        let mount = Mount::new(&bucket, &["--metadata-ttl", ttl]);
+        let m = mount.path.display();
+        sh(&format!(
+            "mkdir {m}/d && cd {m}/d && for i in $(seq 300); do touch $i; done && ls > /dev/null"
+        ));
+        let out = sh_output(&format!("rm -rf {m}/d"));
+        assert!(
+            out.status.success(),
+            "rm -rf at TTL {ttl}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!mount.join("d").exists());
+        mount.unmount();
+        assert_eq!(bucket.keys(), Vec::<String>::new(), "at TTL {ttl}");
+    }
+}
+
+/// The same over several listing pages and while other entries are created.
+#[test]
+fn readdir_while_entries_are_removed_and_created_returns_each_staying_entry_once() {
+    let bucket = TestBucket::new("rdchg");
+    bucket.put_many((0..2500).map(|i| format!("d/{i:05}")));
+    let mount = Mount::new(&bucket, &[]);
+    let d = mount.join("d");
+    let mut seen = std::collections::BTreeMap::<String, u32>::new();
+    let mut removed = std::collections::BTreeSet::new();
+    for (n, entry) in std::fs::read_dir(&d).unwrap().enumerate() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        *seen.entry(name.clone()).or_default() += 1;
+        // Every other entry read is removed, and a new one made, as the read goes.
+        if n % 2 == 0 {
+            std::fs::remove_file(d.join(&name)).unwrap();
+            removed.insert(name);
+            std::fs::write(d.join(format!("new-{n:05}")), "x").unwrap();
+        }
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "read twice: {twice:?}");
+    let missed: Vec<String> = (0..2500)
+        .map(|i| format!("{i:05}"))
+        .filter(|name| !seen.contains_key(name))
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "{} entries never read: {missed:?}",
+        missed.len()
+    );
+    // One file made for each removed: as many entries as at the start.
+    let left = std::fs::read_dir(&d).unwrap().count();
+    assert_eq!(left, 2500, "after the read");
+    mount.unmount();
+}

@@ -132,14 +132,17 @@ fn a_close_killed_while_waiting_for_its_parts_resumes_after_a_remount() {
 fn a_file_whose_close_failed_appears_once_the_server_is_back() {
     let dir = tempfile::tempdir().unwrap();
     let (garage, bucket, _) = private(dir.path(), "logs");
-    let mount = Mount::new(&bucket, &[]);
+    let mount = Mount::new(&bucket, &["--retry-for", "3s"]);
     // A log shipper's cp: the file is created, then the server goes away.
     let mut file = std::fs::File::create(mount.join("app.log")).unwrap();
     garage.stop();
     file.write_all(b"shipped while the server was down\n")
         .unwrap();
+    // The upload is tried again for --retry-for before close() gives up.
+    let closing = std::time::Instant::now();
     let err = close(file).expect_err("the upload fails");
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(closing.elapsed() >= Duration::from_secs(3));
     // Meanwhile the file shows what was written.
     assert_eq!(
         std::fs::read(mount.join("app.log")).unwrap(),
@@ -161,7 +164,11 @@ fn a_file_whose_close_failed_appears_once_the_server_is_back() {
 fn a_file_whose_close_failed_appears_after_a_crash_and_a_remount() {
     let dir = tempfile::tempdir().unwrap();
     let (garage, bucket, cache) = private(dir.path(), "logs");
-    let mount = Mount::source(&garage.env, "logs", &["--cache-dir", &arg(&cache)]);
+    let mount = Mount::source(
+        &garage.env,
+        "logs",
+        &["--cache-dir", &arg(&cache), "--retry-for", "2s"],
+    );
     let (data, _) = noise(3 * MIB, 5);
     let mut file = std::fs::File::create(mount.join("app.log")).unwrap();
     garage.stop();
@@ -399,7 +406,14 @@ fn nothing_in_the_cache_directory_is_readable_by_other_users() {
     let mount = Mount::source(
         &garage.env,
         "private",
-        &["--cache-dir", &arg(&cache), "--log-file", &arg(&log)],
+        &[
+            "--cache-dir",
+            &arg(&cache),
+            "--log-file",
+            &arg(&log),
+            "--retry-for",
+            "2s",
+        ],
     );
     // Written, read back (blocks cached), and an upload that fails.
     std::fs::write(mount.join("secret.txt"), vec![7u8; 3 * MIB]).unwrap();
@@ -460,7 +474,13 @@ fn background_uploads_close_at_once_fsync_reports_a_failure_and_unmount_waits() 
     let mount = Mount::source(
         &garage.env,
         "background",
-        &["--background-uploads", "--cache-dir", &arg(&cache)],
+        &[
+            "--background-uploads",
+            "--cache-dir",
+            &arg(&cache),
+            "--retry-for",
+            "2s",
+        ],
     );
     std::fs::create_dir(mount.join("many")).unwrap();
     let mut closed = std::fs::File::create(mount.join("closed")).unwrap();

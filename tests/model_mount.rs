@@ -19,12 +19,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use common::faults::{FaultProxy, Rates};
 use common::model::{Seeds, assert_clean, run_seeds, saved_cases};
 use common::ops::{Alphabet, Case, Op, SizeClass, case, pattern};
-use common::{Mount, TestBucket, close};
+use common::{Mount, S3Env, TestBucket, close};
 
 /// Operations of one case, at most.
 const MAX_OPS: usize = 400;
+/// The same through the fault proxy, where every fault costs time.
+const FAULT_OPS: usize = 150;
 /// How long a failure is shrunk for, at most.
 const SHRINK_TIME: Duration = Duration::from_secs(20 * 60);
 const ALPHABET: Alphabet = Alphabet {
@@ -218,6 +221,8 @@ static CASES: AtomicU32 = AtomicU32::new(0);
 
 /// One run of a case: a mount of its own over a directory of the bucket.
 struct Run<'a> {
+    /// How the mount reaches the server (the bucket's own client goes direct).
+    via: &'a S3Env,
     bucket: &'a TestBucket,
     /// The case's directory in the bucket.
     prefix: String,
@@ -232,7 +237,7 @@ struct Run<'a> {
 impl<'a> Run<'a> {
     /// The case's directory exists in the bucket (with the object, for a file
     /// another client wrote) before the mount starts.
-    fn start(bucket: &'a TestBucket, case: &Case) -> Result<Self, String> {
+    fn start(bucket: &'a TestBucket, via: &'a S3Env, case: &Case) -> Result<Self, String> {
         let work = tempfile::tempdir().map_err(|e| e.to_string())?;
         let model_dir = work.path().join("model");
         std::fs::create_dir(&model_dir).map_err(|e| e.to_string())?;
@@ -245,9 +250,10 @@ impl<'a> Run<'a> {
             std::fs::write(model.path(), &data).map_err(|e| e.to_string())?;
         }
         let (cache, log) = (work.path().join("cache"), work.path().join("s3mount.log"));
-        let mount = mount(bucket, &cache, &log);
+        let mount = mount(bucket, via, &cache, &log);
         let mounted = Side::new(mount.join(&prefix));
         let mut run = Self {
+            via,
             bucket,
             prefix,
             mount: Some(mount),
@@ -408,7 +414,7 @@ impl<'a> Run<'a> {
                 return Err(format!("s3mount exited with {status} at the unmount"));
             }
         }
-        let mount = mount(self.bucket, &self.cache, &self.log);
+        let mount = mount(self.bucket, self.via, &self.cache, &self.log);
         // A new mount has a mountpoint of its own.
         self.mounted = Side::new(mount.join(&self.prefix));
         self.mount = Some(mount);
@@ -457,9 +463,17 @@ impl<'a> Run<'a> {
     }
 }
 
-fn mount(bucket: &TestBucket, cache: &Path, log: &Path) -> Mount {
+fn mount(bucket: &TestBucket, via: &S3Env, cache: &Path, log: &Path) -> Mount {
     let (cache, log) = (cache.display().to_string(), log.display().to_string());
-    Mount::new(bucket, &["--cache-dir", &cache, "--log-file", &log])
+    let args = ["--cache-dir", &cache, "--log-file", &log];
+    if via.endpoint == bucket.env.endpoint {
+        Mount::new(bucket, &args)
+    } else {
+        // Through the fault proxy: stalls are abandoned after 2 s.
+        let mut args = args.to_vec();
+        args.extend(["--request-timeout", "2s"]);
+        Mount::source(via, &bucket.name, &args)
+    }
 }
 
 fn describe(r: &Res) -> String {
@@ -484,8 +498,8 @@ fn first_difference(got: &[u8], want: &[u8]) -> String {
 
 /// Run `case` from a fresh mount; the error says which operation disagreed, with
 /// the operations before it resolved to offsets and lengths.
-fn check(bucket: &TestBucket, case: &Case) -> Result<(), String> {
-    let mut run = Run::start(bucket, case)?;
+fn check(bucket: &TestBucket, via: &S3Env, case: &Case) -> Result<(), String> {
+    let mut run = Run::start(bucket, via, case)?;
     let mut done = Vec::new();
     let result = (|| {
         for (i, op) in case.ops.iter().enumerate() {
@@ -520,9 +534,35 @@ fn run_class(class: SizeClass, seeds: impl IntoIterator<Item = u64>, max_ops: us
         Seeds::from_env(seeds),
         SHRINK_TIME,
         REPLAY,
-        |case| check(&bucket, case),
+        |case| check(&bucket, &bucket.env, case),
     );
     assert_clean(&tally);
+}
+
+/// The same through the fault proxy: 6% of the requests fail, every kind
+/// mixed (a stalled answer is held for 5 s, past the mount's 2 s timeout). No
+/// operation may return an error the model does not, no read may differ, and
+/// the bucket must hold the model's bytes.
+fn run_class_through_faults(class: SizeClass, seeds: std::ops::RangeInclusive<u64>) {
+    let bucket = TestBucket::new("faults");
+    let proxy = FaultProxy::new(&bucket.env, *seeds.start(), Rates::mixed(0.06), 5000);
+    let tally = run_seeds(
+        &format!("faults-{class:?}").to_lowercase(),
+        case(class, ALPHABET, FAULT_OPS),
+        Seeds::from_env(seeds),
+        SHRINK_TIME,
+        REPLAY,
+        |case| check(&bucket, &proxy.env, case),
+    );
+    assert_clean(&tally);
+    let injected = proxy.injected();
+    eprintln!("faults injected: {injected:?}");
+    for kind in ["slowdown", "lost", "reset", "stall", "close"] {
+        assert!(
+            injected.get(kind).copied().unwrap_or(0) > 0,
+            "no {kind} fault was injected: {injected:?}"
+        );
+    }
 }
 
 #[test]
@@ -546,13 +586,23 @@ fn objects_written_by_another_client_match_the_model() {
 }
 
 #[test]
+fn small_files_match_the_model_through_faults() {
+    run_class_through_faults(SizeClass::Small, 1001..=1004);
+}
+
+#[test]
+fn multipart_files_match_the_model_through_faults() {
+    run_class_through_faults(SizeClass::Large, 1201..=1202);
+}
+
+#[test]
 fn saved_cases_pass() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/model-cases/mount");
     let bucket = TestBucket::new("saved");
     let cases = saved_cases(&dir);
     assert!(!cases.is_empty(), "no saved cases in {}", dir.display());
     for (file, case) in cases {
-        if let Err(e) = check(&bucket, &case) {
+        if let Err(e) = check(&bucket, &bucket.env, &case) {
             panic!("{} fails: {e}\n{case}", file.display());
         }
     }

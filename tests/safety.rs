@@ -22,7 +22,12 @@ fn server_stopped_while_writing_fails_close_and_keeps_the_data() {
     // A cache directory of the test's own, to look into after the unmount.
     let cache = dir.path().join("cache");
     let cache_arg = cache.display().to_string();
-    let mount = Mount::source(&garage.env, "backups", &["--cache-dir", &cache_arg]);
+    // Requests are retried for 2 s, then the error reaches close().
+    let mount = Mount::source(
+        &garage.env,
+        "backups",
+        &["--cache-dir", &cache_arg, "--retry-for", "2s"],
+    );
     let mut file = std::fs::File::create(mount.join("db.dump")).unwrap();
     let mut noise = Noise::new(7);
     let mut hash = Sha256::new();

@@ -94,7 +94,7 @@ fn status_shows_an_upload_growing_then_a_failed_upload_with_its_reason_and_data(
     let garage = PrivateGarage::start(dir.path(), "watched");
     let proxy = DelayProxy::new(&garage.env, 2000);
     let bucket = TestBucket::existing(proxy.env.clone(), "watched");
-    let mount = Mount::new(&bucket, &[]);
+    let mount = Mount::new(&bucket, &["--retry-for", "2s"]);
 
     // A backup script's cp of a large file: 16 parts of 8 MiB, four at a time,
     // each taking two seconds or more.

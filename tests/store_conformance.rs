@@ -29,9 +29,11 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use common::S3Env;
+use common::faults::{FaultProxy, Rates};
 use common::ops::MIB;
 use futures::future::BoxFuture;
 use s3mount::store::memory::MemoryStore;
+use s3mount::store::retry::{RetrySettings, RetryingStore};
 use s3mount::store::s3::{S3Settings, S3Store};
 use s3mount::store::{
     CompletedPart, Condition, CopyOptions, ListRequest, ObjectStore, PutOptions, StoreError,
@@ -713,7 +715,7 @@ async fn s3_store(env: &S3Env, bucket: &str) -> Store {
         region: Some(env.region.clone()),
         force_path_style: true,
     };
-    Arc::new(S3Store::new(&config, &settings))
+    Arc::new(S3Store::new(&config, &settings, Duration::from_secs(30)))
 }
 
 #[test]
@@ -723,6 +725,38 @@ fn the_s3_store_on_garage_conforms() {
     bucket
         .rt
         .block_on(async { conforms(s3_store(&env, &bucket.name).await, false).await });
+}
+
+/// The store a mount uses, the S3 store behind the retrying store, through the
+/// fault proxy: one request in five fails (every kind mixed, a stalled answer
+/// held past the 2 s timeout), and the store still behaves as S3 does.
+#[test]
+fn the_retrying_s3_store_through_faults_conforms() {
+    let env = S3Env::from_env();
+    let bucket = common::TestBucket::new("faultconf");
+    let proxy = FaultProxy::new(&env, 7, Rates::mixed(0.2), 4000);
+    bucket.rt.block_on(async {
+        let config = s3mount::aws::load(Some(env.region.clone()), &Default::default())
+            .await
+            .expect("AWS configuration");
+        let settings = S3Settings {
+            bucket: bucket.name.clone(),
+            endpoint_url: Some(proxy.env.endpoint.clone()),
+            region: Some(env.region.clone()),
+            force_path_style: true,
+        };
+        let timeout = Duration::from_secs(2);
+        let s3 = S3Store::new(&config, &settings, timeout);
+        let retry = RetrySettings {
+            retry_for: Duration::from_secs(60),
+            request_timeout: timeout,
+        };
+        conforms(Arc::new(RetryingStore::new(s3, retry)), false).await;
+    });
+    let injected = proxy.injected();
+    for kind in ["slowdown", "lost", "reset", "stall", "close"] {
+        assert!(injected.contains_key(kind), "no {kind}: {injected:?}");
+    }
 }
 
 /// moto, an S3 server that enforces conditions on PutObject (not on

@@ -7,8 +7,11 @@
 //! (time spent on S3, the client already built), `rss_mib=` (this process's peak
 //! RSS) and `cpu_s=` (its CPU time, user and system). Errors print one line on
 //! stderr and exit 1. `proxy` is the delay proxy the benchmark puts between every
-//! tool and the server (see its module).
+//! tool and the server; `fault-proxy` fails a share of the requests it forwards,
+//! for the tests (see their modules).
 
+#[path = "s3mount_bench/faults.rs"]
+mod faults;
 #[path = "s3mount_bench/proxy.rs"]
 mod proxy;
 #[path = "s3mount_bench/tree.rs"]
@@ -163,6 +166,34 @@ enum Command {
         #[arg(long)]
         delay_ms: u64,
     },
+    /// Forward HTTP requests to UPSTREAM, failing a share of them (each rate from
+    /// 0 to 1; see the module for what each fault does)
+    FaultProxy {
+        #[arg(long, value_name = "ADDR")]
+        listen: SocketAddr,
+        #[arg(long, value_name = "ADDR")]
+        upstream: SocketAddr,
+        /// Seed of the draws
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Answer 503 SlowDown without forwarding
+        #[arg(long, default_value_t = 0.0)]
+        slowdown: f64,
+        /// Forward, then answer 500: the server acted, its answer is lost
+        #[arg(long, default_value_t = 0.0)]
+        lost: f64,
+        /// Break the connection part-way through the answer
+        #[arg(long, default_value_t = 0.0)]
+        reset: f64,
+        /// Hold the answer for --stall-ms
+        #[arg(long, default_value_t = 0.0)]
+        stall: f64,
+        #[arg(long, default_value_t = 5000)]
+        stall_ms: u64,
+        /// Close the connection once the answer is out, while the client idles on it
+        #[arg(long, default_value_t = 0.0)]
+        close: f64,
+    },
     /// Wait until KEY exists with SIZE bytes
     Wait {
         bucket: String,
@@ -241,6 +272,31 @@ fn main() -> std::process::ExitCode {
     {
         let delay = Duration::from_millis(delay_ms);
         return match rt.block_on(proxy::run(listen, upstream, delay)) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        };
+    }
+    if let Command::FaultProxy {
+        listen,
+        upstream,
+        seed,
+        slowdown,
+        lost,
+        reset,
+        stall,
+        stall_ms,
+        close,
+    } = cli.command
+    {
+        let rates = faults::Rates {
+            slowdown,
+            lost,
+            reset,
+            stall,
+            close,
+        };
+        let stall_for = Duration::from_millis(stall_ms);
+        return match rt.block_on(faults::run(listen, upstream, seed, rates, stall_for)) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => fail(&e),
         };
@@ -363,7 +419,10 @@ async fn run(cli: Cli) -> Res<String> {
             n,
             timeout,
         } => wait_count(&s3, &bucket, &prefix, n, timeout).await?,
-        Command::Offsets { .. } | Command::Tree { .. } | Command::Proxy { .. } => {
+        Command::Offsets { .. }
+        | Command::Tree { .. }
+        | Command::Proxy { .. }
+        | Command::FaultProxy { .. } => {
             return Err("this command is answered without a client".into());
         }
     };

@@ -104,6 +104,11 @@ impl DirHandle {
         self.done
     }
 
+    /// Every entry fetched so far, served or not.
+    pub fn all(&self) -> &[DirEntry] {
+        &self.entries
+    }
+
     /// Entries from index `from` on, fetching pages until `want` are ready or the
     /// listing ends.
     pub async fn entries_from(

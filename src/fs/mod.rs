@@ -18,6 +18,7 @@ mod files;
 mod list_ahead;
 mod listing;
 mod lookup;
+mod probe;
 mod rename;
 mod setattr;
 mod tree;
@@ -198,6 +199,8 @@ pub struct Fs {
     /// Background upload attempts at once (the resume of many files must not
     /// crowd out the requests of programs).
     retry_slots: tokio::sync::Semaphore,
+    /// What uploads that failed for want of an answer wait for.
+    prober: probe::Prober,
     /// Files whose upload is left to a background task (failed, or, with
     /// background uploads, not tried yet).
     pending_files: std::sync::atomic::AtomicUsize,
@@ -235,6 +238,7 @@ impl Fs {
             config.metadata_ttl,
             config.negative_ttl,
         )));
+        let prober = probe::Prober::new(store.clone(), config.prefix.clone());
         Ok(Arc::new_cyclic(|me| Self {
             store,
             cache,
@@ -254,6 +258,7 @@ impl Fs {
             journal,
             halt: write_back::Halt::default(),
             retry_slots: tokio::sync::Semaphore::new(write_back::RETRIES_AT_ONCE),
+            prober,
             pending_files: std::sync::atomic::AtomicUsize::new(0),
             dir_times: dir_times::DirTimes::default(),
             board: Default::default(),

@@ -1537,3 +1537,24 @@ async fn a_new_empty_file_whose_fsync_failed_is_uploaded_at_its_close() {
     assert!(s.store.object("new").is_some());
     assert!(staged_files(&s).is_empty(), "staging file left behind");
 }
+
+/// rm -rf opens a directory, reads one batch to see whether it is empty and
+/// closes it, then opens it again to read it all: the first look must not leave
+/// a record of the directory as holding only that batch (before, the second
+/// reader got the batch and then the end, and rmdir failed with ENOTEMPTY).
+#[tokio::test]
+async fn a_reader_that_stops_after_one_batch_leaves_the_whole_directory_to_the_next() {
+    let s = setup();
+    for i in 0..300 {
+        s.store.insert(&format!("d/{i:03}"), "");
+    }
+    let d = s.fs.lookup(ROOT_INO, name("d")).await.unwrap();
+    let fh = s.fs.opendir(d.ino).unwrap();
+    let first = s.fs.readdir(d.ino, fh, 0, 32, true).await.unwrap();
+    assert_eq!(first.len(), 32);
+    s.fs.releasedir(fh);
+    for plus in [true, false] {
+        let all = list_dir(&s.fs, d.ino, plus).await;
+        assert_eq!(all.len(), 302, "with . and .., plus: {plus}");
+    }
+}

@@ -355,13 +355,26 @@ impl Fs {
             .entries_from(&self.store, from, max - out.len())
             .await?
             .to_vec();
+        tracing::trace!(
+            "readdir{} of {:?} from {offset}: {} entries, done: {}",
+            if plus { "plus" } else { "" },
+            dir.path,
+            entries.len(),
+            handle.is_done()
+        );
         let seen = handle.begun();
         self.dir_holds(ino, from == 0, &entries);
         {
             let mut listings = self.listings();
-            listings.record(&dir.path, handle.begun(), &entries);
             if handle.is_done() {
+                // Complete with every entry of the listing, not only those served
+                // so far: a reader that stops after a batch (rm's first look, to
+                // see whether the directory is empty) must not leave a record of
+                // the directory as holding just that batch.
+                listings.record(&dir.path, handle.begun(), handle.all());
                 listings.complete(&dir.path, handle.begun());
+            } else {
+                listings.record(&dir.path, handle.begun(), &entries);
             }
         }
         drop(handle);

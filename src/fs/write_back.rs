@@ -85,6 +85,14 @@ impl Default for Halt {
     }
 }
 
+/// How a background retry of a pending file ended.
+enum Retried {
+    /// Nothing more to do for it.
+    Done,
+    /// Still pending, after the error the attempt met, if it met one.
+    Again(Option<Errno>),
+}
+
 /// How one attempt to upload ended, when it did not.
 enum Outcome {
     /// S3 has the file.
@@ -763,12 +771,12 @@ impl Fs {
         tokio::spawn(retry_loop(me, ino, shared, generation, delay, halted));
     }
 
-    /// One retry of the file pending as `generation`; `true` once it no longer
+    /// One retry of the file pending as `generation`: done once it no longer
     /// needs any (or is pending again since, with a task of its own).
-    async fn retry(&self, ino: u64, shared: &SharedOpenFile, generation: u64) -> bool {
+    async fn retry(&self, ino: u64, shared: &SharedOpenFile, generation: u64) -> Retried {
         let mut of = shared.lock().await;
         if of.pending != Some(generation) {
-            return true;
+            return Retried::Done;
         }
         let writing = of.being_written();
         let inode = self.inode(ino).ok();
@@ -782,7 +790,7 @@ impl Fs {
         };
         let still = self.unsaved(ino) && of.record.is_some() && !writing;
         if still {
-            return false;
+            return Retried::Again(result.err());
         }
         if result.is_ok()
             && was_dirty
@@ -800,7 +808,7 @@ impl Fs {
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         drop(of);
         self.close_file(ino).await;
-        true
+        Retried::Done
     }
 
     /// Try every pending file once, now (tests; the background tasks do this
@@ -1018,10 +1026,27 @@ async fn retry_loop(
             slot = fs.retry_slots.acquire() => slot,
             _ = halted.wait_for(|h| *h) => return,
         };
-        let done = fs.retry(ino, &shared, generation).await;
+        let retried = fs.retry(ino, &shared, generation).await;
         drop(slot);
-        if done {
-            return;
+        let failed = match retried {
+            Retried::Done => return,
+            Retried::Again(failed) => failed,
+        };
+        // An I/O error may be an outage (no answer within the retry time): then
+        // the next attempt goes as soon as S3 answers again, however long it
+        // was away. A server that answers at once failed it otherwise: back off.
+        if failed == Some(Errno::EIO) {
+            let outage = tokio::select! {
+                outage = fs.prober.answered() => outage,
+                _ = halted.wait_for(|h| *h) => return,
+            };
+            if outage {
+                if let Ok(inode) = fs.inode(ino) {
+                    tracing::info!("{}: S3 answers again; uploading", fs.key(&inode.path));
+                }
+                delay = Duration::ZERO;
+                continue;
+            }
         }
         let policy = fs.config.retry;
         delay = if delay.is_zero() {

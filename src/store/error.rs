@@ -18,15 +18,17 @@ pub enum StoreError {
     KeyTooLong,
     #[error("cannot reach the S3 endpoint: {0}")]
     Unreachable(String),
+    /// The server answered, with an error that passes (5xx, SlowDown, throttling).
+    #[error("the S3 server is busy or failing: {0}")]
+    Busy(String),
     #[error("S3 error: {0}")]
     Other(String),
 }
 
 impl StoreError {
-    /// Might the same request succeed if made again? (The SDK has retried already;
-    /// this is for whole parts of an upload.)
+    /// Might the same request succeed if made again, unchanged?
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unreachable(_) | StoreError::Other(_))
+        matches!(self, StoreError::Unreachable(_) | StoreError::Busy(_))
     }
 
     /// The errno a filesystem call answers with when this error ends it.
@@ -36,7 +38,7 @@ impl StoreError {
             StoreError::AccessDenied(_) => libc::EACCES,
             StoreError::PreconditionFailed | StoreError::Conflict => libc::ESTALE,
             StoreError::KeyTooLong => libc::ENAMETOOLONG,
-            StoreError::Unreachable(_) | StoreError::Other(_) => libc::EIO,
+            StoreError::Unreachable(_) | StoreError::Busy(_) | StoreError::Other(_) => libc::EIO,
         }
     }
 }

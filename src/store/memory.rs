@@ -416,13 +416,13 @@ impl ObjectStore for MemoryStore {
         };
         let etag = etag::of_body(&source.body);
         self.store(to, source.body, etag.clone(), content_type, metadata);
-        Ok(etag)
+        self.answer(Op::Copy, Ok(etag))
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.enter(Op::Delete).await?;
         lock(&self.objects).remove(key);
-        Ok(())
+        self.answer(Op::Delete, Ok(()))
     }
 
     async fn create_multipart(&self, key: &str, options: &PutOptions) -> StoreResult<String> {
@@ -516,8 +516,11 @@ impl ObjectStore for MemoryStore {
 
     async fn abort_multipart(&self, _key: &str, upload_id: &str) -> StoreResult<()> {
         self.enter(Op::AbortMultipart).await?;
-        lock(&self.uploads).remove(upload_id);
-        Ok(())
+        match lock(&self.uploads).remove(upload_id) {
+            Some(_) => self.answer(Op::AbortMultipart, Ok(())),
+            // What S3 answers for an upload completed or aborted already.
+            None => Err(StoreError::NotFound),
+        }
     }
 
     async fn list_parts(&self, key: &str, upload_id: &str) -> StoreResult<Vec<ListedPart>> {

@@ -1,13 +1,15 @@
 //! The object store: the only door to S3.
 //!
 //! Everything the filesystem needs from S3 goes through [`ObjectStore`]. The
-//! aws-sdk-s3 implementation lives in [`s3`]; [`memory`] is an in-memory store with
-//! fault injection for unit tests.
+//! aws-sdk-s3 implementation lives in [`s3`], behind [`retry`], which makes
+//! every request again while a fault may pass; [`memory`] is an in-memory store
+//! with fault injection for unit tests.
 
 pub mod counting;
 pub mod error;
 pub mod etag;
 pub mod memory;
+pub mod retry;
 pub mod s3;
 
 use std::collections::BTreeMap;

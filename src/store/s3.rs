@@ -1,9 +1,11 @@
 //! [`ObjectStore`] over aws-sdk-s3.
 
 use std::ops::Range;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -14,7 +16,7 @@ use aws_sdk_s3::types::{
 use bytes::{Bytes, BytesMut};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use crate::aws::one_line;
+use crate::aws::{CONNECT_TIMEOUT, one_line};
 
 use super::{
     CompletedPart, Condition, CopyOptions, ListPage, ListRequest, ListedPart, ObjectHeaders,
@@ -37,14 +39,27 @@ pub struct S3Store {
     /// signature took a fifth of the CPU of a large copy. Over plain HTTP the
     /// signature is what guards them.
     unsigned_bodies: bool,
+    /// How long a GET may bring no byte before it is taken up again.
+    stall: Duration,
 }
 
 impl S3Store {
     /// A client with the AWS configuration (see [`crate::aws::load`]) and the
     /// settings given.
-    pub fn new(sdk_config: &aws_config::SdkConfig, settings: &S3Settings) -> Self {
+    /// Requests are made once: [`super::retry::RetryingStore`] retries them,
+    /// bounded by time rather than by the SDK's retry quota, which a burst of
+    /// faults empties. A GET that brings no byte for `stall` is taken up again.
+    pub fn new(sdk_config: &aws_config::SdkConfig, settings: &S3Settings, stall: Duration) -> Self {
         let mut builder = aws_sdk_s3::config::Builder::from(sdk_config)
             .force_path_style(settings.force_path_style)
+            .retry_config(RetryConfig::disabled())
+            // No read timeout: an upload's answer comes after its body, however
+            // long that takes; the retrying store bounds each attempt by its size.
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .build(),
+            )
             // S3-compatible servers differ in their support of flexible checksums:
             // send and check them only where the API requires them.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
@@ -61,7 +76,77 @@ impl S3Store {
             bucket: settings.bucket.clone(),
             // AWS itself is reached over https.
             unsigned_bodies: endpoint.is_none_or(|url| url.starts_with("https://")),
+            stall,
         }
+    }
+
+    fn stalled(&self) -> StoreError {
+        StoreError::Unreachable(format!("no data for {} s", self.stall.as_secs()))
+    }
+}
+
+/// Resumes of a broken GET body in a row that bring no byte before the GET
+/// fails (and is retried whole, within the retry time).
+const FRUITLESS_RESUMES: u32 = 3;
+
+/// A GET's body, straight into buffers of the pieces' sizes as it arrives: one
+/// copy, and no buffer holds the data twice.
+struct Pieces {
+    /// Bytes asked for.
+    len: u64,
+    piece: u64,
+    /// Bytes received so far.
+    received: u64,
+    done: Vec<Bytes>,
+    current: BytesMut,
+}
+
+impl Pieces {
+    fn new(len: u64, piece: u64) -> Self {
+        let piece = piece.max(1);
+        Self {
+            len,
+            piece,
+            received: 0,
+            done: Vec::with_capacity(usize::try_from(len.div_ceil(piece)).unwrap_or(0)),
+            current: BytesMut::new(),
+        }
+    }
+
+    /// Size of the piece being filled: past the range (a server sending more
+    /// than asked for), the rest goes in one more piece, which the caller finds
+    /// too long.
+    fn want(&self) -> u64 {
+        match self.len.saturating_sub(self.done_bytes()) {
+            0 => u64::MAX,
+            left => self.piece.min(left),
+        }
+    }
+
+    fn done_bytes(&self) -> u64 {
+        self.received - self.current.len() as u64
+    }
+
+    fn push(&mut self, mut chunk: Bytes) {
+        while !chunk.is_empty() {
+            let want = self.want();
+            if self.current.is_empty() && want != u64::MAX {
+                self.current.reserve(want as usize);
+            }
+            let room = (want - self.current.len() as u64).min(chunk.len() as u64) as usize;
+            self.current.extend_from_slice(&chunk.split_to(room));
+            self.received += room as u64;
+            if self.current.len() as u64 == want {
+                self.done.push(std::mem::take(&mut self.current).freeze());
+            }
+        }
+    }
+
+    fn finish(mut self) -> Vec<Bytes> {
+        if !self.current.is_empty() {
+            self.done.push(self.current.freeze());
+        }
+        self.done
     }
 }
 
@@ -111,13 +196,31 @@ where
                 (Some("PreconditionFailed"), _) | (None, 412) => StoreError::PreconditionFailed,
                 (Some("ConditionalRequestConflict"), _) | (None, 409) => StoreError::Conflict,
                 (Some("KeyTooLongError"), _) => StoreError::KeyTooLong,
+                (
+                    Some(
+                        "SlowDown"
+                        | "Throttling"
+                        | "ThrottlingException"
+                        | "RequestThrottled"
+                        | "TooManyRequests"
+                        | "RequestTimeout"
+                        | "InternalError"
+                        | "ServiceUnavailable",
+                    ),
+                    _,
+                )
+                | (_, 429 | 500..=599) => StoreError::Busy(format!(
+                    "{} {message} (HTTP {status})",
+                    code.unwrap_or("error")
+                )),
                 _ => StoreError::Other(format!(
                     "{} {message} (HTTP {status})",
                     code.unwrap_or("error")
                 )),
             }
         }
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+        // No answer, or one broken off before its end.
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
             StoreError::Unreachable(one_line(&err))
         }
         _ => StoreError::Other(one_line(&err)),
@@ -213,51 +316,65 @@ impl ObjectStore for S3Store {
         if range.is_empty() {
             return Ok(Vec::new());
         }
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!("bytes={}-{}", range.start, range.end - 1))
-            .set_if_match(if_match.map(str::to_string))
-            .send()
-            .await
-            .map_err(classify)?;
-        // Straight into buffers of the pieces' sizes as the body arrives: one copy,
-        // and no buffer holds the data twice.
-        let mut left = range.end - range.start;
-        let piece = piece.max(1);
-        let mut pieces = Vec::with_capacity(usize::try_from(left.div_ceil(piece)).unwrap_or(0));
-        let mut want = piece.min(left);
-        let mut current = BytesMut::with_capacity(want as usize);
-        let mut body = out.body;
-        while let Some(mut chunk) = body
-            .try_next()
-            .await
-            .map_err(|e| StoreError::Unreachable(one_line(&e)))?
-        {
-            while !chunk.is_empty() {
-                let room = (want - current.len() as u64).min(chunk.len() as u64) as usize;
-                current.extend_from_slice(&chunk.split_to(room));
-                if current.len() as u64 == want {
-                    pieces.push(std::mem::take(&mut current).freeze());
-                    left -= want;
-                    // Past the range (a server sending more than asked for): the
-                    // rest goes in one more piece, which the caller finds too long.
-                    (want, current) = match left {
-                        0 => (u64::MAX, BytesMut::new()),
-                        _ => (
-                            piece.min(left),
-                            BytesMut::with_capacity(piece.min(left) as usize),
-                        ),
-                    };
+        let mut pieces = Pieces::new(range.end - range.start, piece);
+        // A body that breaks off is taken up again from the byte it reached, of
+        // the same version of the object.
+        let mut version = if_match.map(str::to_string);
+        let mut fruitless = 0;
+        loop {
+            let from = range.start + pieces.received;
+            let request = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .range(format!("bytes={from}-{}", range.end - 1))
+                .set_if_match(version.clone())
+                .send();
+            let out = match tokio::time::timeout(self.stall, request).await {
+                Ok(Ok(out)) => out,
+                Ok(Err(e)) => {
+                    return Err(match classify(e) {
+                        // The version this read began with is gone: the caller
+                        // asked for none in particular, so it may start again.
+                        StoreError::PreconditionFailed if if_match.is_none() => {
+                            StoreError::Unreachable("the object changed during the read".into())
+                        }
+                        e => e,
+                    });
                 }
+                Err(_) => return Err(self.stalled()),
+            };
+            if version.is_none() {
+                version = out.e_tag().map(str::to_string);
             }
+            let before = pieces.received;
+            let mut body = out.body;
+            let broke = loop {
+                match tokio::time::timeout(self.stall, body.try_next()).await {
+                    Ok(Ok(Some(chunk))) => pieces.push(chunk),
+                    Ok(Ok(None)) => break None,
+                    Ok(Err(e)) => break Some(StoreError::Unreachable(one_line(&e))),
+                    Err(_) => break Some(self.stalled()),
+                }
+            };
+            // Every byte asked for came: what broke came after them.
+            let Some(error) = broke.filter(|_| pieces.received < pieces.len) else {
+                return Ok(pieces.finish());
+            };
+            fruitless = if pieces.received > before {
+                0
+            } else {
+                fruitless + 1
+            };
+            if fruitless >= FRUITLESS_RESUMES {
+                return Err(error);
+            }
+            tracing::debug!(
+                "GET of {key} broke off at byte {} ({error}); taking it up from there",
+                range.start + pieces.received
+            );
         }
-        if !current.is_empty() {
-            pieces.push(current.freeze());
-        }
-        Ok(pieces)
     }
 
     async fn list(&self, request: ListRequest<'_>) -> StoreResult<ListPage> {

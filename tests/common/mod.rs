@@ -6,6 +6,7 @@
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 pub mod cdn;
+pub mod faults;
 pub mod model;
 pub mod ops;
 pub mod tmux;

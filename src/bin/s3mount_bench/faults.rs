@@ -1,0 +1,259 @@
+//! The fault proxy: an HTTP proxy between a client and an S3 server that fails
+//! a share of the requests in the ways a real network and a busy server do, so
+//! that the tests can show none of them reaches a program on the mount.
+//!
+//! Each request draws, from one seeded generator, at most one fault:
+//! - `slowdown`: answer 503 SlowDown without forwarding;
+//! - `lost`: forward, let the server act, then answer 500 (its answer is lost);
+//! - `reset`: forward, then break the connection part-way through the answer's
+//!   body (right after its headers when it has none);
+//! - `stall`: forward, then hold the answer (its headers, or the rest of its
+//!   body) for `stall_for` before going on;
+//! - `close`: answer, then close the connection while it idles in the client's
+//!   pool, as servers and load balancers do with keep-alive connections.
+//!
+//! Every fault is one line on stderr (`fault=KIND method=M path=P`), so that a
+//! run can count them by kind. The draw order follows the order requests
+//! arrive, so a seed gives the same rates, not the same requests, run to run.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::HeaderValue;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+type Body = BoxBody<Bytes, Error>;
+
+/// The share of requests (0 to 1) that meets each fault.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rates {
+    pub slowdown: f64,
+    pub lost: f64,
+    pub reset: f64,
+    pub stall: f64,
+    pub close: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Slowdown,
+    Lost,
+    Reset,
+    Stall,
+    Close,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Slowdown => "slowdown",
+            Fault::Lost => "lost",
+            Fault::Reset => "reset",
+            Fault::Stall => "stall",
+            Fault::Close => "close",
+        }
+    }
+}
+
+struct Proxy {
+    upstream: SocketAddr,
+    client: Client<HttpConnector, Incoming>,
+    rates: Rates,
+    stall_for: Duration,
+    rng: Mutex<fastrand::Rng>,
+}
+
+impl Proxy {
+    fn draw(&self) -> Option<Fault> {
+        let x = self.rng.lock().unwrap_or_else(|e| e.into_inner()).f64();
+        let r = self.rates;
+        let mut edge = 0.0;
+        for (rate, fault) in [
+            (r.slowdown, Fault::Slowdown),
+            (r.lost, Fault::Lost),
+            (r.reset, Fault::Reset),
+            (r.stall, Fault::Stall),
+            (r.close, Fault::Close),
+        ] {
+            edge += rate;
+            if x < edge {
+                return Some(fault);
+            }
+        }
+        None
+    }
+
+    /// Answer `request`, meeting `fault` on the way; `idle_close` is told once
+    /// the answer is out when the connection is to be closed after it.
+    async fn answer(
+        &self,
+        mut request: Request<Incoming>,
+        idle_close: Arc<Notify>,
+    ) -> Result<Response<Body>, Error> {
+        let fault = self.draw();
+        if let Some(fault) = fault {
+            eprintln!(
+                "fault={} method={} path={}",
+                fault.name(),
+                request.method(),
+                request.uri().path()
+            );
+        }
+        if fault == Some(Fault::Slowdown) {
+            return Ok(s3_error(StatusCode::SERVICE_UNAVAILABLE, "SlowDown"));
+        }
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        *request.uri_mut() = format!("http://{}{path}", self.upstream).parse()?;
+        let response = self.client.request(request).await?;
+        let (parts, body) = response.into_parts();
+        match fault {
+            Some(Fault::Lost) => {
+                // The server acted; its answer goes nowhere.
+                body.collect().await?;
+                Ok(s3_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError"))
+            }
+            Some(Fault::Reset) => {
+                let body = break_after_first_frame(body);
+                Ok(Response::from_parts(parts, body))
+            }
+            Some(Fault::Stall) => {
+                tokio::time::sleep(self.stall_for).await;
+                Ok(Response::from_parts(
+                    parts,
+                    body.map_err(Error::from).boxed(),
+                ))
+            }
+            Some(Fault::Close) => {
+                let body = then(body, move || idle_close.notify_one());
+                Ok(Response::from_parts(parts, body))
+            }
+            Some(Fault::Slowdown) | None => Ok(Response::from_parts(
+                parts,
+                body.map_err(Error::from).boxed(),
+            )),
+        }
+    }
+}
+
+/// An S3 error answer with `code`.
+fn s3_error(status: StatusCode, code: &str) -> Response<Body> {
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+         <Message>injected by the fault proxy</Message></Error>"
+    );
+    let mut response = Response::new(Full::new(Bytes::from(xml)).map_err(Error::from).boxed());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/xml"));
+    response
+}
+
+/// `body`'s first frame, then an error: the connection breaks with the answer
+/// half sent.
+fn break_after_first_frame(body: Incoming) -> Body {
+    let frames = body
+        .into_data_stream()
+        .take(1)
+        .map(|r| r.map(Frame::data).map_err(Error::from));
+    let broken = futures::stream::once(async {
+        Err::<Frame<Bytes>, Error>("connection reset by the fault proxy".into())
+    });
+    BodyExt::boxed(StreamBody::new(frames.chain(broken)))
+}
+
+/// `body`, then `done()` once its last frame has gone.
+fn then(body: Incoming, done: impl FnOnce() + Send + Sync + 'static) -> Body {
+    let frames = body
+        .into_data_stream()
+        .map(|r| r.map(Frame::data).map_err(Error::from));
+    let mut done = Some(done);
+    let end = futures::stream::poll_fn(move |_| {
+        if let Some(done) = done.take() {
+            done();
+        }
+        std::task::Poll::Ready(None::<Result<Frame<Bytes>, Error>>)
+    });
+    BodyExt::boxed(StreamBody::new(frames.chain(end)))
+}
+
+/// Accept connections on `listen` and proxy their requests to `upstream`,
+/// forever. Prints `listening=ADDR` once the socket is bound.
+pub async fn run(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    seed: u64,
+    rates: Rates,
+    stall_for: Duration,
+) -> Result<(), String> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("listening={bound} upstream={upstream} seed={seed} {rates:?}");
+    let proxy = Arc::new(Proxy {
+        upstream,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        rates,
+        stall_for,
+        rng: Mutex::new(fastrand::Rng::with_seed(seed)),
+    });
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                eprintln!("s3mount-bench fault-proxy: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let idle_close = Arc::new(Notify::new());
+            let service = {
+                let idle_close = idle_close.clone();
+                service_fn(move |request| {
+                    let (proxy, idle_close) = (proxy.clone(), idle_close.clone());
+                    async move {
+                        Ok::<_, Infallible>(match proxy.answer(request, idle_close).await {
+                            Ok(response) => response,
+                            // The server could not be reached: what a gateway says.
+                            Err(e) => {
+                                eprintln!("s3mount-bench fault-proxy: upstream: {e}");
+                                s3_error(StatusCode::BAD_GATEWAY, "BadGateway")
+                            }
+                        })
+                    }
+                })
+            };
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = idle_close.notified() => {}
+            }
+            // The answer is out: the connection closes once idle, without
+            // telling the client first.
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        });
+    }
+}

@@ -1,0 +1,109 @@
+//! The fault proxy of s3mount-bench in front of a test's S3 server: it fails a
+//! share of the requests as a bad network and a busy server do.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use super::S3Env;
+
+/// The share of requests that meets each fault (see the proxy's module).
+#[derive(Clone, Copy, Debug)]
+pub struct Rates {
+    pub slowdown: f64,
+    pub lost: f64,
+    pub reset: f64,
+    pub stall: f64,
+    pub close: f64,
+}
+
+impl Rates {
+    /// Every kind mixed, `share` of the requests in all.
+    pub fn mixed(share: f64) -> Self {
+        let each = share / 5.0;
+        Self {
+            slowdown: each,
+            lost: each,
+            reset: each,
+            stall: each,
+            close: each,
+        }
+    }
+}
+
+/// A running fault proxy, killed on drop.
+pub struct FaultProxy {
+    child: Child,
+    /// Settings for a client that goes through the proxy.
+    pub env: S3Env,
+    /// One line per fault injected (`fault=KIND method=M path=P`).
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FaultProxy {
+    /// In front of `env`'s server, drawing from `seed`; a stalled answer is
+    /// held for `stall_ms`.
+    pub fn new(env: &S3Env, seed: u64, rates: Rates, stall_ms: u64) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("faults.log");
+        let upstream = env.endpoint.trim_start_matches("http://");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_s3mount-bench"))
+            .args([
+                "fault-proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                upstream,
+            ])
+            .args(["--seed", &seed.to_string()])
+            .args(["--slowdown", &rates.slowdown.to_string()])
+            .args(["--lost", &rates.lost.to_string()])
+            .args(["--reset", &rates.reset.to_string()])
+            .args(["--stall", &rates.stall.to_string()])
+            .args(["--close", &rates.close.to_string()])
+            .args(["--stall-ms", &stall_ms.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("fault log"))
+            .spawn()
+            .expect("spawn the fault proxy");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the proxy's first line");
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("listening="))
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let env = S3Env {
+            endpoint: format!("http://{addr}"),
+            ..env.clone()
+        };
+        Self {
+            child,
+            env,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Faults injected so far, by kind.
+    pub fn injected(&self) -> std::collections::BTreeMap<String, u64> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut counts = std::collections::BTreeMap::new();
+        for kind in text
+            .lines()
+            .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("fault=")))
+        {
+            *counts.entry(kind.to_string()).or_default() += 1;
+        }
+        counts
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
