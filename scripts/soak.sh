@@ -4,7 +4,7 @@
 #   scripts/soak.sh SECONDS        run the mount test's four size classes with fresh
 #                                  seeds for SECONDS, against a Garage started here;
 #                                  prints the operations run, seeds tried and failures
-#   scripts/soak.sh --faults SECONDS  the same through the fault proxy (6% of the
+#   scripts/soak.sh --faults SECONDS  the same through the fault proxy (8% of the
 #                                  requests fail, every kind mixed: small and
 #                                  multipart files); prints the faults by kind too
 #   scripts/soak.sh --replay FILE  run one saved case again (a failure prints its file:

@@ -26,6 +26,9 @@ use crate::store::{ListRequest, ObjectStore, StoreError};
 
 /// How long the mount waits for S3 to answer its first request.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the mount's first listing is made again while it fails in a way
+/// that may pass.
+const CHECK_RETRY_FOR: Duration = Duration::from_secs(5);
 /// Threads reading requests from the kernel (each holds a 16 MiB buffer); the work
 /// itself runs on tokio.
 const FUSE_THREADS: usize = 2;
@@ -203,19 +206,34 @@ async fn check_bucket(store: &dyn ObjectStore, config: &MountConfig) -> Result<(
         .endpoint_url
         .clone()
         .unwrap_or_else(|| "the S3 endpoint".into());
-    let request = store.list(ListRequest {
-        prefix: &config.prefix,
-        delimiter: Some("/"),
-        continuation: None,
-        max_keys: Some(1),
-    });
-    match answer_within(&endpoint, request).await? {
+    let request = || {
+        store.list(ListRequest {
+            prefix: &config.prefix,
+            delimiter: Some("/"),
+            continuation: None,
+            max_keys: Some(1),
+        })
+    };
+    // A fault that passes (a reset, a 503) is not a reason to refuse the mount;
+    // an endpoint that stays unreachable is, after a few seconds.
+    let deadline = tokio::time::Instant::now() + CHECK_RETRY_FOR;
+    let answer = loop {
+        match answer_within(&endpoint, request()).await? {
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                tracing::debug!("the first listing of bucket {bucket} failed ({e}); again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            answer => break answer,
+        }
+    };
+    match answer {
         Ok(_) => Ok(()),
         Err(StoreError::NoSuchBucket) => Err(format!("bucket {bucket} does not exist")),
         Err(StoreError::AccessDenied(why)) => Err(format!(
             "access denied to bucket {bucket} ({why}); check the credentials"
         )),
         Err(StoreError::Unreachable(why)) => Err(format!("cannot reach {endpoint}: {why}")),
+        Err(StoreError::Busy(why)) => Err(format!("{endpoint} keeps failing: {why}")),
         Err(e) => Err(format!("cannot list bucket {bucket}: {e}")),
     }
 }

@@ -2,7 +2,9 @@
 //! a share of the requests in the ways a real network and a busy server do, so
 //! that the tests can show none of them reaches a program on the mount.
 //!
-//! Each request draws, from one seeded generator, at most one fault:
+//! Each request draws, from one seeded generator, whether it meets a fault (with
+//! the sum of the rates as chance); the faults met go round the kinds with a
+//! rate above zero in turn, so that a run that injects a few meets every kind:
 //! - `slowdown`: answer 503 SlowDown without forwarding;
 //! - `lost`: forward, let the server act, then answer 500 (its answer is lost);
 //! - `reset`: forward, then break the connection part-way through the answer's
@@ -73,27 +75,37 @@ struct Proxy {
     client: Client<HttpConnector, Incoming>,
     rates: Rates,
     stall_for: Duration,
-    rng: Mutex<fastrand::Rng>,
+    draws: Mutex<Draws>,
+}
+
+struct Draws {
+    rng: fastrand::Rng,
+    /// Faults injected so far: the next kind is the one after the last.
+    injected: usize,
 }
 
 impl Proxy {
     fn draw(&self) -> Option<Fault> {
-        let x = self.rng.lock().unwrap_or_else(|e| e.into_inner()).f64();
         let r = self.rates;
-        let mut edge = 0.0;
-        for (rate, fault) in [
+        let kinds: Vec<Fault> = [
             (r.slowdown, Fault::Slowdown),
             (r.lost, Fault::Lost),
             (r.reset, Fault::Reset),
             (r.stall, Fault::Stall),
             (r.close, Fault::Close),
-        ] {
-            edge += rate;
-            if x < edge {
-                return Some(fault);
-            }
+        ]
+        .into_iter()
+        .filter(|(rate, _)| *rate > 0.0)
+        .map(|(_, fault)| fault)
+        .collect();
+        let share = r.slowdown + r.lost + r.reset + r.stall + r.close;
+        let mut draws = self.draws.lock().unwrap_or_else(|e| e.into_inner());
+        if kinds.is_empty() || draws.rng.f64() >= share {
+            return None;
         }
-        None
+        let fault = kinds[draws.injected % kinds.len()];
+        draws.injected += 1;
+        Some(fault)
     }
 
     /// Answer `request`, meeting `fault` on the way; `idle_close` is told once
@@ -213,7 +225,10 @@ pub async fn run(
         client: Client::builder(TokioExecutor::new()).build_http(),
         rates,
         stall_for,
-        rng: Mutex::new(fastrand::Rng::with_seed(seed)),
+        draws: Mutex::new(Draws {
+            rng: fastrand::Rng::with_seed(seed),
+            injected: 0,
+        }),
     });
     loop {
         let (stream, _) = match listener.accept().await {
