@@ -8,6 +8,10 @@
 #                                      settings to DIR/env and prints them
 #   scripts/garage.sh stop DIR         stop the server started in DIR (by its process id)
 #   scripts/garage.sh resume DIR       start a stopped server of DIR again, same ports and data
+#   scripts/garage.sh start-cluster DIR [B..]  three nodes (DIR/n1..n3), replication
+#                                      factor 3; DIR/env talks to n1, DIR/nK/env to node K;
+#                                      `stop DIR/nK` and `resume DIR/nK` stop and restart one
+#   scripts/garage.sh stop-cluster DIR stop the three nodes of DIR
 #
 # Garage is built once per machine with cargo (about 10 minutes on 2 cores) into
 # $S3MOUNT_TOOLS (default ~/.cache/s3mount-tools).
@@ -30,22 +34,24 @@ install() {
   cargo install garage --version "$GARAGE_VERSION" --locked --root "$TOOLS/garage-$GARAGE_VERSION" >&2
 }
 
-start() {
-  local dir=$1; shift
-  install
+# Write the configuration of a node in DIR (replication factor $2, RPC secret $3)
+# on free loopback ports.
+configure() {
+  local dir=$1 replication=$2 secret=$3
   mkdir -p "$dir"
-  dir=$(cd "$dir" && pwd)
-  local rpc s3 admin
+  local rpc s3 admin consistency=""
   rpc=$(free_port); s3=$(free_port); admin=$(free_port)
+  [ "$replication" -gt 1 ] && consistency='consistency_mode = "consistent"'
   cat > "$dir/garage.toml" <<TOML
 metadata_dir = "$dir/meta"
 data_dir = "$dir/data"
 db_engine = "sqlite"
-replication_factor = 1
+replication_factor = $replication
+$consistency
 compression_level = "none"
 rpc_bind_addr = "127.0.0.1:$rpc"
 rpc_public_addr = "127.0.0.1:$rpc"
-rpc_secret = "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
+rpc_secret = "$secret"
 
 [s3_api]
 s3_region = "$REGION"
@@ -56,12 +62,13 @@ root_domain = ".s3.garage.localhost"
 api_bind_addr = "127.0.0.1:$admin"
 TOML
   echo "$s3" > "$dir/s3.port"
+}
+
+# The test key, its right to make buckets, and buckets B.. with the garage CLI
+# G...; then wait for the S3 API on PORT and write the settings to DIR/env.
+provision() {
+  local dir=$1 port=$2; shift 2
   local g=("$GARAGE" -c "$dir/garage.toml")
-  run_server "$dir"
-  local node
-  node=$("${g[@]}" node id -q | cut -d@ -f1)
-  "${g[@]}" layout assign -z dc1 -c 10G "$node" > /dev/null
-  "${g[@]}" layout apply --version 1 > /dev/null
   "${g[@]}" key import --yes -n s3mount-test "$KEY_ID" "$KEY_SECRET" > /dev/null
   "${g[@]}" key allow --create-bucket s3mount-test > /dev/null
   local b
@@ -69,17 +76,73 @@ TOML
     "${g[@]}" bucket create "$b" > /dev/null
     "${g[@]}" bucket allow --read --write --owner "$b" --key s3mount-test > /dev/null
   done
-  wait_s3 "$s3"
-  cat > "$dir/env" <<ENV
+  wait_s3 "$port"
+  write_env "$dir" "$port" "$(cat "$dir/garage.pid")"
+  cat "$dir/env"
+}
+
+write_env() {
+  cat > "$1/env" <<ENV
 export AWS_ACCESS_KEY_ID=$KEY_ID
 export AWS_SECRET_ACCESS_KEY=$KEY_SECRET
 export AWS_REGION=$REGION
 export AWS_EC2_METADATA_DISABLED=true
-export S3_ENDPOINT=http://127.0.0.1:$s3
-export GARAGE_DIR=$dir
-export GARAGE_PID=$(cat "$dir/garage.pid")
+export S3_ENDPOINT=http://127.0.0.1:$2
+export GARAGE_DIR=$1
+export GARAGE_PID=$3
 ENV
+}
+
+start() {
+  local dir=$1; shift
+  install
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  configure "$dir" 1 "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
+  local g=("$GARAGE" -c "$dir/garage.toml")
+  run_server "$dir"
+  local node
+  node=$("${g[@]}" node id -q | cut -d@ -f1)
+  "${g[@]}" layout assign -z dc1 -c 10G "$node" > /dev/null
+  "${g[@]}" layout apply --version 1 > /dev/null
+  provision "$dir" "$(cat "$dir/s3.port")" "$@"
+}
+
+# Three nodes in DIR/n1..n3, replication factor 3, consistent mode; the settings
+# in DIR/env talk to n1, each DIR/nK/env to node K. Stop and resume a node with
+# `stop DIR/nK` and `resume DIR/nK`.
+start_cluster() {
+  local dir=$1; shift
+  install
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  local secret k
+  secret=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+  for k in 1 2 3; do
+    configure "$dir/n$k" 3 "$secret"
+    run_server "$dir/n$k"
+  done
+  local g=("$GARAGE" -c "$dir/n1/garage.toml")
+  for k in 2 3; do
+    "${g[@]}" node connect "$("$GARAGE" -c "$dir/n$k/garage.toml" node id -q)" > /dev/null
+  done
+  for k in 1 2 3; do
+    "${g[@]}" layout assign -z "dc$k" -c 1G \
+      "$("$GARAGE" -c "$dir/n$k/garage.toml" node id -q | cut -d@ -f1)" > /dev/null
+  done
+  "${g[@]}" layout apply --version 1 > /dev/null
+  provision "$dir/n1" "$(cat "$dir/n1/s3.port")" "$@" > /dev/null
+  for k in 2 3; do
+    wait_s3 "$(cat "$dir/n$k/s3.port")"
+    write_env "$dir/n$k" "$(cat "$dir/n$k/s3.port")" "$(cat "$dir/n$k/garage.pid")"
+  done
+  cp "$dir/n1/env" "$dir/env"
   cat "$dir/env"
+}
+
+stop_cluster() {
+  local k
+  for k in 1 2 3; do stop_pidfile "$1/n$k/garage.pid"; done
 }
 
 # Start the server of DIR in the background and wait (bounded) until the node answers.
@@ -122,8 +185,10 @@ stop() {
 
 case "${1:-}" in
   install) install ;;
+  start-cluster) shift; [ $# -ge 1 ] || { echo "usage: $0 start-cluster DIR [BUCKET...]" >&2; exit 2; }; start_cluster "$@" ;;
+  stop-cluster) [ $# -eq 2 ] || { echo "usage: $0 stop-cluster DIR" >&2; exit 2; }; stop_cluster "$2" ;;
   start) shift; [ $# -ge 1 ] || { echo "usage: $0 start DIR [BUCKET...]" >&2; exit 2; }; start "$@" ;;
   stop) [ $# -eq 2 ] || { echo "usage: $0 stop DIR" >&2; exit 2; }; stop "$2" ;;
   resume) [ $# -eq 2 ] || { echo "usage: $0 resume DIR" >&2; exit 2; }; resume "$2" ;;
-  *) echo "usage: $0 install | start DIR [BUCKET...] | stop DIR | resume DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 install | start DIR [BUCKET...] | stop DIR | resume DIR | start-cluster DIR [BUCKET...] | stop-cluster DIR" >&2; exit 2 ;;
 esac

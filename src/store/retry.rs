@@ -113,7 +113,7 @@ impl<S: ObjectStore> RetryingStore<S> {
                 }
             };
             let spent = started.elapsed();
-            if spent + delay > self.settings.retry_for {
+            if spent >= self.settings.retry_for {
                 tracing::warn!(
                     "{} of {key} failed after {attempts} attempts in {:.1} s: {error}",
                     op.name(),
@@ -124,12 +124,14 @@ impl<S: ObjectStore> RetryingStore<S> {
                     retried,
                 };
             }
+            // The last attempt goes when the retry time ends.
+            let wait = delay.min(self.settings.retry_for - spent);
             tracing::debug!(
                 "{} of {key} failed ({error}); again in {} ms",
                 op.name(),
-                delay.as_millis()
+                wait.as_millis()
             );
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(wait).await;
             delay = next_delay(delay);
         }
     }

@@ -672,6 +672,57 @@ impl Drop for PrivateGarage {
     }
 }
 
+/// A three-node Garage of a test's own (replication factor 3), stopped on drop;
+/// `env` talks to node 1.
+pub struct PrivateCluster {
+    pub dir: PathBuf,
+    pub env: S3Env,
+}
+
+impl PrivateCluster {
+    pub fn start(dir: &Path, bucket: &str) -> Self {
+        let dir = dir.join("cluster");
+        sh(&format!(
+            "{}/garage.sh start-cluster '{}' '{bucket}' > /dev/null",
+            scripts().display(),
+            dir.display()
+        ));
+        let env = S3Env::from_file(&dir.join("env"));
+        Self { dir, env }
+    }
+
+    /// Settings that talk to node `k` (1 to 3).
+    pub fn node_env(&self, k: u32) -> S3Env {
+        S3Env::from_file(&self.dir.join(format!("n{k}/env")))
+    }
+
+    pub fn stop(&self, k: u32) {
+        self.script("stop", k);
+    }
+
+    pub fn resume(&self, k: u32) {
+        self.script("resume", k);
+    }
+
+    fn script(&self, what: &str, k: u32) {
+        sh(&format!(
+            "{}/garage.sh {what} '{}/n{k}'",
+            scripts().display(),
+            self.dir.display()
+        ));
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = sh_output(&format!(
+            "{}/garage.sh stop-cluster '{}'",
+            scripts().display(),
+            self.dir.display()
+        ));
+    }
+}
+
 /// close(2) that reports its error, which dropping a `File` would swallow.
 pub fn close(file: std::fs::File) -> std::io::Result<()> {
     use std::os::fd::IntoRawFd;

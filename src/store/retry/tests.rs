@@ -57,9 +57,8 @@ async fn retries_end_when_the_retry_time_is_spent() {
         store.list(request).await,
         Err(StoreError::Unreachable(_))
     ));
-    let spent = started.elapsed();
-    assert!(spent <= SETTINGS.retry_for, "{spent:?}");
-    assert!(spent >= SETTINGS.retry_for - MAX_DELAY, "{spent:?}");
+    // Retried until the retry time is over, and no longer.
+    assert_eq!(started.elapsed(), SETTINGS.retry_for);
     // Delays grow to their bound, not to minutes, and never to nothing.
     let calls = memory.calls(Op::List);
     assert!((30..=1200).contains(&calls), "{calls} attempts");
