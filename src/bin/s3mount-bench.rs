@@ -193,6 +193,18 @@ enum Command {
         /// Close the connection once the answer is out, while the client idles on it
         #[arg(long, default_value_t = 0.0)]
         close: f64,
+        /// Only requests of this method may meet a fault
+        #[arg(long, value_name = "METHOD")]
+        only_method: Option<String>,
+        /// Only requests with this query parameter (uploadId, partNumber, ...)
+        #[arg(long, value_name = "NAME")]
+        only_query: Option<String>,
+        /// Only requests with this header (x-amz-copy-source, ...)
+        #[arg(long, value_name = "NAME")]
+        only_header: Option<String>,
+        /// Inject at most this many faults
+        #[arg(long, value_name = "N")]
+        max_faults: Option<usize>,
     },
     /// Wait until KEY exists with SIZE bytes
     Wait {
@@ -286,8 +298,18 @@ fn main() -> std::process::ExitCode {
         stall,
         stall_ms,
         close,
+        only_method,
+        only_query,
+        only_header,
+        max_faults,
     } = cli.command
     {
+        let target = faults::Target {
+            method: only_method,
+            query: only_query,
+            header: only_header,
+            max: max_faults,
+        };
         let rates = faults::Rates {
             slowdown,
             lost,
@@ -296,7 +318,9 @@ fn main() -> std::process::ExitCode {
             close,
         };
         let stall_for = Duration::from_millis(stall_ms);
-        return match rt.block_on(faults::run(listen, upstream, seed, rates, stall_for)) {
+        return match rt.block_on(faults::run(
+            listen, upstream, seed, rates, target, stall_for,
+        )) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => fail(&e),
         };

@@ -18,6 +18,17 @@ pub struct Rates {
 }
 
 impl Rates {
+    /// Every request that may meet a fault loses its answer.
+    pub fn lost() -> Self {
+        Self {
+            slowdown: 0.0,
+            lost: 1.0,
+            reset: 0.0,
+            stall: 0.0,
+            close: 0.0,
+        }
+    }
+
     /// Every kind mixed, `share` of the requests in all.
     pub fn mixed(share: f64) -> Self {
         let each = share / 5.0;
@@ -45,6 +56,12 @@ impl FaultProxy {
     /// In front of `env`'s server, drawing from `seed`; a stalled answer is
     /// held for `stall_ms`.
     pub fn new(env: &S3Env, seed: u64, rates: Rates, stall_ms: u64) -> Self {
+        Self::narrowed(env, seed, rates, stall_ms, &[])
+    }
+
+    /// The same, with the proxy's options that narrow the faults to some
+    /// requests (`--only-method POST --only-query uploadId --max-faults 1`).
+    pub fn narrowed(env: &S3Env, seed: u64, rates: Rates, stall_ms: u64, only: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("faults.log");
         let upstream = env.endpoint.trim_start_matches("http://");
@@ -63,6 +80,7 @@ impl FaultProxy {
             .args(["--stall", &rates.stall.to_string()])
             .args(["--close", &rates.close.to_string()])
             .args(["--stall-ms", &stall_ms.to_string()])
+            .args(only)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("fault log"))
             .spawn()

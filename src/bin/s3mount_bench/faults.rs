@@ -14,6 +14,10 @@
 //! - `close`: answer, then close the connection while it idles in the client's
 //!   pool, as servers and load balancers do with keep-alive connections.
 //!
+//! A [`Target`] narrows the faults to some requests (a method, a query
+//! parameter, a header) and to a number of them, for a test of one case: the
+//! answer of the first CompleteMultipartUpload lost, say.
+//!
 //! Every fault is one line on stderr (`fault=KIND method=M path=P`), so that a
 //! run can count them by kind. The draw order follows the order requests
 //! arrive, so a seed gives the same rates, not the same requests, run to run.
@@ -49,6 +53,36 @@ pub struct Rates {
     pub close: f64,
 }
 
+/// Which requests may meet a fault; `None` places no condition.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub method: Option<String>,
+    /// A query parameter the request has (`uploadId`, `uploads`, `partNumber`).
+    pub query: Option<String>,
+    /// A header the request has (`x-amz-copy-source`).
+    pub header: Option<String>,
+    /// Faults injected at most.
+    pub max: Option<usize>,
+}
+
+impl Target {
+    fn matches<B>(&self, request: &Request<B>) -> bool {
+        let query = request.uri().query().unwrap_or("");
+        self.method
+            .as_ref()
+            .is_none_or(|m| request.method().as_str().eq_ignore_ascii_case(m))
+            && self.query.as_ref().is_none_or(|q| {
+                query
+                    .split('&')
+                    .any(|pair| pair.split('=').next() == Some(q.as_str()))
+            })
+            && self
+                .header
+                .as_ref()
+                .is_none_or(|h| request.headers().contains_key(h.as_str()))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
     Slowdown,
@@ -74,6 +108,7 @@ struct Proxy {
     upstream: SocketAddr,
     client: Client<HttpConnector, Incoming>,
     rates: Rates,
+    target: Target,
     stall_for: Duration,
     draws: Mutex<Draws>,
 }
@@ -85,7 +120,10 @@ struct Draws {
 }
 
 impl Proxy {
-    fn draw(&self) -> Option<Fault> {
+    fn draw<B>(&self, request: &Request<B>) -> Option<Fault> {
+        if !self.target.matches(request) {
+            return None;
+        }
         let r = self.rates;
         let kinds: Vec<Fault> = [
             (r.slowdown, Fault::Slowdown),
@@ -100,7 +138,10 @@ impl Proxy {
         .collect();
         let share = r.slowdown + r.lost + r.reset + r.stall + r.close;
         let mut draws = self.draws.lock().unwrap_or_else(|e| e.into_inner());
-        if kinds.is_empty() || draws.rng.f64() >= share {
+        if kinds.is_empty()
+            || self.target.max.is_some_and(|max| draws.injected >= max)
+            || draws.rng.f64() >= share
+        {
             return None;
         }
         let fault = kinds[draws.injected % kinds.len()];
@@ -115,7 +156,7 @@ impl Proxy {
         mut request: Request<Incoming>,
         idle_close: Arc<Notify>,
     ) -> Result<Response<Body>, Error> {
-        let fault = self.draw();
+        let fault = self.draw(&request);
         if let Some(fault) = fault {
             eprintln!(
                 "fault={} method={} path={}",
@@ -213,17 +254,19 @@ pub async fn run(
     upstream: SocketAddr,
     seed: u64,
     rates: Rates,
+    target: Target,
     stall_for: Duration,
 ) -> Result<(), String> {
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
-    println!("listening={bound} upstream={upstream} seed={seed} {rates:?}");
+    println!("listening={bound} upstream={upstream} seed={seed} {rates:?} {target:?}");
     let proxy = Arc::new(Proxy {
         upstream,
         client: Client::builder(TokioExecutor::new()).build_http(),
         rates,
+        target,
         stall_for,
         draws: Mutex::new(Draws {
             rng: fastrand::Rng::with_seed(seed),
