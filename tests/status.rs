@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use common::faults::spawn_proxy;
 use common::{
     BIN, Mount, PrivateGarage, S3Env, TestBucket, assert_fails_with, close, mount_failing,
     wait_until,
@@ -30,27 +31,12 @@ struct DelayProxy {
 
 impl DelayProxy {
     fn new(env: &S3Env, delay_ms: u64) -> Self {
-        let upstream = env.endpoint.trim_start_matches("http://");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_s3mount-bench"))
-            .args(["proxy", "--listen", "127.0.0.1:0", "--upstream", upstream])
-            .args(["--delay-ms", &delay_ms.to_string()])
-            .stdout(Stdio::piped())
+        let mut proxy = Command::new(env!("CARGO_BIN_EXE_s3mount-bench"));
+        proxy
+            .args(["proxy", "--delay-ms", &delay_ms.to_string()])
             // It says so each time the stopped server refuses it.
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the delay proxy");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("the proxy's first line");
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("listening="))
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        let env = S3Env {
-            endpoint: format!("http://{addr}"),
-            ..env.clone()
-        };
+            .stderr(Stdio::null());
+        let (child, env) = spawn_proxy(proxy, env);
         Self { child, env }
     }
 }

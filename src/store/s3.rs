@@ -209,7 +209,8 @@ where
                     ),
                     _,
                 )
-                | (_, 429 | 500..=599) => StoreError::Busy(format!(
+                // 501 Not Implemented will not pass.
+                | (_, 429 | 500 | 502..=599) => StoreError::Busy(format!(
                     "{} {message} (HTTP {status})",
                     code.unwrap_or("error")
                 )),

@@ -64,16 +64,9 @@ impl FaultProxy {
     pub fn narrowed(env: &S3Env, seed: u64, rates: Rates, stall_ms: u64, only: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("faults.log");
-        let upstream = env.endpoint.trim_start_matches("http://");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_s3mount-bench"))
-            .args([
-                "fault-proxy",
-                "--listen",
-                "127.0.0.1:0",
-                "--upstream",
-                upstream,
-            ])
-            .args(["--seed", &seed.to_string()])
+        let mut proxy = Command::new(env!("CARGO_BIN_EXE_s3mount-bench"));
+        proxy
+            .args(["fault-proxy", "--seed", &seed.to_string()])
             .args(["--slowdown", &rates.slowdown.to_string()])
             .args(["--lost", &rates.lost.to_string()])
             .args(["--reset", &rates.reset.to_string()])
@@ -81,22 +74,8 @@ impl FaultProxy {
             .args(["--close", &rates.close.to_string()])
             .args(["--stall-ms", &stall_ms.to_string()])
             .args(only)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("fault log"))
-            .spawn()
-            .expect("spawn the fault proxy");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("the proxy's first line");
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("listening="))
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        let env = S3Env {
-            endpoint: format!("http://{addr}"),
-            ..env.clone()
-        };
+            .stderr(std::fs::File::create(&log).expect("fault log"));
+        let (child, env) = spawn_proxy(proxy, env);
         Self {
             child,
             env,
@@ -117,6 +96,30 @@ impl FaultProxy {
         }
         counts
     }
+}
+
+/// Start `proxy` (a proxy command of s3mount-bench) in front of `env`'s server:
+/// the process, and settings for a client that goes through it.
+pub fn spawn_proxy(mut proxy: Command, env: &S3Env) -> (Child, S3Env) {
+    let upstream = env.endpoint.trim_start_matches("http://");
+    let mut child = proxy
+        .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the proxy");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the proxy's first line");
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listening="))
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let env = S3Env {
+        endpoint: format!("http://{addr}"),
+        ..env.clone()
+    };
+    (child, env)
 }
 
 impl Drop for FaultProxy {

@@ -19,6 +19,26 @@ fn store() -> Arc<RetryingStore<MemoryStore>> {
     Arc::new(RetryingStore::new(MemoryStore::new(), SETTINGS))
 }
 
+/// A multipart upload of `key` with one part for each of `bodies`, not
+/// completed: its id and parts.
+async fn parts_sent(
+    store: &RetryingStore<MemoryStore>,
+    key: &str,
+    bodies: &[&[u8]],
+) -> (String, Vec<CompletedPart>) {
+    let id = store
+        .create_multipart(key, &PutOptions::default())
+        .await
+        .unwrap();
+    let mut parts = Vec::new();
+    for (number, body) in (1..).zip(bodies) {
+        let body = Bytes::copy_from_slice(body);
+        let etag = store.upload_part(key, &id, number, body).await.unwrap();
+        parts.push(CompletedPart { number, etag });
+    }
+    (id, parts)
+}
+
 fn down() -> StoreError {
     StoreError::Unreachable("connection reset".into())
 }
@@ -143,16 +163,7 @@ async fn another_writers_object_met_by_a_retry_is_still_a_conflict() {
 async fn a_completion_whose_answer_was_lost_is_ours() {
     let store = store();
     let memory = store.inner();
-    let id = store
-        .create_multipart("big", &PutOptions::default())
-        .await
-        .unwrap();
-    let mut parts = Vec::new();
-    for number in 1..=2 {
-        let body = Bytes::from(vec![number as u8; 1000]);
-        let etag = store.upload_part("big", &id, number, body).await.unwrap();
-        parts.push(CompletedPart { number, etag });
-    }
+    let (id, parts) = parts_sent(&store, "big", &[&[1; 1000], &[2; 1000]]).await;
     memory.lose_next_answer(Op::CompleteMultipart);
     let etag = store
         .complete_multipart("big", &id, parts, Some(&Condition::Absent))
@@ -168,20 +179,11 @@ async fn a_completion_whose_answer_was_lost_is_ours() {
 async fn a_completion_of_an_upload_gone_otherwise_is_an_error() {
     let store = store();
     let memory = store.inner();
-    let id = store
-        .create_multipart("big", &PutOptions::default())
-        .await
-        .unwrap();
-    let etag = store
-        .upload_part("big", &id, 1, Bytes::from_static(b"part"))
-        .await
-        .unwrap();
+    let (id, parts) = parts_sent(&store, "big", &[b"part"]).await;
     // Aborted by someone else while the first attempt failed on the way.
     memory.fail_next(Op::CompleteMultipart, down());
     store.abort_multipart("big", &id).await.unwrap();
-    let result = store
-        .complete_multipart("big", &id, vec![CompletedPart { number: 1, etag }], None)
-        .await;
+    let result = store.complete_multipart("big", &id, parts, None).await;
     assert_eq!(result, Err(StoreError::NotFound));
     assert!(memory.object("big").is_none());
 }
@@ -213,16 +215,9 @@ async fn a_metadata_copy_whose_answer_was_lost_is_ours() {
     let store = store();
     let memory = store.inner();
     // An object stored in parts: a copy onto itself gives it another ETag.
-    let id = store
-        .create_multipart("a", &PutOptions::default())
-        .await
-        .unwrap();
-    let etag = store
-        .upload_part("a", &id, 1, Bytes::from_static(b"body"))
-        .await
-        .unwrap();
+    let (id, parts) = parts_sent(&store, "a", &[b"body"]).await;
     let before = store
-        .complete_multipart("a", &id, vec![CompletedPart { number: 1, etag }], None)
+        .complete_multipart("a", &id, parts, None)
         .await
         .unwrap();
     let replace = PutOptions {
