@@ -8,6 +8,7 @@
 //! first. At mount the files found are indexed, oldest modification first (a hit
 //! touches its file), so the order survives a remount.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -48,6 +49,18 @@ struct Index {
     /// File name → data length, least recently used first.
     lru: LruCache<String, u64>,
     bytes: u64,
+    /// Until the files found at open are indexed: the blocks this mount wrote or
+    /// removed meanwhile. Its own record of them is the true one; what the scan
+    /// saw of them may be stale (a file since removed, a write not yet indexed).
+    touched: Option<HashSet<String>>,
+}
+
+impl Index {
+    fn touch(&mut self, name: &str) {
+        if let Some(touched) = &mut self.touched {
+            touched.insert(name.to_owned());
+        }
+    }
 }
 
 /// The file name of a block: a hash of what identifies it.
@@ -107,17 +120,7 @@ impl DiskCache {
     /// meanwhile a block not in the index is looked for on disk all the same,
     /// and the limits are applied once the index is whole.
     pub fn open(dir: PathBuf, limits: DiskLimits) -> io::Result<Self> {
-        crate::private::create_dir(&dir)?;
-        let cache = Self {
-            dir: dir.clone(),
-            limits: limits.clone(),
-            index: Arc::new(Mutex::new(Index {
-                lru: LruCache::unbounded(),
-                bytes: 0,
-            })),
-            writes: AtomicU64::new(0),
-            indexed: Arc::new(AtomicBool::new(false)),
-        };
+        let cache = Self::unindexed(dir.clone(), limits.clone())?;
         let (index, indexed) = (cache.index.clone(), cache.indexed.clone());
         let opened = SystemTime::now();
         std::thread::Builder::new()
@@ -135,6 +138,22 @@ impl DiskCache {
                 indexed.store(true, Ordering::Release);
             })?;
         Ok(cache)
+    }
+
+    /// The cache in `dir`, its files not yet indexed.
+    fn unindexed(dir: PathBuf, limits: DiskLimits) -> io::Result<Self> {
+        crate::private::create_dir(&dir)?;
+        Ok(Self {
+            dir,
+            limits,
+            index: Arc::new(Mutex::new(Index {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+                touched: Some(HashSet::new()),
+            })),
+            writes: AtomicU64::new(0),
+            indexed: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     /// Wait until the files found at open are indexed (tests).
@@ -208,7 +227,7 @@ impl DiskCache {
         let name = file_name(id);
         let header = header(id, data);
         let size = (header.len() + data.len()) as u64;
-        if !self.reserve(size) {
+        if !self.reserve(&name, size) {
             return Ok(());
         }
         let path = self.path(&name);
@@ -241,16 +260,20 @@ impl DiskCache {
 
     fn remove(&self, name: &str) {
         let mut index = self.index();
+        index.touch(name);
         if let Some(len) = index.lru.pop(name) {
             index.bytes -= len;
         }
         let _ = fs::remove_file(self.path(name));
     }
 
-    /// Make room for `incoming` bytes, removing the least recently used blocks, and
-    /// count them in; `false` if there cannot be room (the block is not written).
-    fn reserve(&self, incoming: u64) -> bool {
-        reserve_in(&mut self.index(), &self.dir, &self.limits, incoming)
+    /// Make room for the `incoming` bytes of block file `name`, removing the least
+    /// recently used blocks, and count them in; `false` if there cannot be room
+    /// (the block is not written).
+    fn reserve(&self, name: &str, incoming: u64) -> bool {
+        let mut index = self.index();
+        index.touch(name);
+        reserve_in(&mut index, &self.dir, &self.limits, incoming)
     }
 }
 
@@ -271,6 +294,7 @@ fn reserve_in(index: &mut Index, dir: &Path, limits: &DiskLimits, incoming: u64)
         match index.lru.pop_lru() {
             Some((name, len)) => {
                 index.bytes -= len;
+                index.touch(&name);
                 let _ = fs::remove_file(dir.join(&name));
             }
             None => return false,
@@ -315,10 +339,12 @@ fn scan(dir: &Path, opened: SystemTime) -> io::Result<Vec<(SystemTime, String, u
 }
 
 /// Add the files found at open to the index, as less recently used than every
-/// block this mount used meanwhile.
+/// block this mount used meanwhile; those this mount wrote or removed since are
+/// as it left them.
 fn merge(index: &mut Index, found: Vec<(SystemTime, String, u64)>) {
+    let touched = index.touched.take().unwrap_or_default();
     for (_, name, len) in found.into_iter().rev() {
-        if index.lru.contains(&name) {
+        if touched.contains(&name) || index.lru.contains(&name) {
             continue;
         }
         index.bytes += len;
@@ -415,6 +441,40 @@ mod tests {
         assert_eq!(cache.bytes(), 2 * one);
         assert!(cache.get(&id("k", "e", 0)).is_none(), "the oldest went");
         assert!(cache.get(&id("k", "e", 2)).is_some());
+    }
+
+    // The scan at open races this mount's first reads and writes: what it found
+    // may have changed by the time it is merged into the index.
+
+    #[test]
+    fn a_block_written_while_the_scan_ran_is_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = header(&id("k", "e", 0), &[0; 100]).len() as u64 + 100;
+        let cache = DiskCache::unindexed(dir.path().into(), limits(2 * one)).unwrap();
+        // A write counted in, its file in place, not yet in the index.
+        let name = file_name(&id("k", "e", 0));
+        assert!(cache.reserve(&name, one));
+        fs::write(dir.path().join(&name), vec![0; one as usize]).unwrap();
+        let found = scan(dir.path(), SystemTime::now()).unwrap();
+        merge(&mut cache.index(), found);
+        assert_eq!(cache.bytes(), one);
+    }
+
+    #[test]
+    fn a_block_removed_while_the_scan_ran_stays_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::unindexed(dir.path().into(), limits(1 << 20)).unwrap();
+        let (damaged, evicted) = (id("k", "e", 0), id("k", "e", 1));
+        cache.put(&damaged, &[0; 100]).unwrap();
+        cache.put(&evicted, &[1; 100]).unwrap();
+        let found = scan(dir.path(), SystemTime::now()).unwrap();
+        fs::write(dir.path().join(file_name(&damaged)), b"bad").unwrap();
+        assert_eq!(cache.get(&damaged), None);
+        let mut index = cache.index();
+        reserve_in(&mut index, dir.path(), &limits(0), 0);
+        merge(&mut index, found);
+        assert_eq!(index.bytes, 0);
+        assert_eq!(index.lru.len(), 0);
     }
 
     #[test]
