@@ -12,6 +12,8 @@
 #   scripts/profile.sh --size MIB the large file's size in MiB (default 2048): run
 #                                 with 512 and 4096 to see whether throughput (MB/s)
 #                                 falls as files grow
+#   scripts/profile.sh --tool mount-s3  the same steps through mount-s3 instead
+#                                 (scripts/mount-s3.sh builds it), for its figures
 #
 # Needs root (drop_caches) and Garage (scripts/garage.sh install); stops what it
 # started, also on error or Ctrl-C. The benchmark against the peers is
@@ -24,11 +26,13 @@ repo=$PWD
 perf=
 work=
 size_mib=2048
+tool=s3mount
 while [ $# -gt 0 ]; do
   case $1 in
     --perf) perf=1 ;;
     --dir) work=$2; shift ;;
     --size) [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || { echo "profile.sh: --size needs MiB" >&2; exit 2; }; size_mib=$2; shift ;;
+    --tool) [[ ${2:-} =~ ^(s3mount|mount-s3)$ ]] || { echo "profile.sh: --tool is s3mount or mount-s3" >&2; exit 2; }; tool=$2; shift ;;
     *) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2; exit 2 ;;
   esac
   shift
@@ -49,7 +53,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release --quiet --bin s3mount
+if [ "$tool" = mount-s3 ]; then
+  mount_s3=$(scripts/mount-s3.sh install)
+else
+  cargo build --release --quiet --bin s3mount
+fi
 scripts/garage.sh install
 scripts/garage.sh start "$work/garage" profile >/dev/null
 # shellcheck disable=SC1091
@@ -61,8 +69,14 @@ mount_fresh() {
   rm -rf "$work/cache"
   sync
   echo 3 > /proc/sys/vm/drop_caches
-  "$repo/target/release/s3mount" profile "$work/mnt" --endpoint-url "$S3_ENDPOINT" \
-    --force-path-style --cache-dir "$work/cache" --foreground --log-file "$work/$1.log" &
+  if [ "$tool" = mount-s3 ]; then
+    # Its defaults: no local cache, writes streamed; overwrites and deletes allowed.
+    "$mount_s3" profile "$work/mnt" --endpoint-url "$S3_ENDPOINT" --region "$AWS_REGION" \
+      --force-path-style --allow-overwrite --allow-delete --foreground > "$work/$1.log" 2>&1 &
+  else
+    "$repo/target/release/s3mount" profile "$work/mnt" --endpoint-url "$S3_ENDPOINT" \
+      --force-path-style --cache-dir "$work/cache" --foreground --log-file "$work/$1.log" &
+  fi
   pid=$!
   for _ in $(seq 100); do mountpoint -q "$work/mnt" && return 0; sleep 0.1; done
   echo "profile.sh: the mount did not come up; see $work/$1.log" >&2
@@ -102,7 +116,11 @@ read_four() {
   for r in "${readers[@]}"; do wait "$r"; done
 }
 
-echo "s3mount $(git rev-parse --short HEAD), $(nproc) cores"
+if [ "$tool" = mount-s3 ]; then
+  echo "$("$mount_s3" --version | head -1), $(nproc) cores"
+else
+  echo "s3mount $(git rev-parse --short HEAD), $(nproc) cores"
+fi
 step "cp $size_mib MiB in" $((size_mib << 20)) write_big
 step "cp 4 x 256 MiB in" $((1 << 30)) write_four
 step "cat $size_mib MiB, cold" $((size_mib << 20)) read_big
