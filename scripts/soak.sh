@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The random-operation test through a real mount, for longer than CI affords.
 #
-#   scripts/soak.sh SECONDS        run the mount test's four size classes with fresh
+#   scripts/soak.sh SECONDS        run the mount test's size classes and directory test with fresh
 #                                  seeds for SECONDS, against a Garage started here;
 #                                  prints the operations run, seeds tried and failures
 #   scripts/soak.sh --faults SECONDS  the same through the fault proxy (8% of the
 #                                  requests fail, every kind mixed: small and
-#                                  multipart files); prints the faults by kind too
+#                                  multipart files, directories); prints the faults by kind too
 #   scripts/soak.sh --replay FILE  run one saved case again (a failure prints its file:
 #                                  target/tmp/model-failures/NAME-SEED.json); a case
 #                                  whose name starts with core- runs on the core alone

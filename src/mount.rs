@@ -206,14 +206,7 @@ async fn check_bucket(store: &dyn ObjectStore, config: &MountConfig) -> Result<(
         .endpoint_url
         .clone()
         .unwrap_or_else(|| "the S3 endpoint".into());
-    let request = || {
-        store.list(ListRequest {
-            prefix: &config.prefix,
-            delimiter: Some("/"),
-            continuation: None,
-            max_keys: Some(1),
-        })
-    };
+    let request = || store.list(ListRequest::one_entry(&config.prefix));
     // A fault that passes (a reset, a 503) is not a reason to refuse the mount;
     // an endpoint that stays unreachable is, after a few seconds.
     let deadline = tokio::time::Instant::now() + CHECK_RETRY_FOR;

@@ -42,6 +42,7 @@ const SHRINK_TIME: Duration = Duration::from_secs(5 * 60);
 const ALPHABET: Alphabet = Alphabet {
     kernel: false,
     store: true,
+    dirs: false,
 };
 const REPLAY: &str = "scripts/soak.sh --replay";
 const ME: Caller = Caller {
@@ -811,6 +812,9 @@ impl Core {
                 let (start, len) = span(*at, *len);
                 self.slow_read(h, start, len, *seed).await?;
                 format!("slow read {start}+{len} with a write there")
+            }
+            Op::Fill { .. } | Op::ReadWhileChanging { .. } | Op::ListDir | Op::RemoveDir => {
+                "(run through a mount only)".into()
             }
         })
     }

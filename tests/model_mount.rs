@@ -12,11 +12,12 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::faults::{FaultProxy, Rates};
@@ -33,6 +34,12 @@ const SHRINK_TIME: Duration = Duration::from_secs(20 * 60);
 const ALPHABET: Alphabet = Alphabet {
     kernel: true,
     store: false,
+    dirs: false,
+};
+/// The same with a directory beside the file, read while it changes.
+const WITH_DIRS: Alphabet = Alphabet {
+    dirs: true,
+    ..ALPHABET
 };
 const REPLAY: &str = "scripts/soak.sh --replay";
 
@@ -46,6 +53,14 @@ enum Outcome {
     /// A mapping was not made: the file is shorter than the range (touching the
     /// mapping past the end would kill the test with SIGBUS).
     ShorterThanMapping(u64),
+    /// A directory's names, sorted.
+    Names(Vec<String>),
+    /// A directory read while it changed: how many entries stayed, and what the
+    /// read got wrong about them (nothing, on a correct filesystem).
+    Listing {
+        staying: usize,
+        problems: Vec<String>,
+    },
 }
 
 type Res = Result<Outcome, i32>;
@@ -67,6 +82,72 @@ impl Side {
 
     fn path(&self) -> PathBuf {
         self.dir.join("f")
+    }
+
+    /// The directory beside the file.
+    fn entries(&self) -> PathBuf {
+        self.dir.join("d")
+    }
+
+    fn fill(&self, make_dir: bool, names: &[String]) -> Res {
+        let d = self.entries();
+        if make_dir {
+            std::fs::create_dir(&d).map_err(errno)?;
+        }
+        for name in names {
+            close(File::create(d.join(name)).map_err(errno)?).map_err(errno)?;
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// Read the directory; after `first` entries remove `removed` and create
+    /// `created`, then read on to the end.
+    fn read_while_changing(
+        &self,
+        before: &BTreeSet<String>,
+        first: usize,
+        removed: &[String],
+        created: &[String],
+    ) -> Res {
+        let d = self.entries();
+        let mut reader = std::fs::read_dir(&d).map_err(errno)?;
+        let mut next = || match reader.next() {
+            None => Ok(None),
+            Some(Ok(e)) => Ok(Some(e.file_name().to_string_lossy().into_owned())),
+            Some(Err(e)) => Err(errno(e)),
+        };
+        let mut seen = Vec::new();
+        while seen.len() < first {
+            match next()? {
+                Some(name) => seen.push(name),
+                None => break,
+            }
+        }
+        for name in removed {
+            std::fs::remove_file(d.join(name)).map_err(errno)?;
+        }
+        self.fill(false, created)?;
+        while let Some(name) = next()? {
+            seen.push(name);
+        }
+        Ok(listing_verdict(before, removed, created, &seen))
+    }
+
+    fn list_dir(&self) -> Res {
+        let mut names = std::fs::read_dir(self.entries())
+            .map_err(errno)?
+            .map(|e| {
+                e.map(|e| e.file_name().to_string_lossy().into_owned())
+                    .map_err(errno)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        names.sort();
+        Ok(Outcome::Names(names))
+    }
+
+    fn remove_dir(&self) -> Res {
+        std::fs::remove_dir_all(self.entries()).map_err(errno)?;
+        Ok(Outcome::Done)
     }
 
     fn close(&mut self) -> Res {
@@ -192,6 +273,75 @@ impl Side {
 
 const PAGE: u64 = 4096;
 
+/// What a read of a directory that changed while it was read got wrong: an
+/// entry twice, an entry that stayed missing, or one that was never there.
+fn listing_verdict(
+    before: &BTreeSet<String>,
+    removed: &[String],
+    created: &[String],
+    seen: &[String],
+) -> Outcome {
+    let removed: BTreeSet<&str> = removed.iter().map(String::as_str).collect();
+    let created: BTreeSet<&str> = created.iter().map(String::as_str).collect();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for name in seen {
+        *counts.entry(name).or_default() += 1;
+    }
+    let mut problems = Vec::new();
+    for (name, n) in &counts {
+        if *n > 1 {
+            problems.push(format!("{name} came {n} times"));
+        }
+        if !before.contains(*name) && !created.contains(name) {
+            problems.push(format!("{name} came, though it was never there"));
+        }
+    }
+    let staying: Vec<&str> = before
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !removed.contains(n))
+        .collect();
+    for name in &staying {
+        if !counts.contains_key(name) {
+            problems.push(format!("{name} stayed but did not come"));
+        }
+    }
+    if problems.len() > 5 {
+        let more = problems.len() - 5;
+        problems.truncate(5);
+        problems.push(format!("and {more} more"));
+    }
+    Outcome::Listing {
+        staying: staying.len(),
+        problems,
+    }
+}
+
+/// The directory beside the file, as the operations left it (the same on both
+/// sides while they agree).
+#[derive(Default)]
+struct Entries {
+    exists: bool,
+    names: BTreeSet<String>,
+    made: u32,
+    /// The most entries a read while changing met.
+    largest_read: usize,
+}
+
+impl Entries {
+    /// `n` names never used before in this case, of varied lengths (so readdir
+    /// buffers hold varied numbers of them).
+    fn new_names(&mut self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                self.made += 1;
+                let pad = "x".repeat(self.made as usize % 40);
+                format!("entry-{:05}-{pad}", self.made)
+            })
+            .collect()
+    }
+}
+
 fn read_at(f: &File, at: u64, len: u64) -> Res {
     let mut buf = vec![0u8; len as usize];
     let mut filled = 0;
@@ -231,6 +381,7 @@ struct Run<'a> {
     log: PathBuf,
     mounted: Side,
     model: Side,
+    entries: Entries,
     _work: tempfile::TempDir,
 }
 
@@ -261,6 +412,7 @@ impl<'a> Run<'a> {
             log,
             mounted,
             model,
+            entries: Entries::default(),
             _work: work,
         };
         if case.class != SizeClass::External {
@@ -281,15 +433,17 @@ impl<'a> Run<'a> {
     /// Both sides, the same call: the results must agree.
     fn both(&mut self, what: &str, f: impl Fn(&mut Side) -> Res) -> Result<(), String> {
         let model = f(&mut self.model);
-        let mounted = f(&mut self.mounted);
-        if model == mounted {
-            return Ok(());
+        agree(what, &f(&mut self.mounted), &model)
+    }
+
+    /// Both sides, the same call, which must succeed on the model (the
+    /// directory's bookkeeping follows it).
+    fn both_succeed(&mut self, what: &str, f: impl Fn(&mut Side) -> Res) -> Result<(), String> {
+        let model = f(&mut self.model);
+        if model.is_err() {
+            return Err(format!("{what}: the model gave {}", describe(&model)));
         }
-        Err(format!(
-            "{what}: the mount gave {}, the model {}",
-            describe(&mounted),
-            describe(&model)
-        ))
+        agree(what, &f(&mut self.mounted), &model)
     }
 
     fn apply(&mut self, op: &Op) -> Result<String, String> {
@@ -398,6 +552,58 @@ impl<'a> Run<'a> {
                 self.both("rename over", |s| s.rename_over(&data))?;
                 format!("rename a new file of {len} bytes over it")
             }
+            Op::Fill { n } => {
+                let names = self.entries.new_names(usize::from(*n));
+                let make_dir = !self.entries.exists;
+                self.both_succeed("create files in d/", |s| s.fill(make_dir, &names))?;
+                self.entries.exists = true;
+                self.entries.names.extend(names);
+                format!("create {n} files in d/")
+            }
+            Op::ReadWhileChanging {
+                first,
+                remove,
+                create,
+                pick,
+            } => {
+                if !self.entries.exists {
+                    return Ok("read d/ while it changes (no d/: skipped)".into());
+                }
+                let before = self.entries.names.clone();
+                let listed: Vec<&String> = before.iter().collect();
+                let len = listed.len();
+                let first = usize::from(*first) % (len + 1);
+                let remove = usize::from(*remove).min(len);
+                // Spread over the directory, so some were read and some not.
+                let removed: Vec<String> = (0..remove)
+                    .map(|i| listed[(usize::from(*pick) + i * len / remove) % len].clone())
+                    .collect();
+                let created = self.entries.new_names(usize::from(*create));
+                self.both_succeed("read d/ while it changes", |s| {
+                    s.read_while_changing(&before, first, &removed, &created)
+                })?;
+                self.entries.largest_read = self.entries.largest_read.max(len);
+                for name in &removed {
+                    self.entries.names.remove(name);
+                }
+                self.entries.names.extend(created);
+                format!(
+                    "read d/ of {len} entries, after {first} remove {remove} and create {create}"
+                )
+            }
+            Op::ListDir => {
+                self.both("list d/", |s| s.list_dir())?;
+                "list d/".into()
+            }
+            Op::RemoveDir => {
+                self.both("rm -rf d/", |s| s.remove_dir())?;
+                self.entries = Entries {
+                    made: self.entries.made,
+                    largest_read: self.entries.largest_read,
+                    ..Entries::default()
+                };
+                "rm -rf d/".into()
+            }
             Op::ExternalPut { .. }
             | Op::ExternalDelete
             | Op::Crash
@@ -433,6 +639,9 @@ impl<'a> Run<'a> {
             close(f).map_err(errno)?;
             Ok(data)
         })?;
+        if self.entries.exists {
+            self.both("final listing of d/", |s| s.list_dir())?;
+        }
         let status = self.mount.take().map(Mount::unmount);
         if let Some(status) = status.filter(|s| !s.success()) {
             return Err(format!("s3mount exited with {status} at the unmount"));
@@ -449,15 +658,28 @@ impl<'a> Run<'a> {
             None => return Err("the object is missing from the bucket".into()),
         }
         let prefix = format!("{}/", self.prefix);
-        let keys: Vec<String> = self
-            .bucket
-            .keys()
-            .into_iter()
-            .filter(|k| k.starts_with(&prefix))
-            .collect();
-        // The directory's marker (put before the mount) and the file.
-        if keys != [prefix.clone(), self.key()] {
-            return Err(format!("the bucket holds {keys:?} under {prefix}"));
+        let marker = format!("{prefix}d/");
+        let mut keys = self.bucket.keys_under(&prefix);
+        // An empty d/ lives on as its marker; with files in it, the marker may stay.
+        let has_marker = keys.contains(&marker);
+        if self.entries.exists && self.entries.names.is_empty() && !has_marker {
+            return Err(format!("the empty directory {marker} is missing"));
+        }
+        if !self.entries.exists && has_marker {
+            return Err(format!("the removed directory {marker} is still there"));
+        }
+        keys.retain(|k| *k != marker);
+        // The case's marker (put before the mount), d/'s files and the file.
+        let mut want = vec![prefix.clone()];
+        want.extend(self.entries.names.iter().map(|n| format!("{marker}{n}")));
+        want.push(self.key());
+        if keys != want {
+            return Err(format!(
+                "the bucket holds {} keys under {prefix}, the model {}: {}",
+                keys.len(),
+                want.len(),
+                first_key_difference(&keys, &want)
+            ));
         }
         Ok(())
     }
@@ -476,9 +698,26 @@ fn mount(bucket: &TestBucket, via: &S3Env, cache: &Path, log: &Path) -> Mount {
     }
 }
 
+/// The mount's result of a call against the model's.
+fn agree(what: &str, mounted: &Res, model: &Res) -> Result<(), String> {
+    if mounted == model {
+        return Ok(());
+    }
+    Err(format!(
+        "{what}: the mount gave {}, the model {}",
+        describe(mounted),
+        describe(model)
+    ))
+}
+
 fn describe(r: &Res) -> String {
     match r {
         Ok(Outcome::Data(d)) => format!("{} bytes ({:02x?}…)", d.len(), &d[..d.len().min(8)]),
+        Ok(Outcome::Names(names)) => format!(
+            "{} names ({:?}…)",
+            names.len(),
+            &names[..names.len().min(3)]
+        ),
         Ok(o) => format!("{o:?}"),
         Err(e) => format!("errno {e} ({})", io::Error::from_raw_os_error(*e)),
     }
@@ -496,9 +735,24 @@ fn first_difference(got: &[u8], want: &[u8]) -> String {
     }
 }
 
+/// The first key one sorted list has and the other lacks, for the report.
+fn first_key_difference(got: &[String], want: &[String]) -> String {
+    let got_set: BTreeSet<&String> = got.iter().collect();
+    let want_set: BTreeSet<&String> = want.iter().collect();
+    match (
+        got_set.difference(&want_set).next(),
+        want_set.difference(&got_set).next(),
+    ) {
+        (Some(extra), _) => format!("{extra} should not be there"),
+        (None, Some(missing)) => format!("{missing} is missing"),
+        (None, None) => "a key is there twice".into(),
+    }
+}
+
 /// Run `case` from a fresh mount; the error says which operation disagreed, with
-/// the operations before it resolved to offsets and lengths.
-fn check(bucket: &TestBucket, via: &S3Env, case: &Case) -> Result<(), String> {
+/// the operations before it resolved to offsets and lengths. Gives the number of
+/// entries of the largest directory read while it changed.
+fn check(bucket: &TestBucket, via: &S3Env, case: &Case) -> Result<usize, String> {
     let mut run = Run::start(bucket, via, case)?;
     let mut done = Vec::new();
     let result = (|| {
@@ -509,7 +763,8 @@ fn check(bucket: &TestBucket, via: &S3Env, case: &Case) -> Result<(), String> {
             }
         }
         run.finish()
-            .map_err(|e| format!("after the last operation: {e}"))
+            .map_err(|e| format!("after the last operation: {e}"))?;
+        Ok(run.entries.largest_read)
     })();
     result.map_err(|e| {
         let log = std::fs::read_to_string(&run.log).unwrap_or_default();
@@ -526,35 +781,67 @@ fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn run_class(class: SizeClass, seeds: impl IntoIterator<Item = u64>, max_ops: usize) {
+fn run_class(
+    name: &str,
+    class: SizeClass,
+    alphabet: Alphabet,
+    seeds: impl IntoIterator<Item = u64>,
+    max_ops: usize,
+) {
     let bucket = TestBucket::new("model");
+    let largest = AtomicUsize::new(0);
     let tally = run_seeds(
-        &format!("mount-{class:?}").to_lowercase(),
-        case(class, ALPHABET, max_ops),
+        &format!("mount-{name}"),
+        case(class, alphabet, max_ops),
         Seeds::from_env(seeds),
         SHRINK_TIME,
         REPLAY,
-        |case| check(&bucket, &bucket.env, case),
+        |case| check(&bucket, &bucket.env, case).map(|n| keep_largest(&largest, n)),
     );
     assert_clean(&tally);
+    assert_large_directory_read(alphabet, &largest);
+}
+
+fn keep_largest(largest: &AtomicUsize, n: usize) {
+    largest.fetch_max(n, Ordering::Relaxed);
+}
+
+/// A run with directories read one larger than a listing page (1,000 keys),
+/// or it did not test what it claims.
+fn assert_large_directory_read(alphabet: Alphabet, largest: &AtomicUsize) {
+    let largest = largest.load(Ordering::Relaxed);
+    eprintln!("largest directory read while it changed: {largest} entries");
+    if alphabet.dirs {
+        assert!(
+            largest > 1000,
+            "no directory read while it changed had more than 1,000 entries (at most {largest})"
+        );
+    }
 }
 
 /// The same through the fault proxy: 8% of the requests fail, every kind
 /// mixed (a stalled answer is held for 5 s, past the mount's 2 s timeout). No
 /// operation may return an error the model does not, no read may differ, and
 /// the bucket must hold the model's bytes.
-fn run_class_through_faults(class: SizeClass, seeds: std::ops::RangeInclusive<u64>) {
+fn run_class_through_faults(
+    name: &str,
+    class: SizeClass,
+    alphabet: Alphabet,
+    seeds: std::ops::RangeInclusive<u64>,
+) {
     let bucket = TestBucket::new("faults");
     let proxy = FaultProxy::new(&bucket.env, *seeds.start(), Rates::mixed(0.08), 5000);
+    let largest = AtomicUsize::new(0);
     let tally = run_seeds(
-        &format!("faults-{class:?}").to_lowercase(),
-        case(class, ALPHABET, FAULT_OPS),
+        &format!("faults-{name}"),
+        case(class, alphabet, FAULT_OPS),
         Seeds::from_env(seeds),
         SHRINK_TIME,
         REPLAY,
-        |case| check(&bucket, &proxy.env, case),
+        |case| check(&bucket, &proxy.env, case).map(|n| keep_largest(&largest, n)),
     );
     assert_clean(&tally);
+    assert_large_directory_read(alphabet, &largest);
     let injected = proxy.injected();
     eprintln!("faults injected: {injected:?}");
     for kind in ["slowdown", "lost", "reset", "stall", "close"] {
@@ -567,32 +854,51 @@ fn run_class_through_faults(class: SizeClass, seeds: std::ops::RangeInclusive<u6
 
 #[test]
 fn small_files_match_the_model() {
-    run_class(SizeClass::Small, 1..=40, MAX_OPS);
+    run_class("small", SizeClass::Small, ALPHABET, 1..=40, MAX_OPS);
 }
 
 #[test]
 fn files_of_several_blocks_match_the_model() {
-    run_class(SizeClass::Blocks, 101..=130, MAX_OPS);
+    run_class("blocks", SizeClass::Blocks, ALPHABET, 101..=130, MAX_OPS);
 }
 
 #[test]
 fn multipart_files_match_the_model() {
-    run_class(SizeClass::Large, 201..=220, MAX_OPS);
+    run_class("large", SizeClass::Large, ALPHABET, 201..=220, MAX_OPS);
 }
 
 #[test]
 fn objects_written_by_another_client_match_the_model() {
-    run_class(SizeClass::External, 301..=330, MAX_OPS);
+    run_class(
+        "external",
+        SizeClass::External,
+        ALPHABET,
+        301..=330,
+        MAX_OPS,
+    );
+}
+
+/// A directory beside the file grows past a listing page (1,000 keys) and many
+/// readdir buffers, and is read while files are removed from it and created in
+/// it, and removed whole as `rm -rf` does.
+#[test]
+fn directories_read_while_changing_match_the_model() {
+    run_class("dirs", SizeClass::Small, WITH_DIRS, 401..=408, MAX_OPS);
 }
 
 #[test]
 fn small_files_match_the_model_through_faults() {
-    run_class_through_faults(SizeClass::Small, 1001..=1004);
+    run_class_through_faults("small", SizeClass::Small, ALPHABET, 1001..=1004);
 }
 
 #[test]
 fn multipart_files_match_the_model_through_faults() {
-    run_class_through_faults(SizeClass::Large, 1201..=1204);
+    run_class_through_faults("large", SizeClass::Large, ALPHABET, 1201..=1204);
+}
+
+#[test]
+fn directories_match_the_model_through_faults() {
+    run_class_through_faults("dirs", SizeClass::Small, WITH_DIRS, 1401..=1403);
 }
 
 #[test]

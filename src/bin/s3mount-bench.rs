@@ -205,6 +205,12 @@ enum Command {
         /// Inject at most this many faults
         #[arg(long, value_name = "N")]
         max_faults: Option<usize>,
+        /// Print a line per request with the headers that guard its body
+        #[arg(long)]
+        log_requests: bool,
+        /// Refuse requests with checksum headers, as a server without them does
+        #[arg(long)]
+        refuse_checksums: bool,
     },
     /// Wait until KEY exists with SIZE bytes
     Wait {
@@ -302,6 +308,8 @@ fn main() -> std::process::ExitCode {
         only_query,
         only_header,
         max_faults,
+        log_requests,
+        refuse_checksums,
     } = cli.command
     {
         let target = faults::Target {
@@ -318,8 +326,12 @@ fn main() -> std::process::ExitCode {
             close,
         };
         let stall_for = Duration::from_millis(stall_ms);
+        let wire = faults::Wire {
+            log_requests,
+            refuse_checksums,
+        };
         return match rt.block_on(faults::run(
-            listen, upstream, seed, rates, target, stall_for,
+            listen, upstream, seed, rates, target, stall_for, wire,
         )) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => fail(&e),

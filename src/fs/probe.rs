@@ -48,12 +48,7 @@ impl Prober {
                 }
                 _ => {}
             }
-            let request = ListRequest {
-                prefix: &self.prefix,
-                delimiter: Some("/"),
-                continuation: None,
-                max_keys: Some(1),
-            };
+            let request = ListRequest::one_entry(&self.prefix);
             // Any answer of the server's own (access denied, say) is one.
             let answered = !matches!(self.store.list(request).await, Err(e) if e.is_transient());
             *last = Some((Instant::now(), answered));

@@ -20,7 +20,9 @@ use super::inode::{Inode, Kind, parent_of};
 use super::meta;
 use super::{Change, Errno, Fs, FsResult, OpenFile, SharedOpenFile};
 use crate::journal::{FORMAT, PartRecord, Progress, Record, UploadRecord};
-use crate::store::{Condition, CopyOptions, ObjectHeaders, ObjectMeta, PutOptions, StoreError};
+use crate::store::{
+    Condition, CopyOptions, ObjectHeaders, ObjectMeta, PartTag, PutOptions, StoreError,
+};
 use crate::write::WriteError;
 use crate::write::staged::{Base, Staged};
 use crate::write::stream::Stream;
@@ -554,14 +556,14 @@ impl Fs {
             return Ok(false);
         }
         if let (Some(stream), Some(ranges)) = (&of.stream, part_ranges(size)) {
-            let parts: Vec<(i32, std::ops::Range<u64>, &str)> = stream.sent_parts().collect();
+            let parts: Vec<_> = stream.sent_parts().collect();
             let covers = parts.len() == ranges.len()
                 && parts
                     .iter()
                     .zip(&ranges)
                     .all(|(p, r)| p.0 == r.0 && p.1 == r.1);
             if covers {
-                let etags: Vec<&str> = parts.iter().map(|p| p.2).collect();
+                let etags: Vec<&str> = parts.iter().map(|p| p.2.etag.as_str()).collect();
                 return Ok(crate::store::etag::of_parts(&etags).as_deref() == head.etag.as_deref());
             }
         }
@@ -960,11 +962,14 @@ impl Fs {
                 content_type: u.content_type.clone(),
                 metadata: u.metadata.clone(),
             };
-            let parts = u
-                .parts
-                .iter()
-                .map(|p| (p.number, p.range(), p.etag.clone()));
-            Stream::resumed(u.key.clone(), u.id.clone(), options, parts)
+            let parts = u.parts.iter().map(|p| {
+                let tag = PartTag {
+                    etag: p.etag.clone(),
+                    crc32c: p.crc32c,
+                };
+                (p.number, p.range(), tag)
+            });
+            Stream::resumed(u.key.clone(), u.id.clone(), u.crc32c, options, parts)
         });
         let now = SystemTime::now();
         let ino = {
@@ -1069,13 +1074,15 @@ fn upload_record(stream: &Stream) -> UploadRecord {
     UploadRecord {
         key: stream.key().to_string(),
         id: stream.upload_id().to_string(),
+        crc32c: stream.crc32c(),
         content_type: stream.options().content_type.clone(),
         metadata: stream.options().metadata.clone(),
         parts: stream
             .sent_parts()
-            .map(|(number, range, etag)| PartRecord {
+            .map(|(number, range, tag)| PartRecord {
                 number,
-                etag: etag.to_string(),
+                etag: tag.etag.clone(),
+                crc32c: tag.crc32c,
                 start: range.start,
                 end: range.end,
             })

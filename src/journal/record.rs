@@ -6,6 +6,8 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::Crc32c;
+
 /// The format of the records this version writes. A record of a higher format is
 /// left alone (a newer s3mount wrote it); lower ones are read as they were
 /// written (format 1 is the first).
@@ -30,6 +32,10 @@ pub struct UploadRecord {
     /// since: such an upload is aborted, not completed).
     pub key: String,
     pub id: String,
+    /// Created with CRC32C checksums (its parts carry theirs). Records written
+    /// before checksums have none.
+    #[serde(default)]
+    pub crc32c: bool,
     /// The Content-Type and metadata the upload was created with.
     pub content_type: Option<String>,
     pub metadata: BTreeMap<String, String>,
@@ -41,6 +47,10 @@ pub struct UploadRecord {
 pub struct PartRecord {
     pub number: i32,
     pub etag: String,
+    /// Its CRC32C, for an upload with checksums: a resumed upload takes a part
+    /// S3 lists as its own only if S3 has the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32c: Option<Crc32c>,
     pub start: u64,
     pub end: u64,
 }

@@ -77,6 +77,7 @@ fn recovery_resumes_complete_files_and_puts_unfinished_ones_aside() {
     half.upload = Some(UploadRecord {
         key: "backup/x.tar".into(),
         id: "up-1".into(),
+        crc32c: true,
         content_type: None,
         metadata: BTreeMap::new(),
         parts: vec![],

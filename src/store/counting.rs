@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    CompletedPart, Condition, CopyOptions, ListPage, ListRequest, ListedPart, ObjectMeta,
-    ObjectStore, Op, PutOptions, StoreResult,
+    CompletedPart, Condition, CopyOptions, Crc32c, ListPage, ListRequest, ListedPart, NewUpload,
+    ObjectMeta, ObjectStore, Op, PartTag, PutOptions, StoreResult,
 };
 
 /// Uploads followed at once; past this, a new one is not followed (its bytes
@@ -224,14 +224,14 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         Self::ended(Op::Delete, self.inner.delete(key).await)
     }
 
-    async fn create_multipart(&self, key: &str, options: &PutOptions) -> StoreResult<String> {
+    async fn create_multipart(&self, key: &str, options: &PutOptions) -> StoreResult<NewUpload> {
         self.count(Op::CreateMultipart);
-        let id = Self::ended(
+        let upload = Self::ended(
             Op::CreateMultipart,
             self.inner.create_multipart(key, options).await,
         )?;
-        self.follow(id.clone(), key);
-        Ok(id)
+        self.follow(upload.id.clone(), key);
+        Ok(upload)
     }
 
     async fn upload_part(
@@ -240,12 +240,15 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         upload_id: &str,
         number: i32,
         body: Bytes,
+        crc32c: Option<Crc32c>,
     ) -> StoreResult<String> {
         self.count(Op::UploadPart);
         let len = body.len() as u64;
         let etag = Self::ended(
             Op::UploadPart,
-            self.inner.upload_part(key, upload_id, number, body).await,
+            self.inner
+                .upload_part(key, upload_id, number, body, crc32c)
+                .await,
         )?;
         self.confirmed(upload_id, key, len);
         Ok(etag)
@@ -259,7 +262,7 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         source: &str,
         range: Range<u64>,
         if_match: Option<&str>,
-    ) -> StoreResult<String> {
+    ) -> StoreResult<PartTag> {
         self.count(Op::UploadPartCopy);
         let result = self
             .inner
@@ -327,22 +330,19 @@ mod tests {
     async fn a_multipart_upload_is_followed_part_by_part_until_it_completes() {
         let store = CountingStore::new(MemoryStore::new());
         let options = PutOptions::default();
-        let id = store.create_multipart("big", &options).await.unwrap();
+        let id = store.create_multipart("big", &options).await.unwrap().id;
         let part = Bytes::from(vec![7u8; 5 << 20]);
-        let etag = store
-            .upload_part("big", &id, 1, part.clone())
-            .await
-            .unwrap();
-        assert_eq!(store.uploads()["big"].0, 5 << 20);
-        let etag2 = store.upload_part("big", &id, 2, part).await.unwrap();
-        assert_eq!(store.uploads()["big"].0, 10 << 20);
-        let parts = vec![
-            CompletedPart { number: 1, etag },
-            CompletedPart {
-                number: 2,
-                etag: etag2,
-            },
-        ];
+        let crc32c = Some(Crc32c::of(&part));
+        let mut parts = Vec::new();
+        for number in 1..=2 {
+            let etag = store
+                .upload_part("big", &id, number, part.clone(), crc32c)
+                .await
+                .unwrap();
+            assert_eq!(store.uploads()["big"].0, number as u64 * (5 << 20));
+            let tag = PartTag { etag, crc32c };
+            parts.push(CompletedPart { number, tag });
+        }
         store
             .complete_multipart("big", &id, parts, None)
             .await
@@ -357,9 +357,16 @@ mod tests {
         assert!(store.uploads().is_empty());
         assert_eq!(store.bytes().0, (10 << 20) + 3);
         // An upload an earlier run began is followed from its next part.
-        let earlier = store.inner.create_multipart("old", &options).await.unwrap();
+        let earlier = store
+            .inner
+            .create_multipart("old", &options)
+            .await
+            .unwrap()
+            .id;
+        let body = Bytes::from(vec![1u8; 100]);
+        let crc32c = Some(Crc32c::of(&body));
         store
-            .upload_part("old", &earlier, 3, Bytes::from(vec![1u8; 100]))
+            .upload_part("old", &earlier, 3, body, crc32c)
             .await
             .unwrap();
         assert_eq!(store.uploads()["old"].0, 100);

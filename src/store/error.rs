@@ -21,6 +21,9 @@ pub enum StoreError {
     /// The server answered, with an error that passes (5xx, SlowDown, throttling).
     #[error("the S3 server is busy or failing: {0}")]
     Busy(String),
+    /// The server found a body's checksum wrong: damaged on the way, sent again.
+    #[error("a request's body was damaged on the way: {0}")]
+    Damaged(String),
     #[error("S3 error: {0}")]
     Other(String),
 }
@@ -28,7 +31,10 @@ pub enum StoreError {
 impl StoreError {
     /// Might the same request succeed if made again, unchanged?
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unreachable(_) | StoreError::Busy(_))
+        matches!(
+            self,
+            StoreError::Unreachable(_) | StoreError::Busy(_) | StoreError::Damaged(_)
+        )
     }
 
     /// The errno a filesystem call answers with when this error ends it.
@@ -38,7 +44,10 @@ impl StoreError {
             StoreError::AccessDenied(_) => libc::EACCES,
             StoreError::PreconditionFailed | StoreError::Conflict => libc::ESTALE,
             StoreError::KeyTooLong => libc::ENAMETOOLONG,
-            StoreError::Unreachable(_) | StoreError::Busy(_) | StoreError::Other(_) => libc::EIO,
+            StoreError::Unreachable(_)
+            | StoreError::Busy(_)
+            | StoreError::Damaged(_)
+            | StoreError::Other(_) => libc::EIO,
         }
     }
 }

@@ -13,8 +13,9 @@ use tokio::sync::{Semaphore, watch};
 pub use super::Op;
 use super::etag;
 use super::{
-    CompletedPart, Condition, CopyOptions, ListPage, ListRequest, ListedPart, ObjectHeaders,
-    ObjectMeta, ObjectStore, PutOptions, StoreError, StoreResult, UserMetadata,
+    CompletedPart, Condition, CopyOptions, Crc32c, ListPage, ListRequest, ListedPart, NewUpload,
+    ObjectHeaders, ObjectMeta, ObjectStore, PartTag, PutOptions, StoreError, StoreResult,
+    UserMetadata,
 };
 
 #[derive(Debug, Clone)]
@@ -45,8 +46,10 @@ impl StoredObject {
 struct Upload {
     key: String,
     options: PutOptions,
-    /// Parts by number: ETag and body.
-    parts: BTreeMap<i32, (String, Bytes)>,
+    /// Created with CRC32C checksums: parts must carry theirs, as S3 wants.
+    crc32c: bool,
+    /// Parts by number: ETag, CRC32C and body.
+    parts: BTreeMap<i32, (PartTag, Bytes)>,
 }
 
 #[derive(Default)]
@@ -60,6 +63,9 @@ pub struct MemoryStore {
     calls: Mutex<HashMap<Op, u64>>,
     /// Accept conditional writes without checking them, as Garage 2.5 does.
     ignore_conditions: std::sync::atomic::AtomicBool,
+    /// Create multipart uploads without checksums (as a server that has none,
+    /// or an earlier version of s3mount, did).
+    no_checksums: std::sync::atomic::AtomicBool,
     /// Calls that take effect but whose answer is lost (a timeout after the
     /// server acted), by operation.
     lost_answers: Mutex<HashMap<Op, usize>>,
@@ -100,6 +106,11 @@ impl MemoryStore {
     /// does), or check them again (what AWS S3 does, the default).
     pub fn ignore_conditions(&self, ignore: bool) {
         self.ignore_conditions.store(ignore, Ordering::Relaxed);
+    }
+
+    /// Create the next multipart uploads without checksums (`true`), or with.
+    pub fn no_checksums(&self, none: bool) {
+        self.no_checksums.store(none, Ordering::Relaxed);
     }
 
     /// The multipart uploads started and neither completed nor aborted, by id.
@@ -242,21 +253,47 @@ impl MemoryStore {
 }
 
 impl MemoryStore {
+    /// Store a part; `sent` is the CRC32C a part sent carries (`None` for a
+    /// copy, whose checksum the store computes, as S3 does).
     fn add_part(
         &self,
         key: &str,
         upload_id: &str,
         number: i32,
         body: Bytes,
-    ) -> StoreResult<String> {
+        sent: Option<Option<Crc32c>>,
+    ) -> StoreResult<PartTag> {
         let mut uploads = lock(&self.uploads);
         let upload = uploads
             .get_mut(upload_id)
             .filter(|u| u.key == key)
             .ok_or(StoreError::NotFound)?;
-        let etag = etag::of_body(&body);
-        upload.parts.insert(number, (etag.clone(), body));
-        Ok(etag)
+        let crc32c = upload.crc32c.then(|| Crc32c::of(&body));
+        // What S3 answers a part whose checksum is missing, unwanted or wrong.
+        match (sent, crc32c) {
+            (Some(Some(_)), None) => {
+                return Err(StoreError::Other(
+                    "InvalidRequest: a checksum in an upload created without".into(),
+                ));
+            }
+            (Some(None), Some(_)) => {
+                return Err(StoreError::Other(
+                    "InvalidRequest: no checksum in an upload created with".into(),
+                ));
+            }
+            (Some(Some(sent)), Some(crc32c)) if sent != crc32c => {
+                return Err(StoreError::Damaged(format!(
+                    "part {number} carries {sent:?}, its bytes give {crc32c:?}"
+                )));
+            }
+            _ => {}
+        }
+        let tag = PartTag {
+            etag: etag::of_body(&body),
+            crc32c,
+        };
+        upload.parts.insert(number, (tag.clone(), body));
+        Ok(tag)
     }
 }
 
@@ -425,18 +462,20 @@ impl ObjectStore for MemoryStore {
         self.answer(Op::Delete, Ok(()))
     }
 
-    async fn create_multipart(&self, key: &str, options: &PutOptions) -> StoreResult<String> {
+    async fn create_multipart(&self, key: &str, options: &PutOptions) -> StoreResult<NewUpload> {
         self.enter(Op::CreateMultipart).await?;
         let id = format!("upload-{}", self.counter.fetch_add(1, Ordering::Relaxed));
+        let crc32c = !self.no_checksums.load(Ordering::Relaxed);
         lock(&self.uploads).insert(
             id.clone(),
             Upload {
                 key: key.to_string(),
                 options: options.clone(),
+                crc32c,
                 parts: BTreeMap::new(),
             },
         );
-        Ok(id)
+        Ok(NewUpload { id, crc32c })
     }
 
     async fn upload_part(
@@ -445,10 +484,11 @@ impl ObjectStore for MemoryStore {
         upload_id: &str,
         number: i32,
         body: Bytes,
+        crc32c: Option<Crc32c>,
     ) -> StoreResult<String> {
         self.enter(Op::UploadPart).await?;
-        let etag = self.add_part(key, upload_id, number, body);
-        self.answer(Op::UploadPart, etag)
+        let tag = self.add_part(key, upload_id, number, body, Some(crc32c));
+        self.answer(Op::UploadPart, tag.map(|t| t.etag))
     }
 
     async fn upload_part_copy(
@@ -459,7 +499,7 @@ impl ObjectStore for MemoryStore {
         source: &str,
         range: Range<u64>,
         if_match: Option<&str>,
-    ) -> StoreResult<String> {
+    ) -> StoreResult<PartTag> {
         self.enter(Op::UploadPartCopy).await?;
         let body = self.source(source, if_match)?.body;
         if range.end > body.len() as u64 || range.is_empty() {
@@ -470,6 +510,7 @@ impl ObjectStore for MemoryStore {
             upload_id,
             number,
             body.slice(range.start as usize..range.end as usize),
+            None,
         )
     }
 
@@ -490,7 +531,8 @@ impl ObjectStore for MemoryStore {
         let mut body = BytesMut::new();
         for part in &parts {
             let data = match upload.parts.get(&part.number) {
-                Some((etag, data)) if *etag == part.etag => data,
+                // S3 wants the checksum of each part of an upload that has them.
+                Some((tag, data)) if *tag == part.tag => data,
                 // What S3 answers for a part not sent, or sent again since; the
                 // upload stays, to be completed right or aborted.
                 _ => return Err(StoreError::Other(format!("InvalidPart {}", part.number))),
@@ -501,7 +543,7 @@ impl ObjectStore for MemoryStore {
             return Err(StoreError::NotFound);
         };
         drop(uploads);
-        let etags: Vec<&str> = parts.iter().map(|p| p.etag.as_str()).collect();
+        let etags: Vec<&str> = parts.iter().map(|p| p.tag.etag.as_str()).collect();
         let etag = etag::of_parts(&etags)
             .ok_or_else(|| StoreError::Other("a part's ETag is not an MD5".into()))?;
         self.store(
@@ -533,9 +575,9 @@ impl ObjectStore for MemoryStore {
         Ok(upload
             .parts
             .iter()
-            .map(|(number, (etag, body))| ListedPart {
+            .map(|(number, (tag, body))| ListedPart {
                 number: *number,
-                etag: etag.clone(),
+                tag: tag.clone(),
                 size: body.len() as u64,
             })
             .collect())

@@ -5,6 +5,7 @@
 //! every request again while a fault may pass; [`memory`] is an in-memory store
 //! with fault injection for unit tests.
 
+pub mod checksum;
 pub mod counting;
 pub mod error;
 pub mod etag;
@@ -19,6 +20,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use checksum::Crc32c;
 pub use error::StoreError;
 
 /// The requests an object store makes, for counting them and injecting faults.
@@ -115,6 +117,20 @@ pub struct ListRequest<'a> {
     pub max_keys: Option<i32>,
 }
 
+impl<'a> ListRequest<'a> {
+    /// The cheapest question S3 answers about `prefix`: one key or one
+    /// subdirectory under it, if any. Checks that the bucket is there and
+    /// readable, and that the server answers.
+    pub fn one_entry(prefix: &'a str) -> Self {
+        Self {
+            prefix,
+            delimiter: Some("/"),
+            continuation: None,
+            max_keys: Some(1),
+        }
+    }
+}
+
 /// Options of a PutObject or CreateMultipartUpload.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PutOptions {
@@ -133,18 +149,34 @@ pub struct CopyOptions {
     pub if_match: Option<String>,
 }
 
+/// A multipart upload just created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewUpload {
+    pub id: String,
+    /// Created with CRC32C checksums: each part must carry its own
+    /// (see [`ObjectStore::upload_part`]).
+    pub crc32c: bool,
+}
+
+/// What S3 answers for a part it stored: its ETag, and its CRC32C where known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartTag {
+    pub etag: String,
+    pub crc32c: Option<Crc32c>,
+}
+
 /// A part of a multipart upload, as CompleteMultipartUpload wants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompletedPart {
     pub number: i32,
-    pub etag: String,
+    pub tag: PartTag,
 }
 
 /// A part S3 holds of a multipart upload not completed yet (ListParts).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedPart {
     pub number: i32,
-    pub etag: String,
+    pub tag: PartTag,
     pub size: u64,
 }
 
@@ -172,6 +204,13 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
+    /// Whether this store makes a request that failed in a way that may pass
+    /// again itself, for `--retry-for` (the retrying store). A caller then does
+    /// not send it again on top, which would stretch that time.
+    fn retries_itself(&self) -> bool {
+        false
+    }
+
     /// Metadata of one object; [`StoreError::NotFound`] if there is none.
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta>;
 
@@ -200,7 +239,8 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     async fn list(&self, request: ListRequest<'_>) -> StoreResult<ListPage>;
 
-    /// Store a whole object; returns its ETag. With `condition`, fails with
+    /// Store a whole object; returns its ETag. Its body goes with its CRC32C
+    /// where the server takes checksums. With `condition`, fails with
     /// [`StoreError::PreconditionFailed`] when the object there does not meet it
     /// (servers that enforce conditions; see the conformance suite).
     async fn put(
@@ -217,21 +257,23 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Delete an object; deleting a missing key is not an error (S3 semantics).
     async fn delete(&self, key: &str) -> StoreResult<()>;
 
-    /// Start a multipart upload; returns its upload id.
-    async fn create_multipart(&self, key: &str, options: &PutOptions) -> StoreResult<String>;
+    /// Start a multipart upload, with CRC32C checksums where the server takes them.
+    async fn create_multipart(&self, key: &str, options: &PutOptions) -> StoreResult<NewUpload>;
 
-    /// Upload one part (numbers start at 1); returns the part's ETag.
+    /// Upload one part (numbers start at 1) with its CRC32C, which an upload
+    /// created with checksums requires and one created without must not have;
+    /// returns the part's ETag.
     async fn upload_part(
         &self,
         key: &str,
         upload_id: &str,
         number: i32,
         body: Bytes,
+        crc32c: Option<Crc32c>,
     ) -> StoreResult<String>;
 
     /// Upload part `number` as a server-side copy of bytes `range` of object
-    /// `source` (which must still have the ETag `if_match`, when given); returns the
-    /// part's ETag.
+    /// `source` (which must still have the ETag `if_match`, when given).
     async fn upload_part_copy(
         &self,
         key: &str,
@@ -240,7 +282,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         source: &str,
         range: Range<u64>,
         if_match: Option<&str>,
-    ) -> StoreResult<String>;
+    ) -> StoreResult<PartTag>;
 
     /// Complete a multipart upload; returns the object's ETag. With `condition`,
     /// as [`ObjectStore::put`]; a change of the object while the upload ran may

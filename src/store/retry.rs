@@ -26,8 +26,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::{
-    CompletedPart, Condition, CopyOptions, ListPage, ListRequest, ListedPart, ObjectMeta,
-    ObjectStore, Op, PutOptions, StoreError, StoreResult, etag,
+    CompletedPart, Condition, CopyOptions, Crc32c, ListPage, ListRequest, ListedPart, NewUpload,
+    ObjectMeta, ObjectStore, Op, PartTag, PutOptions, StoreError, StoreResult, etag,
 };
 
 /// How long requests are retried and how long one attempt may make no progress.
@@ -52,6 +52,13 @@ impl Default for RetrySettings {
 /// three times the one before (decorrelated jitter), up to [`MAX_DELAY`].
 const FIRST_DELAY: Duration = Duration::from_millis(50);
 const MAX_DELAY: Duration = Duration::from_secs(2);
+/// Attempts made however long they took: one attempt that stalls past the retry
+/// time (an upload's limit grows with its size) still gets one more.
+const MIN_ATTEMPTS: u32 = 2;
+/// A body the server finds damaged this many times, sent unchanged each time,
+/// does not match its own checksum: that will not pass, and is reported as it is
+/// (not as whatever fault the last of a minute's attempts met).
+const DAMAGED_ATTEMPTS: u32 = 3;
 /// The slowest rate at which a body is still taken to be moving: an attempt
 /// that carries one gets the request timeout plus the body's time at this rate.
 const SLOWEST_RATE: u64 = 64 << 10;
@@ -93,6 +100,7 @@ impl<S: ObjectStore> RetryingStore<S> {
         let limit = self.attempt_limit(bytes);
         let mut delay = FIRST_DELAY;
         let mut attempts = 0u32;
+        let mut damaged = 0u32;
         loop {
             attempts += 1;
             let result = match tokio::time::timeout(limit, attempt()).await {
@@ -112,8 +120,12 @@ impl<S: ObjectStore> RetryingStore<S> {
                     return Ended { result, retried };
                 }
             };
+            if matches!(error, StoreError::Damaged(_)) {
+                damaged += 1;
+            }
             let spent = started.elapsed();
-            if spent >= self.settings.retry_for {
+            let spent_all = spent >= self.settings.retry_for && attempts >= MIN_ATTEMPTS;
+            if spent_all || damaged >= DAMAGED_ATTEMPTS {
                 tracing::warn!(
                     "{} of {key} failed after {attempts} attempts in {:.1} s: {error}",
                     op.name(),
@@ -124,8 +136,9 @@ impl<S: ObjectStore> RetryingStore<S> {
                     retried,
                 };
             }
-            // The last attempt goes when the retry time ends.
-            let wait = delay.min(self.settings.retry_for - spent);
+            // The last attempt goes when the retry time ends (at once, if one
+            // attempt outlasted it).
+            let wait = delay.min(self.settings.retry_for.saturating_sub(spent));
             tracing::debug!(
                 "{} of {key} failed ({error}); again in {} ms",
                 op.name(),
@@ -136,22 +149,19 @@ impl<S: ObjectStore> RetryingStore<S> {
         }
     }
 
-    /// A retried write was refused: is the object at `key` what it would have
-    /// made (ETag `expected`)? Then an earlier attempt did it, and its answer was
-    /// lost.
+    /// A retried write was refused: does the object at `key` look like what it
+    /// would have made (`ours`)? Then an earlier attempt made it, and its answer
+    /// was lost: the write succeeded, with the object's ETag.
     async fn made_by_earlier_attempt(
         &self,
         key: &str,
-        expected: Option<String>,
         error: StoreError,
+        ours: impl Fn(&ObjectMeta) -> bool,
     ) -> StoreResult<String> {
-        let Some(expected) = expected else {
-            return Err(error);
-        };
         match self.head(key).await {
-            Ok(head) if head.etag.as_deref() == Some(expected.as_str()) => {
+            Ok(head) if ours(&head) => {
                 tracing::info!("{key}: an earlier attempt's answer was lost; S3 has what it sent");
-                Ok(expected)
+                Ok(head.etag.unwrap_or_default())
             }
             Ok(_) | Err(StoreError::NotFound) => Err(error),
             Err(e) => Err(e),
@@ -169,6 +179,10 @@ fn next_delay(delay: Duration) -> Duration {
 
 #[async_trait]
 impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
+    fn retries_itself(&self) -> bool {
+        true
+    }
+
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
         self.run(Op::Head, key, 0, || self.inner.head(key))
             .await
@@ -226,8 +240,11 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
             .await;
         match ended.result {
             Err(e @ StoreError::PreconditionFailed) if ended.retried => {
-                self.made_by_earlier_attempt(key, Some(etag::of_body(&body)), e)
-                    .await
+                let expected = etag::of_body(&body);
+                self.made_by_earlier_attempt(key, e, |head| {
+                    head.etag.as_deref() == Some(expected.as_str())
+                })
+                .await
             }
             result => result,
         }
@@ -243,22 +260,14 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
             (Err(e @ StoreError::PreconditionFailed), Some(replace))
                 if ended.retried && from == to =>
             {
-                match self.head(to).await {
-                    Ok(head)
-                        if head.headers.as_ref().is_some_and(|h| {
-                            h.metadata == replace.metadata
-                                && (replace.content_type.is_none()
-                                    || h.content_type == replace.content_type)
-                        }) =>
-                    {
-                        tracing::info!(
-                            "{to}: an earlier attempt's answer was lost; S3 has the metadata it sent"
-                        );
-                        Ok(head.etag.unwrap_or_default())
-                    }
-                    Ok(_) | Err(StoreError::NotFound) => Err(e),
-                    Err(other) => Err(other),
-                }
+                self.made_by_earlier_attempt(to, e, |head| {
+                    head.headers.as_ref().is_some_and(|h| {
+                        h.metadata == replace.metadata
+                            && (replace.content_type.is_none()
+                                || h.content_type == replace.content_type)
+                    })
+                })
+                .await
             }
             (result, _) => result,
         }
@@ -274,7 +283,7 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
         }
     }
 
-    async fn create_multipart(&self, key: &str, options: &PutOptions) -> StoreResult<String> {
+    async fn create_multipart(&self, key: &str, options: &PutOptions) -> StoreResult<NewUpload> {
         // An upload whose creation's answer was lost is left behind, unused; S3's
         // lifecycle rules (or `AbortIncompleteMultipartUpload`) clear such.
         self.run(Op::CreateMultipart, key, 0, || {
@@ -290,9 +299,11 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
         upload_id: &str,
         number: i32,
         body: Bytes,
+        crc32c: Option<Crc32c>,
     ) -> StoreResult<String> {
         self.run(Op::UploadPart, key, body.len() as u64, || {
-            self.inner.upload_part(key, upload_id, number, body.clone())
+            self.inner
+                .upload_part(key, upload_id, number, body.clone(), crc32c)
         })
         .await
         .result
@@ -306,7 +317,7 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
         source: &str,
         range: Range<u64>,
         if_match: Option<&str>,
-    ) -> StoreResult<String> {
+    ) -> StoreResult<PartTag> {
         let bytes = range.end.saturating_sub(range.start);
         self.run(Op::UploadPartCopy, key, bytes, || {
             self.inner
@@ -333,9 +344,16 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
             Err(
                 e @ (StoreError::NotFound | StoreError::PreconditionFailed | StoreError::Conflict),
             ) if ended.retried => {
-                let etags: Vec<&str> = parts.iter().map(|p| p.etag.as_str()).collect();
-                self.made_by_earlier_attempt(key, etag::of_parts(&etags), e)
-                    .await
+                let etags: Vec<&str> = parts.iter().map(|p| p.tag.etag.as_str()).collect();
+                match etag::of_parts(&etags) {
+                    Some(expected) => {
+                        self.made_by_earlier_attempt(key, e, |head| {
+                            head.etag.as_deref() == Some(expected.as_str())
+                        })
+                        .await
+                    }
+                    None => Err(e),
+                }
             }
             result => result,
         }

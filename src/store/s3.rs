@@ -1,6 +1,7 @@
 //! [`ObjectStore`] over aws-sdk-s3.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -9,9 +10,12 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::create_multipart_upload::CreateMultipartUploadError;
+use aws_sdk_s3::operation::put_object::PutObjectError;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart as SdkCompletedPart, MetadataDirective,
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart as SdkCompletedPart,
+    MetadataDirective,
 };
 use bytes::{Bytes, BytesMut};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -19,9 +23,11 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use crate::aws::{CONNECT_TIMEOUT, one_line};
 
 use super::{
-    CompletedPart, Condition, CopyOptions, ListPage, ListRequest, ListedPart, ObjectHeaders,
-    ObjectMeta, ObjectStore, PutOptions, StoreError, StoreResult,
+    CompletedPart, Condition, CopyOptions, Crc32c, ListPage, ListRequest, ListedPart, NewUpload,
+    ObjectHeaders, ObjectMeta, ObjectStore, PartTag, PutOptions, StoreError, StoreResult,
 };
+
+type HttpResponse = aws_sdk_s3::config::http::HttpResponse;
 
 /// Where and how to reach the bucket.
 #[derive(Debug, Clone, Default)]
@@ -35,10 +41,13 @@ pub struct S3Settings {
 pub struct S3Store {
     client: Client,
     bucket: String,
-    /// Over TLS, bodies go unsigned: TLS guards them, and hashing them for the
-    /// signature took a fifth of the CPU of a large copy. Over plain HTTP the
-    /// signature is what guards them.
-    unsigned_bodies: bool,
+    /// Bodies go unsigned with their CRC32C, which the server checks (hashing
+    /// them for the signature took a fifth of the CPU of a large copy). Off
+    /// once the server refused checksums: then a body is signed over plain
+    /// HTTP (the signature is what guards it) and unsigned over TLS.
+    checksums: AtomicBool,
+    /// The endpoint is reached over TLS.
+    tls: bool,
     /// How long a GET may bring no byte before it is taken up again.
     stall: Duration,
 }
@@ -55,9 +64,12 @@ impl S3Store {
             .retry_config(RetryConfig::disabled())
             // No read timeout: an upload's answer comes after its body, however
             // long that takes; the retrying store bounds each attempt by its size.
+            // (Left unset, the shared configuration's 60 s would apply: an 8 MiB
+            // part that took longer failed with no time left to retry it.)
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(CONNECT_TIMEOUT)
+                    .disable_read_timeout()
                     .build(),
             )
             // S3-compatible servers differ in their support of flexible checksums:
@@ -74,14 +86,94 @@ impl S3Store {
         Self {
             client: Client::from_conf(builder.build()),
             bucket: settings.bucket.clone(),
+            checksums: AtomicBool::new(true),
             // AWS itself is reached over https.
-            unsigned_bodies: endpoint.is_none_or(|url| url.starts_with("https://")),
+            tls: endpoint.is_none_or(|url| url.starts_with("https://")),
             stall,
         }
     }
 
     fn stalled(&self) -> StoreError {
         StoreError::Unreachable(format!("no data for {} s", self.stall.as_secs()))
+    }
+
+    /// The server refused a request with checksums that it took without: send
+    /// bodies without them from now on, and say so once.
+    fn without_checksums<E: ProvideErrorMetadata>(&self, refused: &SdkError<E, HttpResponse>) {
+        if self.checksums.swap(false, Ordering::Relaxed) {
+            let why = refused.message().unwrap_or("no reason given");
+            tracing::warn!(
+                "the S3 server refuses CRC32C checksums ({why}); bodies go without them, {}",
+                if self.tls {
+                    "guarded by TLS"
+                } else {
+                    "signed with SHA-256"
+                }
+            );
+        }
+    }
+
+    async fn send_put(
+        &self,
+        key: &str,
+        body: &Bytes,
+        options: &PutOptions,
+        condition: Option<&Condition>,
+        crc32c: Option<Crc32c>,
+    ) -> Result<String, SdkError<PutObjectError, HttpResponse>> {
+        let (if_match, if_none_match) = condition_headers(condition);
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body.clone()))
+            .set_content_type(options.content_type.clone())
+            .set_metadata(metadata_of(options))
+            .set_if_match(if_match)
+            .set_if_none_match(if_none_match)
+            .set_checksum_crc32_c(crc32c.map(Crc32c::to_base64));
+        let out = if crc32c.is_some() || self.tls {
+            request.customize().disable_payload_signing().send().await
+        } else {
+            request.send().await
+        }?;
+        Ok(out.e_tag().unwrap_or_default().to_string())
+    }
+
+    async fn send_create(
+        &self,
+        key: &str,
+        options: &PutOptions,
+        crc32c: bool,
+    ) -> Result<String, SdkError<CreateMultipartUploadError, HttpResponse>> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_content_type(options.content_type.clone())
+            .set_metadata(metadata_of(options))
+            .set_checksum_algorithm(crc32c.then_some(ChecksumAlgorithm::Crc32C))
+            .send()
+            .await?;
+        Ok(out.upload_id().unwrap_or_default().to_string())
+    }
+}
+
+/// Whether an error may be the server refusing checksum headers: servers
+/// without them answer 400 or 501 with one of these codes. A request that
+/// then succeeds without them tells.
+fn may_refuse_checksums<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+    match err {
+        SdkError::ServiceError(ctx) => {
+            matches!(ctx.raw().status().as_u16(), 400 | 501)
+                && matches!(
+                    ctx.err().code(),
+                    Some("InvalidArgument" | "InvalidRequest" | "NotImplemented")
+                )
+        }
+        _ => false,
     }
 }
 
@@ -196,6 +288,10 @@ where
                 (Some("PreconditionFailed"), _) | (None, 412) => StoreError::PreconditionFailed,
                 (Some("ConditionalRequestConflict"), _) | (None, 409) => StoreError::Conflict,
                 (Some("KeyTooLongError"), _) => StoreError::KeyTooLong,
+                // The body's checksum did not match: damaged on the way.
+                (Some("BadDigest" | "InvalidDigest" | "XAmzContentChecksumMismatch"), _) => {
+                    StoreError::Damaged(format!("{message} (HTTP {status})"))
+                }
                 (
                     Some(
                         "SlowDown"
@@ -427,24 +523,23 @@ impl ObjectStore for S3Store {
         options: &PutOptions,
         condition: Option<&Condition>,
     ) -> StoreResult<String> {
-        let (if_match, if_none_match) = condition_headers(condition);
-        let request = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .body(ByteStream::from(body))
-            .set_content_type(options.content_type.clone())
-            .set_metadata(metadata_of(options))
-            .set_if_match(if_match)
-            .set_if_none_match(if_none_match);
-        let out = if self.unsigned_bodies {
-            request.customize().disable_payload_signing().send().await
-        } else {
-            request.send().await
+        if self.checksums.load(Ordering::Relaxed) {
+            let crc32c = Some(Crc32c::of(&body));
+            match self.send_put(key, &body, options, condition, crc32c).await {
+                Err(refused) if may_refuse_checksums(&refused) => {
+                    let etag = self
+                        .send_put(key, &body, options, condition, None)
+                        .await
+                        .map_err(classify)?;
+                    self.without_checksums(&refused);
+                    return Ok(etag);
+                }
+                result => return result.map_err(classify),
+            }
         }
-        .map_err(classify)?;
-        Ok(out.e_tag().unwrap_or_default().to_string())
+        self.send_put(key, &body, options, condition, None)
+            .await
+            .map_err(classify)
     }
 
     async fn copy(&self, from: &str, to: &str, options: &CopyOptions) -> StoreResult<String> {
@@ -480,20 +575,26 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
-    async fn create_multipart(&self, key: &str, options: &PutOptions) -> StoreResult<String> {
-        let out = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .set_content_type(options.content_type.clone())
-            .set_metadata(metadata_of(options))
-            .send()
-            .await
-            .map_err(classify)?;
-        out.upload_id()
-            .map(str::to_string)
-            .ok_or_else(|| StoreError::Other("CreateMultipartUpload returned no upload id".into()))
+    async fn create_multipart(&self, key: &str, options: &PutOptions) -> StoreResult<NewUpload> {
+        let mut crc32c = self.checksums.load(Ordering::Relaxed);
+        let id = match self.send_create(key, options, crc32c).await {
+            Err(refused) if crc32c && may_refuse_checksums(&refused) => {
+                let id = self
+                    .send_create(key, options, false)
+                    .await
+                    .map_err(classify)?;
+                self.without_checksums(&refused);
+                crc32c = false;
+                id
+            }
+            result => result.map_err(classify)?,
+        };
+        if id.is_empty() {
+            return Err(StoreError::Other(
+                "CreateMultipartUpload returned no upload id".into(),
+            ));
+        }
+        Ok(NewUpload { id, crc32c })
     }
 
     async fn upload_part(
@@ -502,6 +603,7 @@ impl ObjectStore for S3Store {
         upload_id: &str,
         number: i32,
         body: Bytes,
+        crc32c: Option<Crc32c>,
     ) -> StoreResult<String> {
         let request = self
             .client
@@ -510,8 +612,9 @@ impl ObjectStore for S3Store {
             .key(key)
             .upload_id(upload_id)
             .part_number(number)
-            .body(ByteStream::from(body));
-        let out = if self.unsigned_bodies {
+            .body(ByteStream::from(body))
+            .set_checksum_crc32_c(crc32c.map(Crc32c::to_base64));
+        let out = if crc32c.is_some() || self.tls {
             request.customize().disable_payload_signing().send().await
         } else {
             request.send().await
@@ -530,7 +633,7 @@ impl ObjectStore for S3Store {
         source: &str,
         range: Range<u64>,
         if_match: Option<&str>,
-    ) -> StoreResult<String> {
+    ) -> StoreResult<PartTag> {
         let out = self
             .client
             .upload_part_copy()
@@ -548,10 +651,18 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(classify)?;
-        out.copy_part_result()
-            .and_then(|r| r.e_tag())
-            .map(str::to_string)
-            .ok_or_else(|| StoreError::Other(format!("UploadPartCopy {number} returned no ETag")))
+        let result = out.copy_part_result();
+        let etag = result.and_then(|r| r.e_tag()).ok_or_else(|| {
+            StoreError::Other(format!("UploadPartCopy {number} returned no ETag"))
+        })?;
+        Ok(PartTag {
+            etag: etag.to_string(),
+            // S3 gives the copy's checksum in an upload that has them (Garage 2.5
+            // does not, and completes without).
+            crc32c: result
+                .and_then(|r| r.checksum_crc32_c())
+                .and_then(Crc32c::from_base64),
+        })
     }
 
     async fn complete_multipart(
@@ -567,7 +678,8 @@ impl ObjectStore for S3Store {
             .map(|p| {
                 SdkCompletedPart::builder()
                     .part_number(p.number)
-                    .e_tag(p.etag)
+                    .e_tag(p.tag.etag)
+                    .set_checksum_crc32_c(p.tag.crc32c.map(Crc32c::to_base64))
                     .build()
             })
             .collect();
@@ -619,7 +731,10 @@ impl ObjectStore for S3Store {
             parts.extend(out.parts().iter().filter_map(|p| {
                 Some(ListedPart {
                     number: p.part_number()?,
-                    etag: p.e_tag()?.to_string(),
+                    tag: PartTag {
+                        etag: p.e_tag()?.to_string(),
+                        crc32c: p.checksum_crc32_c().and_then(Crc32c::from_base64),
+                    },
                     size: size_of(p.size()),
                 })
             }));

@@ -9,8 +9,9 @@
 //! are sent and the upload completed, so close() waits only for what is left.
 //!
 //! A part written in order, from its start to its end, is collected in memory as it
-//! is written (within the uploader's memory bound) and sent from there: the usual
-//! `cp` of a large file does not read its parts back from the staging file.
+//! is written (within the uploader's memory bound), its CRC32C computed as the
+//! bytes pass, and sent from there: the usual `cp` of a large file does not read
+//! its parts back from the staging file.
 //!
 //! A multipart upload takes its metadata when it starts, so the stream carries the
 //! file's mode and owner but no times: the object's time is its Last-Modified,
@@ -28,19 +29,22 @@ use tokio::task::JoinSet;
 use super::WriteError;
 use super::upload::{part_at, part_range};
 
-use crate::store::PutOptions;
+use crate::store::checksum::Crc32cDigest;
+use crate::store::{Crc32c, PartTag, PutOptions};
 
 /// What a part's background upload returns: its number, the range it sent, the
-/// write generation of that range when it started, and its ETag.
-pub(super) type PartResult = (i32, Range<u64>, u64, Result<String, WriteError>);
+/// write generation of that range when it started, and its ETag and CRC32C.
+pub(super) type PartResult = (i32, Range<u64>, u64, Result<PartTag, WriteError>);
 
 pub struct Stream {
     pub(super) key: String,
     pub(super) upload_id: String,
+    /// The upload was created with CRC32C checksums: its parts carry theirs.
+    pub(super) crc32c: bool,
     /// The metadata the upload was created with.
     pub(super) options: PutOptions,
-    /// Parts sent: their range and ETag, valid while their generation holds.
-    pub(super) sent: BTreeMap<i32, (Range<u64>, u64, String)>,
+    /// Parts sent: their range and tag, valid while their generation holds.
+    pub(super) sent: BTreeMap<i32, (Range<u64>, u64, PartTag)>,
     pub(super) running: JoinSet<PartResult>,
     /// Bumped for a part each time a write touches it.
     pub(super) generation: HashMap<i32, u64>,
@@ -63,9 +67,11 @@ pub struct Stream {
     pub(super) filled: BTreeMap<i32, Filled>,
 }
 
-/// A part's bytes in memory, holding its share of the uploader's memory bound.
+/// A part's bytes in memory and their CRC32C, holding its share of the
+/// uploader's memory bound.
 pub(super) struct Filled {
     pub(super) bytes: Bytes,
+    pub(super) crc32c: Crc32c,
     pub(super) slot: OwnedSemaphorePermit,
 }
 
@@ -73,6 +79,7 @@ struct Filling {
     number: i32,
     range: Range<u64>,
     bytes: BytesMut,
+    crc32c: Crc32cDigest,
     slot: OwnedSemaphorePermit,
 }
 
@@ -91,12 +98,14 @@ impl Stream {
     pub(super) fn new(
         key: String,
         upload_id: String,
+        crc32c: bool,
         options: PutOptions,
         created: SystemTime,
     ) -> Self {
         Self {
             key,
             upload_id,
+            crc32c,
             options,
             sent: BTreeMap::new(),
             running: JoinSet::new(),
@@ -111,18 +120,19 @@ impl Stream {
     }
 
     /// An upload an earlier run (or attempt) left, with the parts it noted as
-    /// sent: `(number, range, etag)`. Nothing more is sent while the file is
+    /// sent: `(number, range, tag)`. Nothing more is sent while the file is
     /// written; S3 is asked which of the parts it has before they are used.
     pub fn resumed(
         key: String,
         upload_id: String,
+        crc32c: bool,
         options: PutOptions,
-        parts: impl IntoIterator<Item = (i32, Range<u64>, String)>,
+        parts: impl IntoIterator<Item = (i32, Range<u64>, PartTag)>,
     ) -> Self {
-        let mut stream = Self::new(key, upload_id, options, SystemTime::now());
+        let mut stream = Self::new(key, upload_id, crc32c, options, SystemTime::now());
         stream.sent = parts
             .into_iter()
-            .map(|(number, range, etag)| (number, (range, 0, etag)))
+            .map(|(number, range, tag)| (number, (range, 0, tag)))
             .collect();
         stream.streaming = false;
         stream.unverified = true;
@@ -133,11 +143,16 @@ impl Stream {
         &self.upload_id
     }
 
-    /// The parts sent and still right: `(number, range, etag)`.
-    pub fn sent_parts(&self) -> impl Iterator<Item = (i32, Range<u64>, &str)> {
+    /// Whether the upload was created with CRC32C checksums.
+    pub fn crc32c(&self) -> bool {
+        self.crc32c
+    }
+
+    /// The parts sent and still right: `(number, range, tag)`.
+    pub fn sent_parts(&self) -> impl Iterator<Item = (i32, Range<u64>, &PartTag)> {
         self.sent
             .iter()
-            .map(|(n, (range, _, etag))| (*n, range.clone(), etag.as_str()))
+            .map(|(n, (range, _, tag))| (*n, range.clone(), tag))
     }
 
     pub fn key(&self) -> &str {
@@ -219,18 +234,21 @@ impl Stream {
                         number,
                         range: part,
                         bytes,
+                        crc32c: Crc32cDigest::new(),
                         slot,
                     })
                 }
             };
             let n = (filling.range.end - offset).min(data.len() as u64) as usize;
             filling.bytes.extend_from_slice(&data[..n]);
+            filling.crc32c.update(&data[..n]);
             (offset, data) = (offset + n as u64, &data[n..]);
             if filling.end() == filling.range.end
                 && let Some(done) = self.filling.take()
             {
                 let filled = Filled {
                     bytes: done.bytes.freeze(),
+                    crc32c: done.crc32c.finish(),
                     slot: done.slot,
                 };
                 self.filled.insert(done.number, filled);
@@ -257,8 +275,8 @@ impl Stream {
             return;
         };
         match result {
-            Ok(etag) if generation == self.generation_of(number) => {
-                self.sent.insert(number, (range, generation, etag));
+            Ok(tag) if generation == self.generation_of(number) => {
+                self.sent.insert(number, (range, generation, tag));
             }
             Ok(_) => {}
             Err(e) => {
@@ -281,6 +299,7 @@ mod tests {
         Stream::new(
             "k".into(),
             "id".into(),
+            true,
             PutOptions::default(),
             SystemTime::now(),
         )
@@ -305,6 +324,8 @@ mod tests {
         // Two parts whole; the third would need a slot there is none of.
         assert_eq!(s.filled.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
         assert!(s.filled.values().all(|f| f.bytes.len() as u64 == 8 * MIB));
+        // Their checksums were taken as the bytes came.
+        assert!(s.filled.values().all(|f| f.crc32c == Crc32c::of(&f.bytes)));
         assert_eq!(slots.available_permits(), 0);
         let taken = s.take_filled();
         drop(taken);

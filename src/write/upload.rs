@@ -15,7 +15,9 @@ use super::staged::{Base, PartSource, Staged};
 use super::staging::StagingReader;
 use super::stream::{Filled, Stream};
 use crate::cache::BlockCache;
-use crate::store::{CompletedPart, Condition, CopyOptions, ObjectStore, PutOptions, StoreError};
+use crate::store::{
+    CompletedPart, Condition, CopyOptions, Crc32c, ObjectStore, PartTag, PutOptions, StoreError,
+};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -32,7 +34,8 @@ pub const MAX_COPY_SIZE: u64 = MAX_PART_SIZE;
 /// Parts of a multipart copy: large, since no data passes through here.
 const COPY_PART_SIZE: u64 = 512 * MIB;
 
-/// Times a part is sent before its upload fails (the SDK retries each request too).
+/// Times a part is sent before its upload fails, over a store that does not
+/// retry itself (over one that does, once: it has retried for `--retry-for`).
 const PART_ATTEMPTS: u32 = 3;
 
 /// Size of part `number` (from 1): 8 MiB for the first 1,000 parts, doubling every
@@ -144,33 +147,56 @@ pub struct Uploader {
 /// Where a part's bytes come from.
 enum PartBody {
     File(StagingReader, Range<u64>),
-    Memory(Bytes),
+    /// Collected as the file was written, with their CRC32C.
+    Memory(Bytes, Crc32c),
 }
 
-/// Send part `number` of an upload, again after a failure that may pass.
+/// The upload a part goes into.
+#[derive(Clone, Copy)]
+struct Into<'a> {
+    key: &'a str,
+    upload_id: &'a str,
+    /// Created with checksums: the part carries its CRC32C.
+    crc32c: bool,
+}
+
+/// Send part `number` of an upload, again after a failure that may pass unless
+/// the store has retried it already.
 async fn send_part(
     store: Arc<dyn ObjectStore>,
-    key: &str,
-    upload_id: &str,
+    into: Into<'_>,
     number: i32,
     body: PartBody,
-) -> Result<String, WriteError> {
-    let body = match body {
-        PartBody::Memory(bytes) => bytes,
+) -> Result<PartTag, WriteError> {
+    let Into {
+        key,
+        upload_id,
+        crc32c,
+    } = into;
+    let (body, collected) = match body {
+        PartBody::Memory(bytes, crc) => (bytes, Some(crc)),
         PartBody::File(reader, range) => {
-            reader
+            let bytes = reader
                 .read_at(range.start, (range.end - range.start) as usize)
-                .await?
+                .await?;
+            (bytes, None)
         }
+    };
+    // A part read back from the file is checksummed only for an upload that wants it.
+    let crc32c = crc32c.then(|| collected.unwrap_or_else(|| Crc32c::of(&body)));
+    let attempts = if store.retries_itself() {
+        1
+    } else {
+        PART_ATTEMPTS
     };
     let mut attempt = 1;
     loop {
         match store
-            .upload_part(key, upload_id, number, body.clone())
+            .upload_part(key, upload_id, number, body.clone(), crc32c)
             .await
         {
-            Ok(etag) => return Ok(etag),
-            Err(e) if e.is_transient() && attempt < PART_ATTEMPTS => {
+            Ok(etag) => return Ok(PartTag { etag, crc32c }),
+            Err(e) if e.is_transient() && attempt < attempts => {
                 tracing::warn!("part {number} of {key} failed ({e}); sending it again");
                 attempt += 1;
             }
@@ -248,10 +274,11 @@ impl Uploader {
         let mut stream = match stream {
             Some(s) => s,
             None => match self.store.create_multipart(job.key, job.options).await {
-                Ok(id) => {
+                Ok(upload) => {
                     let mut s = Stream::new(
                         job.key.to_string(),
-                        id,
+                        upload.id,
+                        upload.crc32c,
                         job.options.clone(),
                         std::time::SystemTime::now(),
                     );
@@ -302,10 +329,10 @@ impl Uploader {
         let done: Option<Vec<CompletedPart>> = ranges
             .iter()
             .map(|(n, _)| {
-                let (_, _, etag) = stream.sent.get(n)?;
+                let (_, _, tag) = stream.sent.get(n)?;
                 Some(CompletedPart {
                     number: *n,
-                    etag: etag.clone(),
+                    tag: tag.clone(),
                 })
             })
             .collect();
@@ -356,6 +383,7 @@ impl Uploader {
         staged: &Staged,
     ) -> Result<(), WriteError> {
         let upload_id = stream.upload_id.clone();
+        let crc32c = stream.crc32c;
         let key = job.key;
         let sending = futures::stream::iter(parts)
             .filter_map(|(number, part)| async move {
@@ -372,14 +400,18 @@ impl Uploader {
                 }
             })
             .map(|(number, range, from, gaps, filled)| {
-                let upload_id = upload_id.as_str();
+                let into = Into {
+                    key,
+                    upload_id: upload_id.as_str(),
+                    crc32c,
+                };
                 async move {
-                    let etag = match from {
+                    let tag = match from {
                         Some(from) => {
                             self.store
                                 .upload_part_copy(
                                     key,
-                                    upload_id,
+                                    into.upload_id,
                                     number,
                                     &from.key,
                                     range.clone(),
@@ -389,7 +421,7 @@ impl Uploader {
                         }
                         None => {
                             let (body, _slot) = match filled {
-                                Some(f) => (PartBody::Memory(f.bytes), Some(f.slot)),
+                                Some(f) => (PartBody::Memory(f.bytes, f.crc32c), Some(f.slot)),
                                 None => {
                                     let slot = self.part_slots.clone().acquire_owned().await.ok();
                                     staged.fetch(&self.cache, &gaps).await?;
@@ -397,18 +429,18 @@ impl Uploader {
                                     (PartBody::File(reader, range.clone()), slot)
                                 }
                             };
-                            send_part(self.store.clone(), key, upload_id, number, body).await?
+                            send_part(self.store.clone(), into, number, body).await?
                         }
                     };
-                    Ok::<_, WriteError>((number, range, etag))
+                    Ok::<_, WriteError>((number, range, tag))
                 }
             })
             .buffer_unordered(self.parallel_parts);
         let mut sending = std::pin::pin!(sending);
         while let Some(sent) = sending.next().await {
-            let (number, range, etag) = sent?;
+            let (number, range, tag) = sent?;
             let generation = stream.generation_of(number);
-            stream.sent.insert(number, (range, generation, etag));
+            stream.sent.insert(number, (range, generation, tag));
             (job.on_part)(stream);
         }
         Ok(())
@@ -425,9 +457,16 @@ impl Uploader {
             Err(StoreError::NotFound) => return Ok(false),
             Err(e) => return Err(e),
         };
-        stream.sent.retain(|number, (range, _, etag)| {
+        // A part is taken as S3 has it by its ETag, and by its checksum where
+        // both sides have one.
+        stream.sent.retain(|number, (range, _, tag)| {
             listed.iter().any(|p| {
-                p.number == *number && p.etag == *etag && p.size == range.end - range.start
+                p.number == *number
+                    && p.tag.etag == tag.etag
+                    && (p.tag.crc32c.is_none()
+                        || tag.crc32c.is_none()
+                        || p.tag.crc32c == tag.crc32c)
+                    && p.size == range.end - range.start
             })
         });
         stream.unverified = false;
@@ -437,8 +476,14 @@ impl Uploader {
     /// Start sending the parts of a new file while it is written.
     pub async fn start_stream(&self, key: &str, options: PutOptions) -> Result<Stream, WriteError> {
         let created = std::time::SystemTime::now();
-        let upload_id = self.store.create_multipart(key, &options).await?;
-        Ok(Stream::new(key.to_string(), upload_id, options, created))
+        let upload = self.store.create_multipart(key, &options).await?;
+        Ok(Stream::new(
+            key.to_string(),
+            upload.id,
+            upload.crc32c,
+            options,
+            created,
+        ))
     }
 
     /// The file of `stream` is now `size` bytes, with bytes `written` changed (to
@@ -464,7 +509,7 @@ impl Uploader {
                 break;
             }
             let (body, slot) = match stream.filled.remove(&number) {
-                Some(f) => (PartBody::Memory(f.bytes), f.slot),
+                Some(f) => (PartBody::Memory(f.bytes, f.crc32c), f.slot),
                 None => match self.part_slots.clone().try_acquire_owned() {
                     Ok(slot) => (PartBody::File(reader.clone(), range.clone()), slot),
                     Err(_) => break,
@@ -476,11 +521,17 @@ impl Uploader {
                 store: self.store.clone(),
                 key: stream.key.clone(),
                 upload_id: stream.upload_id.clone(),
+                crc32c: stream.crc32c,
                 body,
                 slot,
             };
             stream.running.spawn(async move {
-                let result = send_part(job.store, &job.key, &job.upload_id, number, job.body).await;
+                let into = Into {
+                    key: &job.key,
+                    upload_id: &job.upload_id,
+                    crc32c: job.crc32c,
+                };
+                let result = send_part(job.store, into, number, job.body).await;
                 drop(job.slot);
                 (number, range, generation, result)
             });
@@ -528,13 +579,13 @@ impl Uploader {
             .map(|i| (i as i32 + 1, i * part..((i + 1) * part).min(size)))
             .collect();
         let put = options.replace.clone().unwrap_or_default();
-        let upload_id = self.store.create_multipart(to, &put).await?;
+        let upload_id = self.store.create_multipart(to, &put).await?.id;
         let result = async {
             let mut done: Vec<CompletedPart> = futures::stream::iter(ranges)
                 .map(|(number, range)| {
                     let (base, upload_id) = (&base, upload_id.as_str());
                     async move {
-                        let etag = self
+                        let tag = self
                             .store
                             .upload_part_copy(
                                 to,
@@ -545,7 +596,7 @@ impl Uploader {
                                 base.etag.as_deref(),
                             )
                             .await?;
-                        Ok::<_, StoreError>(CompletedPart { number, etag })
+                        Ok::<_, StoreError>(CompletedPart { number, tag })
                     }
                 })
                 .buffer_unordered(self.parallel_parts)
@@ -569,6 +620,7 @@ struct PartJob {
     store: Arc<dyn ObjectStore>,
     key: String,
     upload_id: String,
+    crc32c: bool,
     body: PartBody,
     /// Its share of the memory bound, held until the part is sent.
     slot: OwnedSemaphorePermit,
@@ -580,7 +632,9 @@ mod tests {
     use crate::cache::CacheConfig;
     use crate::store::StoreError;
     use crate::store::memory::{MemoryStore, Op};
+    use crate::store::retry::{RetrySettings, RetryingStore};
     use crate::write::staging::StagingDir;
+    use std::time::Duration;
 
     fn job(key: &str) -> UploadJob<'_> {
         static OPTIONS: std::sync::LazyLock<PutOptions> =
@@ -595,6 +649,10 @@ mod tests {
     }
 
     fn uploader(store: &Arc<MemoryStore>) -> Uploader {
+        uploader_over(store.clone())
+    }
+
+    fn uploader_over(store: Arc<dyn ObjectStore>) -> Uploader {
         let config = CacheConfig {
             block_size: MIB,
             memory_bytes: 64 * MIB,
@@ -602,7 +660,7 @@ mod tests {
             disk: None,
         };
         let cache = Arc::new(BlockCache::new(store.clone(), config).unwrap());
-        Uploader::new(store.clone(), cache, 4, 8)
+        Uploader::new(store, cache, 4, 8)
     }
 
     #[test]
@@ -641,6 +699,32 @@ mod tests {
             .unwrap();
         assert_eq!(store.object("big").unwrap().body, data);
         assert_eq!(store.calls(Op::UploadPart), 4, "three parts, one twice");
+    }
+
+    /// Over the retrying store, a part that keeps failing fails its upload once
+    /// `--retry-for` has passed, not after sending it again for as long twice.
+    #[tokio::test(start_paused = true)]
+    async fn over_a_retrying_store_a_failing_part_ends_the_upload_after_the_retry_time() {
+        let data = data(20 * MIB);
+        let (_dir, mut file) = staged(&data, None).await;
+        let memory = MemoryStore::new();
+        for _ in 0..10_000 {
+            memory.fail_next(Op::UploadPart, StoreError::Unreachable("down".into()));
+        }
+        let retry_for = Duration::from_secs(10);
+        let settings = RetrySettings {
+            retry_for,
+            ..RetrySettings::default()
+        };
+        let uploader = uploader_over(Arc::new(RetryingStore::new(memory, settings)));
+        let started = tokio::time::Instant::now();
+        let failed = uploader.upload(job("big"), &mut file, None).await.err();
+        let spent = started.elapsed();
+        assert_eq!(failed.map(|f| f.error.errno()), Some(libc::EIO));
+        assert!(
+            spent >= retry_for && spent < 2 * retry_for,
+            "the upload failed after {spent:?}, with --retry-for {retry_for:?}"
+        );
     }
 
     #[test]
@@ -722,33 +806,14 @@ mod tests {
         let data = data(20 * MIB);
         let (_dir, mut file) = staged(&data, None).await;
         let store = Arc::new(MemoryStore::new());
-        // One part at a time: once two parts reached S3, the third fails every
-        // attempt.
-        let cache = uploader(&store).cache.clone();
-        let uploader = Uploader::new(store.clone(), cache, 1, 8);
-        let fail_third = |s: &Stream| {
-            if s.sent_parts().count() == 2 {
-                for _ in 0..PART_ATTEMPTS {
-                    store.fail_next(Op::UploadPart, StoreError::Unreachable("down".into()));
-                }
-            }
-        };
-        let job_failing = UploadJob {
-            on_part: &fail_third,
-            ..job("big")
-        };
-        let failed = uploader
-            .upload(job_failing, &mut file, None)
-            .await
-            .err()
-            .unwrap();
+        let failed = two_parts_sent(&store, &mut file).await;
         assert_eq!(failed.error.errno(), libc::EIO);
         assert!(store.object("big").is_none());
         let stream = failed.stream.expect("the upload is kept");
         assert_eq!(store.open_uploads(), 1);
         assert_eq!(stream.sent_parts().count(), 2);
         let sends = store.calls(Op::UploadPart);
-        let etag = uploader
+        let etag = uploader(&store)
             .upload(job("big"), &mut file, Some(stream))
             .await
             .map_err(|f| f.error)
@@ -761,6 +826,93 @@ mod tests {
             "only the part S3 lacked is sent again"
         );
         assert_eq!(store.open_uploads(), 0);
+    }
+
+    /// A failed upload of `file` as "big" that S3 has the first two parts of:
+    /// one part at a time, the third fails every attempt.
+    async fn two_parts_sent(store: &Arc<MemoryStore>, file: &mut Staged) -> Failed {
+        let cache = uploader(store).cache.clone();
+        let uploader = Uploader::new(store.clone(), cache, 1, 8);
+        let fail_third = |s: &Stream| {
+            if s.sent_parts().count() == 2 {
+                for _ in 0..PART_ATTEMPTS {
+                    store.fail_next(Op::UploadPart, StoreError::Unreachable("down".into()));
+                }
+            }
+        };
+        let job_failing = UploadJob {
+            on_part: &fail_third,
+            ..job("big")
+        };
+        uploader
+            .upload(job_failing, file, None)
+            .await
+            .err()
+            .unwrap()
+    }
+
+    /// `stream` as the journal gives it back to the next run, its parts' tags
+    /// passed through `tag`.
+    fn as_resumed(stream: &Stream, tag: impl Fn(i32, &PartTag) -> PartTag) -> Stream {
+        let parts: Vec<_> = stream
+            .sent_parts()
+            .map(|(n, range, t)| (n, range, tag(n, t)))
+            .collect();
+        let options = stream.options().clone();
+        let (key, id) = (stream.key().to_string(), stream.upload_id().to_string());
+        Stream::resumed(key, id, stream.crc32c(), options, parts)
+    }
+
+    #[tokio::test]
+    async fn a_resumed_upload_takes_a_part_as_sent_only_if_s3_has_its_checksum() {
+        let data = data(20 * MIB);
+        let (_dir, mut file) = staged(&data, None).await;
+        let store = Arc::new(MemoryStore::new());
+        let stream = two_parts_sent(&store, &mut file).await.stream.unwrap();
+        assert!(stream.crc32c());
+        // The journal says part 2 had other bytes than S3 holds for it.
+        let mut resumed = as_resumed(&stream, |n, t| PartTag {
+            crc32c: if n == 2 {
+                Some(Crc32c::of(b"other"))
+            } else {
+                t.crc32c
+            },
+            ..t.clone()
+        });
+        let uploader = uploader(&store);
+        assert!(uploader.verify(&mut resumed).await.unwrap());
+        let kept: Vec<i32> = resumed.sent_parts().map(|(n, _, _)| n).collect();
+        assert_eq!(kept, vec![1]);
+        let sends = store.calls(Op::UploadPart);
+        uploader
+            .upload(job("big"), &mut file, Some(resumed))
+            .await
+            .map_err(|f| f.error)
+            .unwrap();
+        assert_eq!(store.object("big").unwrap().body, data);
+        assert_eq!(store.calls(Op::UploadPart) - sends, 2, "parts 2 and 3");
+    }
+
+    #[tokio::test]
+    async fn an_upload_begun_without_checksums_is_finished_without() {
+        // As an earlier version of s3mount, or a server without checksums, left
+        // it: the store refuses a part with a checksum in such an upload.
+        let data = data(20 * MIB);
+        let (_dir, mut file) = staged(&data, None).await;
+        let store = Arc::new(MemoryStore::new());
+        store.no_checksums(true);
+        let stream = two_parts_sent(&store, &mut file).await.stream.unwrap();
+        store.no_checksums(false);
+        assert!(!stream.crc32c());
+        let mut resumed = as_resumed(&stream, |_, t| t.clone());
+        let uploader = uploader(&store);
+        assert!(uploader.verify(&mut resumed).await.unwrap());
+        uploader
+            .upload(job("big"), &mut file, Some(resumed))
+            .await
+            .map_err(|f| f.error)
+            .unwrap();
+        assert_eq!(store.object("big").unwrap().body, data);
     }
 
     #[tokio::test]

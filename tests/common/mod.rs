@@ -262,6 +262,11 @@ impl TestBucket {
 
     /// Every key in the bucket, sorted.
     pub fn keys(&self) -> Vec<String> {
+        self.keys_under("")
+    }
+
+    /// Every key that starts with `prefix`, sorted.
+    pub fn keys_under(&self, prefix: &str) -> Vec<String> {
         let mut keys = Vec::new();
         let mut token = None;
         loop {
@@ -271,6 +276,7 @@ impl TestBucket {
                     self.client
                         .list_objects_v2()
                         .bucket(&self.name)
+                        .prefix(prefix)
                         .set_continuation_token(token)
                         .send(),
                 )

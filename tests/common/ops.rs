@@ -186,6 +186,26 @@ pub enum Op {
         len: Len,
         seed: u8,
     },
+    /// Create `n` empty files in the directory beside the file (making it first
+    /// if it is gone).
+    Fill {
+        n: u16,
+    },
+    /// Read that directory; after `first` entries remove `remove` of its files
+    /// (spread from `pick`) and create `create` new ones, then read on to the
+    /// end. Every entry that stayed must come exactly once, and nothing may come
+    /// that was neither there nor created.
+    ReadWhileChanging {
+        first: u16,
+        remove: u16,
+        create: u16,
+        pick: u16,
+    },
+    /// The directory's names, compared.
+    ListDir,
+    /// Remove the directory and everything in it, reading it while unlinking
+    /// as `rm -rf` does.
+    RemoveDir,
 }
 
 impl fmt::Display for Op {
@@ -285,6 +305,9 @@ pub struct Alphabet {
     pub kernel: bool,
     /// Other writers and injected faults of the in-memory store.
     pub store: bool,
+    /// A directory beside the file, large enough for several listing pages and
+    /// several readdir buffers, read while it changes.
+    pub dirs: bool,
 }
 
 fn unit() -> impl Strategy<Value = Unit> {
@@ -413,7 +436,35 @@ pub fn op(alphabet: Alphabet) -> BoxedStrategy<Op> {
             ),
         ]);
     }
+    if alphabet.dirs {
+        ops.extend([
+            (
+                4,
+                prop_oneof![3 => 1u16..=40, 1 => 100u16..=400]
+                    .prop_map(|n| Op::Fill { n })
+                    .boxed(),
+            ),
+            (
+                5,
+                (any::<u16>(), count(), count(), any::<u16>())
+                    .prop_map(|(first, remove, create, pick)| Op::ReadWhileChanging {
+                        first,
+                        remove,
+                        create,
+                        pick,
+                    })
+                    .boxed(),
+            ),
+            (2, Just(Op::ListDir).boxed()),
+            (1, Just(Op::RemoveDir).boxed()),
+        ]);
+    }
     proptest::strategy::Union::new_weighted(ops).boxed()
+}
+
+/// How many entries a change of the directory removes or creates.
+fn count() -> impl Strategy<Value = u16> {
+    prop_oneof![1 => Just(0u16), 3 => 1u16..=20, 1 => 100u16..=400]
 }
 
 /// Operations between an open and a close, at most: an editor's session.
@@ -444,18 +495,26 @@ fn session(alphabet: Alphabet) -> impl Strategy<Value = Vec<Op>> {
 }
 
 /// Cases of size class `class` with about `max_ops` operations at most, in
-/// sessions.
+/// sessions. With directories, a case starts by filling its directory past one
+/// listing page (1,000 keys).
 pub fn case(class: SizeClass, alphabet: Alphabet, max_ops: usize) -> impl Strategy<Value = Case> {
     let sessions = (max_ops / (SESSION_OPS / 2 + 3)).max(1);
     (
         any::<u16>(),
         any::<u8>(),
         prop::collection::vec(session(alphabet), 1..=sessions),
+        1001u16..=1200,
     )
-        .prop_map(move |(size_pick, seed, sessions)| Case {
-            class,
-            size_pick,
-            seed,
-            ops: sessions.into_iter().flatten().collect(),
+        .prop_map(move |(size_pick, seed, sessions, fill)| {
+            let first = alphabet.dirs.then_some(Op::Fill { n: fill });
+            Case {
+                class,
+                size_pick,
+                seed,
+                ops: first
+                    .into_iter()
+                    .chain(sessions.into_iter().flatten())
+                    .collect(),
+            }
         })
 }

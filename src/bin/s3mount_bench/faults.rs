@@ -19,7 +19,9 @@
 //! answer of the first CompleteMultipartUpload lost, say.
 //!
 //! Every fault is one line on stderr (`fault=KIND method=M path=P`), so that a
-//! run can count them by kind. The draw order follows the order requests
+//! run can count them by kind. [`Wire`] adds a line per request with the headers
+//! that say how its body is guarded, and can refuse checksums as a server
+//! without them does. The draw order follows the order requests
 //! arrive, so a seed gives the same rates, not the same requests, run to run.
 
 use std::convert::Infallible;
@@ -83,6 +85,33 @@ impl Target {
     }
 }
 
+/// What the proxy does besides faults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wire {
+    /// One line per request on stderr: `request method=M path=P query=Q`,
+    /// then its `x-amz-content-sha256`, checksum and copy-source headers.
+    pub log_requests: bool,
+    /// Answer 400 InvalidArgument, without forwarding, to a request that
+    /// carries a checksum header.
+    pub refuse_checksums: bool,
+}
+
+/// The headers that say how a request's body is guarded, and whether it has
+/// one (a copy has none).
+const LOGGED_HEADERS: [&str; 5] = [
+    "x-amz-content-sha256",
+    "x-amz-checksum-crc32c",
+    "x-amz-checksum-algorithm",
+    "x-amz-sdk-checksum-algorithm",
+    "x-amz-copy-source",
+];
+
+fn has_checksum<B>(request: &Request<B>) -> bool {
+    request.headers().keys().any(|name| {
+        name.as_str().starts_with("x-amz-checksum-") || name == "x-amz-sdk-checksum-algorithm"
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
     Slowdown,
@@ -110,6 +139,7 @@ struct Proxy {
     rates: Rates,
     target: Target,
     stall_for: Duration,
+    wire: Wire,
     draws: Mutex<Draws>,
 }
 
@@ -156,6 +186,24 @@ impl Proxy {
         mut request: Request<Incoming>,
         idle_close: Arc<Notify>,
     ) -> Result<Response<Body>, Error> {
+        if self.wire.log_requests {
+            let mut line = format!(
+                "request method={} path={} query={}",
+                request.method(),
+                request.uri().path(),
+                request.uri().query().unwrap_or("")
+            );
+            for name in LOGGED_HEADERS {
+                if let Some(value) = request.headers().get(name) {
+                    let value = value.to_str().unwrap_or("?");
+                    line.push_str(&format!(" {name}={value}"));
+                }
+            }
+            eprintln!("{line}");
+        }
+        if self.wire.refuse_checksums && has_checksum(&request) {
+            return Ok(s3_error(StatusCode::BAD_REQUEST, "InvalidArgument"));
+        }
         let fault = self.draw(&request);
         if let Some(fault) = fault {
             eprintln!(
@@ -256,6 +304,7 @@ pub async fn run(
     rates: Rates,
     target: Target,
     stall_for: Duration,
+    wire: Wire,
 ) -> Result<(), String> {
     let listener = TcpListener::bind(listen)
         .await
@@ -268,6 +317,7 @@ pub async fn run(
         rates,
         target,
         stall_for,
+        wire,
         draws: Mutex::new(Draws {
             rng: fastrand::Rng::with_seed(seed),
             injected: 0,

@@ -29,12 +29,18 @@ async fn parts_sent(
     let id = store
         .create_multipart(key, &PutOptions::default())
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     let mut parts = Vec::new();
     for (number, body) in (1..).zip(bodies) {
         let body = Bytes::copy_from_slice(body);
-        let etag = store.upload_part(key, &id, number, body).await.unwrap();
-        parts.push(CompletedPart { number, etag });
+        let crc32c = Some(Crc32c::of(&body));
+        let etag = store
+            .upload_part(key, &id, number, body, crc32c)
+            .await
+            .unwrap();
+        let tag = PartTag { etag, crc32c };
+        parts.push(CompletedPart { number, tag });
     }
     (id, parts)
 }
@@ -97,23 +103,38 @@ async fn an_error_that_will_not_pass_is_returned_at_once() {
     assert_eq!(memory.calls(Op::Head), 2);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_stalled_attempt_is_abandoned_and_made_again() {
-    let store = store();
-    let memory = store.inner();
-    memory.insert("a", "x");
-    // The first attempt meets a server that answers after 10 minutes; by the
-    // time it is abandoned, the server answers at once again.
-    memory.set_latency(Duration::from_secs(600));
+/// A store holding "a", over a server that holds its answers for 10 minutes
+/// until just before a first attempt is abandoned, then answers at once again.
+fn store_stalling_once(settings: RetrySettings) -> Arc<RetryingStore<MemoryStore>> {
+    let store = Arc::new(RetryingStore::new(MemoryStore::new(), settings));
+    store.inner().insert("a", "x");
+    store.inner().set_latency(Duration::from_secs(600));
     let same = store.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(SETTINGS.request_timeout - Duration::from_secs(1)).await;
+        tokio::time::sleep(settings.request_timeout - Duration::from_secs(1)).await;
         same.inner().set_latency(Duration::ZERO);
     });
+    store
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_attempt_is_abandoned_and_made_again() {
+    let store = store_stalling_once(SETTINGS);
     let started = Instant::now();
     assert_eq!(store.head("a").await.unwrap().size, 1);
-    assert_eq!(memory.calls(Op::Head), 2);
+    assert_eq!(store.inner().calls(Op::Head), 2);
     assert!(started.elapsed() < SETTINGS.request_timeout + Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_that_outlasts_the_retry_time_is_made_once_more() {
+    // The first attempt is abandoned long after the retry time.
+    let store = store_stalling_once(RetrySettings {
+        retry_for: Duration::from_secs(10),
+        ..SETTINGS
+    });
+    assert_eq!(store.head("a").await.unwrap().size, 1);
+    assert_eq!(store.inner().calls(Op::Head), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -199,7 +220,8 @@ async fn a_delete_or_an_abort_whose_answer_was_lost_is_done() {
     let id = store
         .create_multipart("b", &PutOptions::default())
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     memory.lose_next_answer(Op::AbortMultipart);
     store.abort_multipart("b", &id).await.unwrap();
     assert_eq!(memory.open_uploads(), 0);
@@ -240,5 +262,35 @@ async fn a_metadata_copy_whose_answer_was_lost_is_ours() {
     assert_eq!(
         store.copy("a", "a", &options).await,
         Err(StoreError::PreconditionFailed)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_never_matches_its_checksum_is_reported_damaged_soon() {
+    let store = store();
+    let memory = store.inner();
+    let id = store
+        .create_multipart("a", &PutOptions::default())
+        .await
+        .unwrap()
+        .id;
+    // Faults of the wire between the answers that find the body damaged: the
+    // error reported is still the body's, after a few attempts, not a minute's.
+    for _ in 0..4 {
+        memory.fail_next(Op::UploadPart, down());
+    }
+    let sent = store
+        .upload_part(
+            "a",
+            &id,
+            1,
+            Bytes::from_static(b"body"),
+            Some(Crc32c::of(b"other")),
+        )
+        .await;
+    assert!(matches!(sent, Err(StoreError::Damaged(_))), "{sent:?}");
+    assert_eq!(
+        memory.calls(Op::UploadPart),
+        4 + u64::from(DAMAGED_ATTEMPTS)
     );
 }
