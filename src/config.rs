@@ -65,9 +65,15 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", default_value = "5GiB", value_parser = parse_size)]
     pub cache_size: u64,
 
-    /// Free space the block cache leaves on its filesystem
+    /// Free space the block cache leaves on its filesystem; a file being written
+    /// drops the parts S3 has from local disk when less is free
     #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
     pub cache_min_free: u64,
+
+    /// A new file written past this size drops the parts S3 has confirmed from
+    /// local disk (they can then not be read back or changed until close)
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
+    pub offload_after: u64,
 
     /// Size of the blocks reads are fetched and cached in
     #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size)]

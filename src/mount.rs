@@ -176,6 +176,7 @@ impl MountConfig {
                 },
                 upload_memory: cli.max_memory / 2,
                 background_uploads: cli.background_uploads,
+                offload_after: cli.offload_after,
             },
             prefix,
             mountpoint,

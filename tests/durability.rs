@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::cdn::Distribution;
 use common::{
-    FAIL_LIMIT, Mount, Noise, PrivateGarage, S3Env, TestBucket, assert_fails_with, close, requests,
-    run_bounded, wait_until,
+    FAIL_LIMIT, Mount, Noise, PrivateGarage, S3Env, TestBucket, assert_fails_with, close,
+    journal_records, requests, run_bounded, wait_until,
 };
 use sha2::{Digest, Sha256};
 
@@ -23,18 +23,6 @@ const APPEAR: Duration = Duration::from_secs(120);
 
 fn arg(path: &Path) -> String {
     path.display().to_string()
-}
-
-/// The journal records of a cache directory, parsed.
-fn records(cache: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_dir(cache.join("journal"))
-        .map(|d| {
-            d.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "json"))
-                .filter_map(|p| serde_json::from_slice(&std::fs::read(p).ok()?).ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {
@@ -96,9 +84,11 @@ fn a_close_killed_while_waiting_for_its_parts_resumes_after_a_remount() {
     garage.pause();
     let closing = std::thread::spawn(move || close(file));
     wait_until(Duration::from_secs(60), "the record says complete", || {
-        records(&cache).iter().any(|r| r["progress"] == "complete")
+        journal_records(&cache)
+            .iter()
+            .any(|r| r["progress"] == "complete")
     });
-    let noted = records(&cache)[0]["upload"]["parts"]
+    let noted = journal_records(&cache)[0]["upload"]["parts"]
         .as_array()
         .map_or(0, Vec::len) as u64;
     mount.kill();
@@ -125,7 +115,7 @@ fn a_close_killed_while_waiting_for_its_parts_resumes_after_a_remount() {
         25 - noted,
         "only the parts S3 lacked were sent (of 25, {noted} noted):\n{log}"
     );
-    assert!(records(&cache).is_empty());
+    assert!(journal_records(&cache).is_empty());
 }
 
 #[test]
@@ -195,7 +185,9 @@ fn a_file_still_being_written_when_s3mount_dies_never_becomes_an_object() {
     let mut file = std::fs::File::create(mount.join("backup.tar")).unwrap();
     file.write_all(&data).unwrap();
     wait_until(Duration::from_secs(30), "the upload noted", || {
-        records(&cache).iter().any(|r| !r["upload"].is_null())
+        journal_records(&cache)
+            .iter()
+            .any(|r| !r["upload"].is_null())
     });
     mount.kill();
     drop(file);
@@ -219,17 +211,8 @@ fn a_file_still_being_written_when_s3mount_dies_never_becomes_an_object() {
         "{log}"
     );
     // The parts it had sent are gone too.
-    let uploads = bucket
-        .rt
-        .block_on(
-            bucket
-                .client
-                .list_multipart_uploads()
-                .bucket(&bucket.name)
-                .send(),
-        )
-        .unwrap();
-    assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
+    let uploads = bucket.open_uploads();
+    assert!(uploads.is_empty(), "{uploads:?}");
     assert!(again.unmount().success());
     assert!(bucket.keys().is_empty());
 }
@@ -491,7 +474,7 @@ fn background_uploads_close_at_once_fsync_reports_a_failure_and_unmount_waits() 
         .write_all(b"closed while the server was down")
         .unwrap();
     close(closed).unwrap();
-    let noted = records(&cache);
+    let noted = journal_records(&cache);
     assert!(
         noted
             .iter()
@@ -522,7 +505,7 @@ fn background_uploads_close_at_once_fsync_reports_a_failure_and_unmount_waits() 
         let key = format!("many/{i}");
         assert_eq!(bucket.get(&key), Some(i.to_string().into_bytes()), "{key}");
     }
-    assert!(records(&cache).is_empty());
+    assert!(journal_records(&cache).is_empty());
 }
 
 #[test]
@@ -549,7 +532,7 @@ fn a_background_upload_cut_by_a_kill_is_made_by_the_next_mount() {
     let got = bucket.get("site.css").unwrap();
     assert_eq!(Sha256::digest(&got).to_vec(), hash, "the object is whole");
     assert!(again.unmount().success());
-    assert!(records(&cache).is_empty());
+    assert!(journal_records(&cache).is_empty());
 }
 
 #[test]
@@ -581,7 +564,10 @@ fn sigterm_stops_within_the_stop_timeout_and_the_next_mount_makes_the_upload() {
         log.contains("uploads not finished 2s after the signal"),
         "{log}"
     );
-    assert!(!records(&cache).is_empty(), "the journal keeps the upload");
+    assert!(
+        !journal_records(&cache).is_empty(),
+        "the journal keeps the upload"
+    );
     garage.unpause();
     let again = Mount::source(&garage.env, "termed", &["--cache-dir", &arg(&cache)]);
     wait_until(APPEAR, "the object after the remount", || {
@@ -590,5 +576,5 @@ fn sigterm_stops_within_the_stop_timeout_and_the_next_mount_makes_the_upload() {
     let got = bucket.get("backup.tar").unwrap();
     assert_eq!(Sha256::digest(&got).to_vec(), hash, "the object is whole");
     assert!(again.unmount().success());
-    assert!(records(&cache).is_empty());
+    assert!(journal_records(&cache).is_empty());
 }

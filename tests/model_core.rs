@@ -248,6 +248,9 @@ impl Core {
             },
             upload_memory: 64 * MIB,
             background_uploads: false,
+            // Offloading refuses reads of what it dropped: the model's files
+            // never reach it (tests/offload.rs writes such files).
+            offload_after: 1 << 30,
         };
         let fs = Fs::new(store.clone(), config.clone(), None).expect("fs");
         Self {

@@ -4,9 +4,8 @@
 mod common;
 
 use std::io::Write;
-use std::process::Command;
 
-use common::{Mount, Noise, PrivateGarage, TestBucket, close, sh};
+use common::{Mount, Noise, PrivateGarage, SmallDisk, TestBucket, close, sh};
 use sha2::{Digest, Sha256};
 
 fn staged_files(cache: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -66,26 +65,6 @@ fn server_stopped_while_writing_fails_close_and_keeps_the_data() {
     assert_eq!(Sha256::digest(&got), hash_of_all);
     mount.unmount();
     assert!(staged_files(&cache).is_empty(), "uploaded: nothing kept");
-}
-
-/// A tmpfs of a few MiB as the cache directory, unmounted on drop.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    fn new(path: std::path::PathBuf, size: &str) -> Self {
-        std::fs::create_dir_all(&path).unwrap();
-        sh(&format!(
-            "mount -t tmpfs -o size={size} tmpfs '{}'",
-            path.display()
-        ));
-        Self(path)
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[test]

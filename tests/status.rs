@@ -10,43 +10,16 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::faults::spawn_proxy;
+use common::faults::DelayProxy;
 use common::{
-    BIN, Mount, PrivateGarage, S3Env, TestBucket, assert_fails_with, close, mount_failing,
-    wait_until,
+    BIN, Mount, PrivateGarage, TestBucket, assert_fails_with, close, mount_failing, wait_until,
 };
 use s3mount::status::Report;
 
 const MIB: u64 = 1 << 20;
-
-/// The delay proxy of the benchmark, in front of `env`'s server, adding
-/// `delay_ms` to every round trip; killed on drop.
-struct DelayProxy {
-    child: Child,
-    env: S3Env,
-}
-
-impl DelayProxy {
-    fn new(env: &S3Env, delay_ms: u64) -> Self {
-        let mut proxy = Command::new(env!("CARGO_BIN_EXE_s3mount-bench"));
-        proxy
-            .args(["proxy", "--delay-ms", &delay_ms.to_string()])
-            // It says so each time the stopped server refuses it.
-            .stderr(Stdio::null());
-        let (child, env) = spawn_proxy(proxy, env);
-        Self { child, env }
-    }
-}
-
-impl Drop for DelayProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn status(args: &[&str]) -> Output {
     Command::new(BIN)

@@ -354,7 +354,7 @@ fn merge(index: &mut Index, found: Vec<(SystemTime, String, u64)>) {
 }
 
 /// Free bytes for unprivileged users on the filesystem of `dir`.
-fn free_space(dir: &Path) -> Option<u64> {
+pub(crate) fn free_space(dir: &Path) -> Option<u64> {
     let st = nix::sys::statvfs::statvfs(dir).ok()?;
     Some(st.blocks_available() as u64 * st.fragment_size() as u64)
 }

@@ -14,6 +14,7 @@ impl Errno {
     pub const ENOENT: Errno = Errno(libc::ENOENT);
     pub const EIO: Errno = Errno(libc::EIO);
     pub const EBADF: Errno = Errno(libc::EBADF);
+    pub const EBUSY: Errno = Errno(libc::EBUSY);
     pub const EEXIST: Errno = Errno(libc::EEXIST);
     pub const EXDEV: Errno = Errno(libc::EXDEV);
     pub const ENOTDIR: Errno = Errno(libc::ENOTDIR);

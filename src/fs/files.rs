@@ -12,10 +12,13 @@ use bytes::Bytes;
 
 use super::inode::{Attr, Kind};
 use super::meta;
-use super::{Caller, Errno, FileHandle, Fs, FsResult, OpenFile, SharedOpenFile};
+use super::{Caller, Errno, FileHandle, Fs, FsResult, OpenFile, PARALLEL_PARTS, SharedOpenFile};
 use crate::cache::ObjectVersion;
 use crate::read::Reader;
+use crate::write::WriteError;
+use crate::write::offload;
 use crate::write::staged::{Base, Staged};
+use crate::write::staging::StagingReader;
 use crate::write::upload::FIRST_PART_SIZE;
 
 /// FALLOC_FL_KEEP_SIZE: reserve without changing the size (nothing to do here).
@@ -245,12 +248,22 @@ impl Fs {
         let data = Bytes::from(data);
         let open = self.open_state(handle.ino).ok_or(Errno::EBADF)?;
         let mut of = open.lock().await;
-        let written = async {
-            let staged = self.begin_change(handle.ino, &mut of).await?;
-            staged.write(offset, data.clone()).await?;
-            Ok(staged.size())
-        }
-        .await;
+        let written = match self.begin_change(handle.ino, &mut of).await {
+            Ok(staged) => match staged.write(offset, data.clone()).await {
+                Ok(()) => Ok(staged.size()),
+                // Refused before anything was written: the file is as it was.
+                Err(e @ WriteError::Offloaded(_)) => {
+                    let key = self.inode(handle.ino).map(|i| self.key(&i.path));
+                    tracing::warn!(
+                        "{}: write refused until the file is closed: {e}",
+                        key.unwrap_or_default()
+                    );
+                    return Err(Errno(e.errno()));
+                }
+                Err(e) => Err(Errno::from(e)),
+            },
+            Err(e) => Err(e),
+        };
         match written {
             Ok(size) => {
                 self.mark_written(handle.ino, size);
@@ -298,6 +311,63 @@ impl Fs {
         if let Some(stream) = &mut of.stream {
             self.uploader
                 .stream_written(stream, &reader, size, changed, data);
+            if self.offload.wanted(size) {
+                self.offload(ino, of, &reader).await;
+            }
+        }
+    }
+
+    /// A streamed file offloads (see [`crate::write::offload`]): the parts S3
+    /// confirmed leave its staging file, and a writer ahead of the network by
+    /// more than the backlog waits for its parts to go.
+    async fn offload(&self, ino: u64, of: &mut OpenFile, reader: &StagingReader) {
+        loop {
+            self.offload_confirmed(ino, of).await;
+            let (Some(staged), Some(stream)) = (&of.staged, &mut of.stream) else {
+                return;
+            };
+            let size = staged.size();
+            let backlog = size.saturating_sub(staged.offloaded_bytes());
+            if backlog <= offload::backlog_limit(stream, PARALLEL_PARTS) || !stream.in_flight() {
+                return;
+            }
+            stream.next_done().await;
+            self.uploader.send_ready(stream, reader, size);
+        }
+    }
+
+    /// Offload the parts S3 confirmed: the journal says so (on disk) before
+    /// their bytes leave the staging file.
+    async fn offload_confirmed(&self, ino: u64, of: &mut OpenFile) {
+        let ranges = match (&of.staged, &of.stream, &of.record) {
+            (Some(staged), Some(stream), Some(_)) => offload::offloadable(staged, stream),
+            _ => return,
+        };
+        let Ok(inode) = self.inode(ino) else { return };
+        if ranges.is_empty() {
+            return;
+        }
+        if let Some(staged) = of.staged.as_mut() {
+            staged.mark_offloaded(&ranges);
+        }
+        if self.save_record(&inode, of, true).await.is_err() {
+            if let Some(staged) = of.staged.as_mut() {
+                staged.unmark_offloaded(&ranges);
+            }
+            return;
+        }
+        let Some(staged) = &of.staged else { return };
+        for range in ranges {
+            // Bytes that stay are only disk not freed: the journal says they
+            // are in S3 either way.
+            if let Err(e) = staged.file().punch_hole(range.clone()).await {
+                tracing::warn!(
+                    "cannot free bytes {}..{} of {}: {e}",
+                    range.start,
+                    range.end,
+                    staged.file().path().display()
+                );
+            }
         }
     }
 

@@ -36,6 +36,7 @@ use crate::cache::{BlockCache, CacheConfig};
 use crate::journal::Journal;
 use crate::read::Reader;
 use crate::store::{ObjectStore, PutOptions};
+use crate::write::offload::OffloadPolicy;
 use crate::write::staged::Staged;
 use crate::write::staging::StagingDir;
 use crate::write::stream::Stream;
@@ -89,6 +90,9 @@ pub struct FsConfig {
     /// close() returns once the file is durable in the journal; the upload
     /// runs in the background.
     pub background_uploads: bool,
+    /// A streamed file this large offloads the parts S3 confirmed (see
+    /// [`crate::write::offload`]).
+    pub offload_after: u64,
 }
 
 /// Who makes a request.
@@ -184,6 +188,8 @@ pub struct Fs {
     config: FsConfig,
     staging: StagingDir,
     uploader: Uploader,
+    /// When the parts S3 confirmed of a file being written leave local disk.
+    offload: OffloadPolicy,
     state: Mutex<State>,
     /// Shared with listings made in the background.
     listings: Arc<Mutex<listing::Listings>>,
@@ -233,6 +239,9 @@ impl Fs {
             parts_in_memory,
         );
         let meta = Arc::new(MetaCache::new(cache.disk()));
+        let min_free = config.cache.disk.as_ref().map_or(0, |(_, l)| l.min_free);
+        let offload =
+            OffloadPolicy::new(staging.path().to_path_buf(), config.offload_after, min_free);
         let mount_time = SystemTime::now();
         let listings = Arc::new(Mutex::new(listing::Listings::new(
             config.metadata_ttl,
@@ -246,6 +255,7 @@ impl Fs {
             config,
             staging,
             uploader,
+            offload,
             state: Mutex::new(State {
                 inodes: InodeTable::new(mount_time),
                 handles: Handles::default(),
@@ -494,6 +504,8 @@ fn synthetic_ino(path: &str) -> u64 {
     h.finish() | (1 << 63)
 }
 
+#[cfg(test)]
+mod offload_tests;
 #[cfg(test)]
 mod stream_tests;
 #[cfg(test)]

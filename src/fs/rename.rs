@@ -13,6 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::inode::Kind;
 use super::{Change, Errno, Fs, FsResult, PARALLEL_COPIES, SharedOpenFile};
 use crate::store::{CopyOptions, ListRequest, PutOptions};
+use crate::write::staged::Staged;
 use crate::write::upload::MAX_COPY_SIZE;
 
 impl Fs {
@@ -92,6 +93,14 @@ impl Fs {
             Some(of) => Some(of.lock().await),
             None => None,
         };
+        // Bytes offloaded are in the parts of an upload to this key alone.
+        if guard
+            .as_ref()
+            .and_then(|of| of.staged.as_ref())
+            .is_some_and(Staged::has_offloaded)
+        {
+            return Err(Errno::EBUSY);
+        }
         let inode = self.inode(ino)?;
         let now = SystemTime::now();
         let (from_key, to_key) = (self.key(from), self.key(to));

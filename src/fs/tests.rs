@@ -61,6 +61,7 @@ pub(super) fn test_config(dir: &std::path::Path) -> FsConfig {
         cache: test_cache(),
         upload_memory: 128 << 20,
         background_uploads: false,
+        offload_after: 1 << 30,
     }
 }
 

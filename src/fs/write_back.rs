@@ -167,6 +167,7 @@ impl Fs {
             base_len: staged.base_len(),
             local: staged.local_ranges(),
             size: staged.size(),
+            offloaded: staged.offloaded().map(|r| (r.start, r.end)).collect(),
             content_type: options.content_type,
             metadata: options.metadata,
             upload: of.stream.as_ref().map(upload_record),
@@ -384,6 +385,22 @@ impl Fs {
                     Err(StoreError::NotFound) => self.not_the_base(ino, of, inode, key, None).await,
                     Err(e) => self.failed_attempt(inode, of, &e.into()).await,
                 }
+            }
+            Err(Failed {
+                error: WriteError::Store(StoreError::Conflict),
+                stream: Some(stream),
+            }) if of.staged.as_ref().is_some_and(Staged::has_offloaded) => {
+                // The upload that holds the offloaded bytes can never complete.
+                of.stream = Some(stream);
+                self.keep_both(ino, of, inode, key).await
+            }
+            Err(Failed {
+                error: error @ WriteError::Offloaded(_),
+                stream,
+            }) => {
+                of.stream = stream;
+                self.lost_offloaded(ino, of, key, &error);
+                Outcome::Failed(Errno(error.errno()))
             }
             Err(Failed {
                 error: WriteError::Store(StoreError::Conflict),
@@ -606,6 +623,13 @@ impl Fs {
     /// without being read whole), the bytes written here are put aside in
     /// `recovered/` instead.
     async fn keep_both(&self, ino: u64, of: &mut OpenFile, inode: &Inode, key: &str) -> Outcome {
+        if of.staged.as_ref().is_some_and(Staged::has_offloaded) {
+            // Offloaded bytes are only in the upload's parts, which can go
+            // nowhere but this key: the upload is kept, not aborted.
+            let why = "and part of this mount's version is only in the parts of its multipart upload, kept";
+            self.put_ours_aside(ino, of, key, why);
+            return Outcome::Conflict;
+        }
         if let Some(stream) = of.stream.take() {
             self.uploader.abort_stream(stream).await;
         }
@@ -618,24 +642,8 @@ impl Fs {
         match staged.fill(&self.cache, 0..size).await {
             Ok(()) => {}
             Err(WriteError::Store(StoreError::PreconditionFailed | StoreError::NotFound)) => {
-                let name = staged.file().name();
-                self.board.settled(&name);
-                match self.journal.put_aside(key, &name) {
-                    Ok(path) => {
-                        tracing::error!(
-                            "{key} was changed by another writer after this mount began changing it, and the unchanged bytes of this mount's version went with the old one: the bytes written here are in {} (a sparse file; the record beside it lists their ranges)",
-                            path.display()
-                        );
-                        self.board.conflict(key, path.display().to_string());
-                    }
-                    Err(e) => tracing::error!(
-                        "{key} was changed by another writer; this mount's changes stay in {} ({e})",
-                        staged.file().path().display()
-                    ),
-                }
-                of.staged = None;
-                of.record = None;
-                self.replaced_by_theirs(ino);
+                let why = "and the unchanged bytes of this mount's version went with the old one";
+                self.put_ours_aside(ino, of, key, why);
                 return Outcome::Conflict;
             }
             Err(e) => return self.failed_attempt(inode, of, &e).await,
@@ -697,6 +705,61 @@ impl Fs {
             "{CONFLICT_NAMES} conflict copies of {key} this second"
         ));
         self.failed_attempt(inode, of, &taken.into()).await
+    }
+
+    /// Another writer changed `key` and this mount's version cannot be stored
+    /// beside it (`why`): the bytes written here (a sparse file) and their
+    /// record go to `recovered/`, and the name is theirs.
+    fn put_ours_aside(&self, ino: u64, of: &mut OpenFile, key: &str, why: &str) {
+        let what = format!(
+            "{key} was changed by another writer after this mount began changing it, {why}"
+        );
+        if let Some(path) = self.put_aside_locked(of, key, &what) {
+            self.board.conflict(key, path);
+        }
+        self.replaced_by_theirs(ino);
+    }
+
+    /// The multipart upload that held the offloaded bytes of `of` is gone, or
+    /// is not this file's any more (`error`): the file cannot be stored. What
+    /// the staging file holds goes to `recovered/`, and the name shows what S3
+    /// has.
+    fn lost_offloaded(&self, ino: u64, of: &mut OpenFile, key: &str, error: &WriteError) {
+        let what = format!(
+            "{key} cannot be stored ({error}), and the multipart upload that held those bytes is gone"
+        );
+        let id = of.staged.as_ref().map(|s| s.file().name());
+        if let (Some(path), Some(id)) = (self.put_aside_locked(of, key, &what), id) {
+            let kept = std::path::PathBuf::from(path);
+            self.board.failed(&id, key, &error.to_string(), Some(&kept));
+        }
+        self.replaced_by_theirs(ino);
+    }
+
+    /// Move the staging file of `of` and its record to `recovered/`, saying
+    /// `what` happened; returns where they went.
+    fn put_aside_locked(&self, of: &mut OpenFile, key: &str, what: &str) -> Option<String> {
+        let staged = of.staged.take()?;
+        of.record = None;
+        of.stream = None;
+        let name = staged.file().name();
+        self.board.settled(&name);
+        match self.journal.put_aside(key, &name) {
+            Ok(path) => {
+                tracing::error!(
+                    "{what}: the bytes written here are in {} (a sparse file; the record beside it lists their ranges)",
+                    path.display()
+                );
+                Some(path.display().to_string())
+            }
+            Err(e) => {
+                tracing::error!(
+                    "{what}: the changes stay in {} ({e})",
+                    staged.file().path().display()
+                );
+                None
+            }
+        }
     }
 
     /// S3 has what the file holds (at its key or as a conflict copy): its
@@ -956,7 +1019,8 @@ impl Fs {
             etag: record.based_on.clone(),
             len: record.base_len,
         });
-        let staged = Staged::restore(file, base, record.size, record.local_ranges());
+        let mut staged = Staged::restore(file, base, record.size, record.local_ranges());
+        staged.mark_offloaded(&record.offloaded_ranges());
         let stream = record.upload.as_ref().map(|u| {
             let options = PutOptions {
                 content_type: u.content_type.clone(),

@@ -80,6 +80,10 @@ pub struct Record {
     /// Ranges the staging file holds.
     pub local: Vec<(u64, u64)>,
     pub size: u64,
+    /// Ranges gone from the staging file: S3 holds them as parts of `upload`
+    /// alone (records written before offloading have none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offloaded: Vec<(u64, u64)>,
     pub content_type: Option<String>,
     /// The object's user metadata (mode, owner, times) as it is to be uploaded.
     pub metadata: BTreeMap<String, String>,
@@ -89,5 +93,9 @@ pub struct Record {
 impl Record {
     pub fn local_ranges(&self) -> impl Iterator<Item = Range<u64>> + '_ {
         self.local.iter().map(|(a, b)| *a..*b)
+    }
+
+    pub fn offloaded_ranges(&self) -> Vec<Range<u64>> {
+        self.offloaded.iter().map(|(a, b)| *a..*b).collect()
     }
 }

@@ -75,17 +75,34 @@ pub fn recover(journal: &Journal, bucket: &str, prefix: &str) -> io::Result<Reco
         match record.progress {
             Progress::Complete => recovery.complete.push(record),
             Progress::Writing => {
-                if let Some(upload) = &record.upload {
+                // Bytes that left the staging file are only in the upload's
+                // parts: it stays, named by the record put aside with the data.
+                let kept_upload = record
+                    .upload
+                    .as_ref()
+                    .filter(|_| !record.offloaded.is_empty());
+                if let Some(upload) = &record.upload
+                    && kept_upload.is_none()
+                {
                     recovery
                         .abandoned_uploads
                         .push((upload.key.clone(), upload.id.clone()));
                 }
                 match journal.put_aside(&record.key, staging) {
-                    Ok(path) => tracing::warn!(
-                        "{}: the program writing it had not finished when s3mount stopped; not uploaded, its data is in {}",
-                        record.key,
-                        path.display()
-                    ),
+                    Ok(path) => match kept_upload {
+                        Some(upload) => tracing::warn!(
+                            "{}: the program writing it had not finished when s3mount stopped; not uploaded: the bytes it wrote are in {} (a sparse file) and, for the ranges the record beside it lists as offloaded, in the parts of multipart upload {} of {}, kept",
+                            record.key,
+                            path.display(),
+                            upload.id,
+                            upload.key
+                        ),
+                        None => tracing::warn!(
+                            "{}: the program writing it had not finished when s3mount stopped; not uploaded, its data is in {}",
+                            record.key,
+                            path.display()
+                        ),
+                    },
                     Err(e) => tracing::error!(
                         "{}: the program writing it had not finished when s3mount stopped; its data stays in {} ({e})",
                         record.key,

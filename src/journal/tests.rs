@@ -15,6 +15,7 @@ fn record(staging: &str, key: &str, progress: Progress) -> Record {
         base_len: 0,
         local: vec![(0, 5)],
         size: 5,
+        offloaded: Vec::new(),
         content_type: Some("text/plain".into()),
         metadata: BTreeMap::from([("mode".to_string(), "33188".to_string())]),
         upload: None,
@@ -103,6 +104,35 @@ fn recovery_resumes_complete_files_and_puts_unfinished_ones_aside() {
     );
     assert_eq!(names(journal.dir()), ["1-done.json"]);
     assert_eq!(names(journal.staging_dir()), ["1-done"]);
+}
+
+#[test]
+fn an_unfinished_file_with_offloaded_bytes_keeps_the_upload_that_holds_them() {
+    let (dir, journal) = setup();
+    stage(&journal, "4-big", b"head");
+    let mut big = record("4-big", "backup/big.bin", Progress::Writing);
+    big.size = 24 << 20;
+    big.offloaded = vec![(8 << 20, 16 << 20)];
+    big.upload = Some(UploadRecord {
+        key: "backup/big.bin".into(),
+        id: "up-2".into(),
+        crc32c: true,
+        content_type: None,
+        metadata: BTreeMap::new(),
+        parts: vec![],
+    });
+    journal.write(&big, false).unwrap();
+    let recovery = recover(&journal, "b", "").unwrap();
+    assert!(recovery.abandoned_uploads.is_empty());
+    // The data and the record that names the upload are put aside together.
+    let recovered = names(&dir.path().join("recovered"));
+    assert_eq!(recovered.len(), 2, "{recovered:?}");
+    let record = recovered.iter().find(|n| n.ends_with(".json")).unwrap();
+    let text = fs::read_to_string(dir.path().join("recovered").join(record)).unwrap();
+    assert!(
+        text.contains("up-2") && text.contains("offloaded"),
+        "{text}"
+    );
 }
 
 #[test]

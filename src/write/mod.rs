@@ -1,6 +1,7 @@
 //! Writes: staging files on local disk, the staged view of a file being changed,
 //! and uploads to S3.
 
+pub mod offload;
 pub mod staged;
 pub mod staging;
 pub mod stream;
@@ -21,6 +22,10 @@ pub enum WriteError {
     TooLarge(u64),
     #[error("{0}: the object is shorter than its listed size")]
     ShortRead(String),
+    /// Bytes S3 holds as parts of the file's upload left local disk (see
+    /// [`offload`]): they can be neither read nor changed until the upload ends.
+    #[error("bytes {}..{} were sent to S3 and dropped from local disk", .0.start, .0.end)]
+    Offloaded(std::ops::Range<u64>),
 }
 
 impl WriteError {
@@ -30,7 +35,7 @@ impl WriteError {
             WriteError::Store(e) => e.errno(),
             WriteError::Local(e) => e.raw_os_error().unwrap_or(libc::EIO),
             WriteError::TooLarge(_) => libc::EFBIG,
-            WriteError::ShortRead(_) => libc::EIO,
+            WriteError::ShortRead(_) | WriteError::Offloaded(_) => libc::EIO,
         }
     }
 }

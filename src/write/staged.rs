@@ -39,6 +39,9 @@ pub struct Staged {
     present: RangeSet<u64>,
     /// Ranges written since the last upload.
     dirty: RangeSet<u64>,
+    /// Ranges S3 holds as confirmed parts of the upload under way, gone from the
+    /// staging file (see [`super::offload`]).
+    offloaded: RangeSet<u64>,
     size: u64,
 }
 
@@ -72,6 +75,7 @@ impl Staged {
             base,
             present: RangeSet::new(),
             dirty: RangeSet::new(),
+            offloaded: RangeSet::new(),
             size,
         }
     }
@@ -96,6 +100,48 @@ impl Staged {
 
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// The ranges S3 holds as parts of the upload under way and the staging
+    /// file no longer does.
+    pub fn offloaded(&self) -> impl Iterator<Item = Range<u64>> + '_ {
+        self.offloaded.iter().cloned()
+    }
+
+    pub fn has_offloaded(&self) -> bool {
+        !self.offloaded.is_empty()
+    }
+
+    pub fn offloaded_bytes(&self) -> u64 {
+        self.offloaded.iter().map(|r| r.end - r.start).sum()
+    }
+
+    /// Note `ranges` as offloaded, before their bytes leave the staging file (the
+    /// journal must say so first): reads and writes of them fail from now on.
+    pub fn mark_offloaded(&mut self, ranges: &[Range<u64>]) {
+        for r in ranges {
+            insert(&mut self.offloaded, r.clone());
+        }
+    }
+
+    /// Take back a mark whose journal record could not be written.
+    pub fn unmark_offloaded(&mut self, ranges: &[Range<u64>]) {
+        for r in ranges {
+            remove(&mut self.offloaded, r.clone());
+        }
+    }
+
+    /// Is all of `range` offloaded?
+    pub fn is_offloaded(&self, range: &Range<u64>) -> bool {
+        self.offloaded.gaps(range).next().is_none()
+    }
+
+    /// The first offloaded range `range` touches, if any.
+    fn offloaded_in(&self, range: Range<u64>) -> Option<Range<u64>> {
+        if range.start >= range.end {
+            return None;
+        }
+        self.offloaded.overlapping(&range).next().cloned()
     }
 
     /// The ranges below the base's length that the staging file holds (all
@@ -133,13 +179,16 @@ impl Staged {
 
     /// Is every byte of the file on local disk?
     pub fn is_complete(&self) -> bool {
-        self.gaps(0..self.size).is_empty()
+        self.offloaded.is_empty() && self.gaps(0..self.size).is_empty()
     }
 
     pub async fn write(&mut self, offset: u64, data: Bytes) -> Result<(), WriteError> {
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or(WriteError::TooLarge(u64::MAX))?;
+        if let Some(gone) = self.offloaded_in(offset..end) {
+            return Err(WriteError::Offloaded(gone));
+        }
         self.file.write_at(offset, data).await?;
         insert(&mut self.present, offset..end);
         insert(&mut self.dirty, offset..end);
@@ -150,6 +199,9 @@ impl Staged {
     /// Truncate or extend. Bytes past the old end read as zeros; bytes cut off are
     /// gone from the base too.
     pub async fn set_len(&mut self, len: u64) -> Result<(), WriteError> {
+        if let Some(gone) = self.offloaded_in(len..self.size) {
+            return Err(WriteError::Offloaded(gone));
+        }
         self.file.set_len(len).await?;
         if len < self.size {
             if let Some(base) = &mut self.base {
@@ -174,6 +226,9 @@ impl Staged {
         let end = offset.saturating_add(len).min(self.size);
         if offset >= end {
             return Ok(Bytes::new());
+        }
+        if let Some(gone) = self.offloaded_in(offset..end) {
+            return Err(WriteError::Offloaded(gone));
         }
         // Whole blocks around the read, so that the next reads find them.
         let block = cache.block_size();
@@ -260,6 +315,10 @@ impl Staged {
 
     /// The upload finished: the object now is this file, with ETag `etag`.
     pub fn uploaded(&mut self, key: &str, etag: String) {
+        // What was offloaded is read from the object from now on.
+        for r in std::mem::take(&mut self.offloaded).iter() {
+            remove(&mut self.present, r.clone());
+        }
         self.base = Some(Base {
             key: key.to_string(),
             etag: Some(etag),

@@ -184,6 +184,16 @@ impl StagingFile {
         blocking(move || file.set_len(len)).await
     }
 
+    /// Free the disk blocks of `range` (S3 holds its bytes): the file keeps its
+    /// size, and the range reads as zeros.
+    pub async fn punch_hole(&self, range: std::ops::Range<u64>) -> io::Result<()> {
+        use nix::fcntl::{FallocateFlags, fallocate};
+        let file = self.reader.file.clone();
+        let (start, len) = (range.start as i64, (range.end - range.start) as i64);
+        let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        blocking(move || Ok(fallocate(&*file, flags, start, len)?)).await
+    }
+
     /// Flush to disk, so that data kept after a failed upload survives a crash.
     pub async fn sync(&self) -> io::Result<()> {
         let file = self.reader.file.clone();

@@ -159,6 +159,23 @@ impl Stream {
         &self.key
     }
 
+    /// The next part to be sent while the file is written.
+    pub fn next_part(&self) -> i32 {
+        self.next
+    }
+
+    /// Do parts go up in the background now?
+    pub fn in_flight(&self) -> bool {
+        !self.running.is_empty()
+    }
+
+    /// Wait for one part in flight to end, and take its result.
+    pub async fn next_done(&mut self) {
+        if let Some(done) = self.running.join_next().await {
+            self.take(done);
+        }
+    }
+
     /// The metadata the upload was created with.
     pub fn options(&self) -> &PutOptions {
         &self.options
@@ -167,6 +184,16 @@ impl Stream {
     /// A time no later than the object's Last-Modified will be.
     pub fn created(&self) -> SystemTime {
         self.created
+    }
+
+    /// Has S3 confirmed, and is still right, every part over `range`?
+    pub fn holds(&self, range: &Range<u64>) -> bool {
+        range.is_empty()
+            || (part_at(range.start)..=part_at(range.end - 1)).all(|n| {
+                self.sent.get(&n).is_some_and(|(r, generation, _)| {
+                    *r == part_range(n) && *generation == self.generation_of(n)
+                })
+            })
     }
 
     pub(super) fn generation_of(&self, number: i32) -> u64 {

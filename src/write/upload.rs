@@ -248,6 +248,16 @@ impl Uploader {
             }
             return Err(Failed::new(WriteError::TooLarge(size), None));
         };
+        // Offloaded bytes are only in the parts of this file's upload: that upload
+        // is completed, or nothing is (and it is kept).
+        if let Some(gone) = staged.offloaded().next() {
+            let holds = stream
+                .as_ref()
+                .is_some_and(|s| s.key == job.key && staged.offloaded().all(|r| s.holds(&r)));
+            if !holds {
+                return Err(Failed::new(WriteError::Offloaded(gone), stream));
+            }
+        }
         let stream = match stream {
             Some(s) if s.key == job.key && size > FIRST_PART_SIZE => Some(s),
             Some(s) => {
@@ -362,6 +372,9 @@ impl Uploader {
                 staged.mark_present(&filled);
                 staged.uploaded(job.key, etag.clone());
                 Ok(etag)
+            }
+            Err(StoreError::Conflict) if staged.offloaded().next().is_some() => {
+                Err(Failed::new(StoreError::Conflict.into(), Some(stream)))
             }
             Err(StoreError::Conflict) => {
                 // The object changed while the upload ran: this upload can never
@@ -499,6 +512,13 @@ impl Uploader {
     ) {
         stream.touched(written.clone());
         stream.keep(written, data, &self.fill_slots);
+        self.send_ready(stream, reader, size);
+    }
+
+    /// Take the results of `stream`'s parts that ended, and send in the
+    /// background the parts the writer of the file (now `size` bytes) has moved
+    /// past, as far as this file's share and the memory bound allow.
+    pub fn send_ready(&self, stream: &mut Stream, reader: &StagingReader, size: u64) {
         stream.collect();
         while stream.streaming && stream.running.len() < self.parallel_parts {
             let number = stream.next;

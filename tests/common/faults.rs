@@ -1,5 +1,6 @@
-//! The fault proxy of s3mount-bench in front of a test's S3 server: it fails a
-//! share of the requests as a bad network and a busy server do.
+//! The proxies of s3mount-bench in front of a test's S3 server: the fault
+//! proxy fails a share of the requests as a bad network and a busy server do,
+//! the delay proxy makes it as far away as a remote region.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -95,6 +96,32 @@ impl FaultProxy {
             *counts.entry(kind.to_string()).or_default() += 1;
         }
         counts
+    }
+}
+
+/// The delay proxy of the benchmark, in front of `env`'s server, adding
+/// `delay_ms` to every round trip; killed on drop.
+pub struct DelayProxy {
+    child: Child,
+    pub env: S3Env,
+}
+
+impl DelayProxy {
+    pub fn new(env: &S3Env, delay_ms: u64) -> Self {
+        let mut proxy = Command::new(env!("CARGO_BIN_EXE_s3mount-bench"));
+        proxy
+            .args(["proxy", "--delay-ms", &delay_ms.to_string()])
+            // It says so each time the stopped server refuses it.
+            .stderr(Stdio::null());
+        let (child, env) = spawn_proxy(proxy, env);
+        Self { child, env }
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -261,6 +261,24 @@ impl TestBucket {
     }
 
     /// Every key in the bucket, sorted.
+    /// The ids of the multipart uploads under way in the bucket.
+    pub fn open_uploads(&self) -> Vec<String> {
+        let listed = self
+            .rt
+            .block_on(
+                self.client
+                    .list_multipart_uploads()
+                    .bucket(&self.name)
+                    .send(),
+            )
+            .expect("ListMultipartUploads");
+        listed
+            .uploads()
+            .iter()
+            .filter_map(|u| u.upload_id().map(str::to_string))
+            .collect()
+    }
+
     pub fn keys(&self) -> Vec<String> {
         self.keys_under("")
     }
@@ -739,4 +757,36 @@ pub fn close(file: std::fs::File) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// A tmpfs of `size` (`4m`, `64m`) as a cache directory, unmounted on drop.
+pub struct SmallDisk(pub PathBuf);
+
+impl SmallDisk {
+    pub fn new(path: PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&path).unwrap();
+        sh(&format!(
+            "mount -t tmpfs -o size={size} tmpfs '{}'",
+            path.display()
+        ));
+        Self(path)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The journal records of a cache directory, parsed.
+pub fn journal_records(cache: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_dir(cache.join("journal"))
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                .filter_map(|p| serde_json::from_slice(&std::fs::read(p).ok()?).ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }

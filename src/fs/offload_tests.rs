@@ -1,0 +1,236 @@
+//! Unit tests of offloading: the parts S3 confirmed of a large new file leave
+//! its staging file while it is written, and nothing written is ever lost or
+//! replaced by zeros for it, through a crash or a lost upload.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::inode::ROOT_INO;
+use super::tests::{ME, files_in, name, pattern, read_all, test_config, write_in_pieces};
+use super::*;
+use crate::cache::disk::DiskLimits;
+use crate::store::memory::{MemoryStore, Op};
+use crate::store::{ObjectStore, StoreError};
+
+const MIB: usize = 1 << 20;
+const OFFLOAD_AFTER: u64 = 16 << 20;
+/// The most a writer may be ahead of S3: the four parts in flight and two
+/// more, of 8 MiB.
+const BACKLOG: u64 = 48 << 20;
+
+struct Mount {
+    store: Arc<MemoryStore>,
+    fs: Arc<Fs>,
+    dir: tempfile::TempDir,
+}
+
+fn mount_with(change: impl FnOnce(&mut FsConfig, &Path)) -> Mount {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let mut config = test_config(dir.path());
+    change(&mut config, dir.path());
+    let fs = Fs::new(store.clone(), config, None).unwrap();
+    Mount { store, fs, dir }
+}
+
+/// Files past 16 MiB offload.
+fn mount() -> Mount {
+    mount_with(|c, _| c.offload_after = OFFLOAD_AFTER)
+}
+
+impl Mount {
+    fn crash_and_remount(&mut self) -> impl Future<Output = usize> + '_ {
+        self.fs.halt();
+        let config = self.fs.config().clone();
+        self.fs = Fs::new(self.store.clone(), config, None).unwrap();
+        async { self.fs.resume().await.unwrap() }
+    }
+
+    fn staging_file(&self) -> PathBuf {
+        let files = files_in(&self.dir.path().join("staging"));
+        assert_eq!(files.len(), 1, "{files:?}");
+        files[0].clone()
+    }
+
+    fn recovered(&self) -> (PathBuf, String) {
+        let aside = files_in(&self.dir.path().join("recovered"));
+        let data = aside
+            .iter()
+            .find(|p| p.extension().is_none_or(|e| e != "json"))
+            .unwrap()
+            .clone();
+        let record = aside
+            .iter()
+            .find(|p| p.extension().is_some_and(|e| e == "json"))
+            .unwrap();
+        (data, std::fs::read_to_string(record).unwrap())
+    }
+}
+
+/// Bytes of disk a file takes (its holes take none).
+fn allocated(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[tokio::test]
+async fn a_file_written_past_the_offload_size_leaves_local_disk_and_is_stored_whole() {
+    let m = mount();
+    let data = pattern(80 * MIB + 5);
+    let (ino, fh) = write_in_pieces(&m.fs, "backup.bin", &data).await;
+    let staging = m.staging_file();
+    assert!(
+        allocated(&staging) <= BACKLOG,
+        "{} bytes on disk",
+        allocated(&staging)
+    );
+    // What left can be neither read nor changed before close, and the file
+    // is not spoilt by the attempt.
+    let eio = Err(Errno::EIO);
+    assert_eq!(m.fs.read(fh, (20 * MIB) as u64, 10).await.map(|_| ()), eio);
+    assert_eq!(
+        m.fs.write(fh, (20 * MIB) as u64, b"x".to_vec())
+            .await
+            .map(|_| ()),
+        eio
+    );
+    let cut = SetAttr {
+        size: Some((20 * MIB) as u64),
+        ..Default::default()
+    };
+    assert_eq!(m.fs.setattr(ino, cut).await.map(|_| ()), eio);
+    assert_eq!(
+        m.fs.rename(ROOT_INO, name("backup.bin"), ROOT_INO, name("b2"), 0)
+            .await,
+        Err(Errno::EBUSY)
+    );
+    // The first part stays: a header patched at the end goes up as written.
+    m.fs.write(fh, 3, b"header".to_vec()).await.unwrap();
+    let mut expected = data.clone();
+    expected[3..9].copy_from_slice(b"header");
+    m.fs.flush(fh, ME.process).await.unwrap();
+    m.fs.release(fh).await;
+    assert!(m.store.object("backup.bin").unwrap().body[..] == expected[..]);
+    // Read back after close: from S3.
+    assert!(read_all(&m.fs, ino).await == expected);
+    assert_eq!(m.store.open_uploads(), 0);
+}
+
+#[tokio::test]
+async fn a_short_disk_offloads_any_streamed_file() {
+    // A block cache that must leave more free than any disk has.
+    let m = mount_with(|c, dir| {
+        c.cache.disk = Some((
+            dir.join("blocks"),
+            DiskLimits {
+                max_bytes: 64 << 20,
+                min_free: u64::MAX / 2,
+            },
+        ));
+    });
+    let data = pattern(64 * MIB);
+    let (_, fh) = write_in_pieces(&m.fs, "log", &data).await;
+    assert!(allocated(&m.staging_file()) <= BACKLOG);
+    m.fs.flush(fh, ME.process).await.unwrap();
+    m.fs.release(fh).await;
+    assert!(m.store.object("log").unwrap().body[..] == data[..]);
+}
+
+#[tokio::test]
+async fn a_file_below_the_offload_size_keeps_its_bytes() {
+    let m = mount();
+    let data = pattern(16 * MIB);
+    let (_, fh) = write_in_pieces(&m.fs, "f", &data).await;
+    assert_eq!(allocated(&m.staging_file()), 16 << 20);
+    assert_eq!(
+        m.fs.read(fh, 9 << 20, 3).await.unwrap()[..],
+        data[9 * MIB..][..3]
+    );
+}
+
+#[tokio::test]
+async fn a_crash_while_offloading_puts_the_bytes_aside_and_keeps_the_upload() {
+    let mut m = mount();
+    let data = pattern(40 * MIB);
+    write_in_pieces(&m.fs, "backup.bin", &data).await;
+    assert_eq!(m.crash_and_remount().await, 0);
+    assert!(
+        m.store.keys().is_empty(),
+        "no object for an unfinished file"
+    );
+    assert_eq!(
+        m.store.open_uploads(),
+        1,
+        "the upload holding the bytes is kept"
+    );
+    let id = m.store.upload_ids().pop().unwrap();
+    let (aside, record) = m.recovered();
+    assert!(
+        record.contains(&id) && record.contains("offloaded"),
+        "{record}"
+    );
+    // What the staging file held is there, the offloaded ranges as holes.
+    let kept = std::fs::read(&aside).unwrap();
+    assert_eq!(kept.len(), data.len());
+    assert!(kept[..8 * MIB] == data[..8 * MIB]);
+    assert!(allocated(&aside) < (40 << 20));
+}
+
+/// A 40 MiB `backup.bin` written (offloading) and closed, whose completion
+/// failed: its bytes.
+async fn written_but_not_completed(m: &Mount) -> Vec<u8> {
+    let data = pattern(40 * MIB);
+    m.store.fail_next(
+        Op::CompleteMultipart,
+        StoreError::Unreachable("down".into()),
+    );
+    let (_, fh) = write_in_pieces(&m.fs, "backup.bin", &data).await;
+    assert_eq!(m.fs.flush(fh, ME.process).await, Err(Errno::EIO));
+    m.fs.release(fh).await;
+    data
+}
+
+#[tokio::test]
+async fn an_offloaded_file_whose_close_failed_is_finished_by_the_next_mount() {
+    let mut m = mount();
+    let data = written_but_not_completed(&m).await;
+    assert_eq!(m.crash_and_remount().await, 1);
+    m.fs.retry_pending().await;
+    assert!(m.store.object("backup.bin").unwrap().body[..] == data[..]);
+}
+
+#[tokio::test]
+async fn an_offloaded_file_whose_upload_is_gone_is_put_aside_not_stored_with_holes() {
+    let mut m = mount();
+    let data = written_but_not_completed(&m).await;
+    // A lifecycle rule aborts the upload meanwhile.
+    let id = m.store.upload_ids().pop().unwrap();
+    m.store.abort_multipart("backup.bin", &id).await.unwrap();
+    m.crash_and_remount().await;
+    m.fs.retry_pending().await;
+    assert!(m.store.keys().is_empty(), "{:?}", m.store.keys());
+    let (aside, _) = m.recovered();
+    assert!(std::fs::read(&aside).unwrap()[..8 * MIB] == data[..8 * MIB]);
+    assert!(m.fs.lookup(ROOT_INO, name("backup.bin")).await.is_err());
+}
+
+#[tokio::test]
+async fn another_writers_object_met_at_close_keeps_theirs_and_puts_ours_aside() {
+    let m = mount();
+    let data = pattern(40 * MIB);
+    let (_, fh) = write_in_pieces(&m.fs, "backup.bin", &data).await;
+    m.store.insert("backup.bin", "someone else's");
+    assert_eq!(m.fs.flush(fh, ME.process).await, Err(Errno::ESTALE));
+    m.fs.release(fh).await;
+    // No conflict copy can be made of bytes only the upload holds: theirs
+    // stays, ours is in recovered/ and in the upload, kept.
+    assert_eq!(m.store.keys(), ["backup.bin"]);
+    assert_eq!(
+        &m.store.object("backup.bin").unwrap().body[..],
+        b"someone else's"
+    );
+    assert_eq!(m.store.open_uploads(), 1);
+    let (aside, record) = m.recovered();
+    assert!(record.contains(&m.store.upload_ids().pop().unwrap()));
+    assert!(std::fs::read(&aside).unwrap()[..8 * MIB] == data[..8 * MIB]);
+}
