@@ -4,8 +4,9 @@
 //! A reader whose reads follow each other (near where the last one ended: the
 //! kernel's read-ahead sends several at once, out of order) has the blocks ahead of
 //! it fetched in the background. The window ahead grows with the length of the
-//! sequential run, from 4 MiB up to 64 MiB, and is dropped at the first read
-//! elsewhere. A read smaller than a block elsewhere (the first read of a handle
+//! sequential run, from 4 MiB up to 64 MiB (up to half the memory cache for an
+//! object whose blocks the disk cache does not keep), and is dropped at the
+//! first read elsewhere. A read smaller than a block elsewhere (the first read of a handle
 //! counts as sequential only at the start of the object) is random: it fetches
 //! only a small piece around it, unless its blocks are at hand
 //! ([`BlockCache::read_random`]). Once a handle has made `WHOLE_AFTER` random
@@ -87,7 +88,9 @@ impl Reader {
                 st.next = end;
             }
             let ahead = if sequential {
-                let window = (2 * st.run).clamp(FIRST_WINDOW, MAX_WINDOW);
+                let window = (2 * st.run)
+                    .clamp(FIRST_WINDOW, MAX_WINDOW)
+                    .min(self.cache.window_limit(&self.obj));
                 let wanted = self.cache.blocks(&self.obj, end..end + window);
                 let from = wanted.start.max(st.ahead);
                 // Ask in large steps (half a window), so that fetches are few and big,
@@ -301,5 +304,59 @@ mod tests {
         store.fail_next(Op::Get, StoreError::Unreachable("down".into()));
         assert!(r.read(0, 100).await.is_err());
         assert_eq!(&r.read(0, 100).await.unwrap()[..], &data(1000)[..100]);
+    }
+
+    /// Read all of `r` in reads of `len`.
+    async fn read_through(r: &Reader, len: u32) -> Vec<u8> {
+        let mut got = Vec::new();
+        loop {
+            let chunk = r.read(got.len() as u64, len).await.unwrap();
+            if chunk.is_empty() {
+                return got;
+            }
+            got.extend_from_slice(&chunk);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_big_cold_read_keeps_the_hot_blocks_and_fetches_each_byte_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let config = CacheConfig {
+            block_size: MIB,
+            memory_bytes: 8 * MIB,
+            in_flight_bytes: 64 * MIB,
+            disk: Some((
+                dir.path().join("blocks"),
+                crate::cache::disk::DiskLimits {
+                    max_bytes: 16 * MIB,
+                    min_free: 0,
+                },
+            )),
+        };
+        let cache = Arc::new(BlockCache::new(store.clone(), config).unwrap());
+        store.insert("site.css", data(3 * MIB));
+        store.insert("backup.tar", data(64 * MIB));
+        let hot = reader_in(&cache, &store, "site.css");
+        assert_eq!(read_through(&hot, 128 * 1024).await, data(3 * MIB));
+        cache.settle().await;
+        let disk = cache.disk().unwrap();
+        let hot_bytes = disk.bytes();
+        assert!(hot_bytes >= 3 * MIB, "{hot_bytes}");
+
+        let read_before = store.bytes_read();
+        let big = reader_in(&cache, &store, "backup.tar");
+        assert!(!cache.keeps_on_disk(big.version()));
+        assert!(read_through(&big, 128 * 1024).await == data(64 * MIB));
+        cache.settle().await;
+        // Four times the disk cache went by without a byte of it written, and
+        // nothing read ahead was pushed out of memory before it was read.
+        assert_eq!(disk.bytes(), hot_bytes);
+        assert_eq!(store.bytes_read() - read_before, 64 * MIB);
+        // The hot file is still served from the cache.
+        let gets = store.calls(Op::Get);
+        let again = reader_in(&cache, &store, "site.css");
+        assert_eq!(read_through(&again, 128 * 1024).await, data(3 * MIB));
+        assert_eq!(store.calls(Op::Get), gets);
     }
 }

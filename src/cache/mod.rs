@@ -164,6 +164,26 @@ impl BlockCache {
         (hits, misses)
     }
 
+    /// Are the blocks of `obj` written to the disk cache? Not those of an
+    /// object larger than half of it: a backup read once would push out what
+    /// is read every day, and could not stay itself.
+    pub fn keeps_on_disk(&self, obj: &ObjectVersion) -> bool {
+        self.disk
+            .as_ref()
+            .is_some_and(|d| obj.size <= d.max_bytes() / 2)
+    }
+
+    /// The most a sequential reader of `obj` may have fetched ahead of it: for
+    /// blocks that only memory holds, half of the memory cache, so that none is
+    /// pushed out before it is read (and fetched again).
+    pub fn window_limit(&self, obj: &ObjectVersion) -> u64 {
+        if self.keeps_on_disk(obj) {
+            return u64::MAX;
+        }
+        let blocks = lock(&self.memory).cap().get() as u64;
+        (blocks / 2).max(1) * self.block_size
+    }
+
     /// The disk cache, shared with the cache of object headers.
     pub fn disk(&self) -> Option<Arc<DiskCache>> {
         self.disk.clone()
@@ -343,8 +363,9 @@ impl BlockCache {
                 continue;
             }
             let this = self.clone();
+            let to_disk = self.keeps_on_disk(obj);
             tokio::spawn(async move {
-                this.fetch(senders).await;
+                this.fetch(senders, to_disk).await;
                 drop(permit);
             });
         }
@@ -374,8 +395,13 @@ impl BlockCache {
     }
 
     /// Fetch blocks (of one object, in order): from disk where it has them, the
-    /// rest with one ranged GET; then hand each block to its waiters and cache it.
-    async fn fetch(self: Arc<Self>, blocks: Vec<(BlockId, watch::Sender<FetchResult>)>) {
+    /// rest with one ranged GET; then hand each block to its waiters and cache it
+    /// in memory, and on disk if `to_disk`.
+    async fn fetch(
+        self: Arc<Self>,
+        blocks: Vec<(BlockId, watch::Sender<FetchResult>)>,
+        to_disk: bool,
+    ) {
         let mut results: Vec<FetchResult> = vec![None; blocks.len()];
         if self.disk.is_some() {
             let ids: Vec<BlockId> = blocks.iter().map(|(id, _)| id.clone()).collect();
@@ -394,7 +420,7 @@ impl BlockCache {
         let missing: Vec<usize> = (0..blocks.len())
             .filter(|i| results[*i].is_none())
             .collect();
-        let mut to_disk = Vec::new();
+        let mut written = Vec::new();
         if let (Some(&lo), Some(&hi)) = (missing.first(), missing.last()) {
             let (first, last) = (&blocks[lo].0, &blocks[hi].0);
             let start = first.index * self.block_size;
@@ -415,8 +441,8 @@ impl BlockCache {
                             .filter(|p| p.len() as u64 <= self.block_size)
                             .cloned()
                             .unwrap_or_default();
-                        if !block.is_empty() {
-                            to_disk.push((blocks[i].0.clone(), block.clone()));
+                        if to_disk && !block.is_empty() {
+                            written.push((blocks[i].0.clone(), block.clone()));
                         }
                         results[i] = Some(Ok(block));
                     }
@@ -441,11 +467,11 @@ impl BlockCache {
                 let _ = tx.send(result);
             }
         }
-        if !to_disk.is_empty() && self.disk.is_some() {
+        if !written.is_empty() && self.disk.is_some() {
             // Inside the fetch's memory budget: the data is held until written.
             let this = self.clone();
             let _ = tokio::task::spawn_blocking(move || {
-                for (id, data) in to_disk {
+                for (id, data) in written {
                     if let Some(disk) = &this.disk
                         && let Err(e) = disk.put(&id, &data)
                     {

@@ -163,16 +163,18 @@ async fn a_corrupted_block_file_is_fetched_again() {
 #[tokio::test]
 async fn the_disk_cache_stays_within_its_size() {
     let s = Setup::new();
-    let data = body(64 * BLOCK, 7);
-    let obj = s.object("k", data.clone());
+    // 32 objects of two blocks: each small enough to be kept on disk.
+    let objects: Vec<(ObjectVersion, Vec<u8>)> = (0..32)
+        .map(|i| {
+            let data = body(2 * BLOCK, i);
+            (s.object(&format!("k{i}"), data.clone()), data)
+        })
+        .collect();
     // Room for about ten blocks on disk, one in memory.
     let cache = s.cache(BLOCK, 10 * BLOCK + 10 * KIB);
-    for i in 0..64 {
-        let got = cache.read(&obj, i * BLOCK..(i + 1) * BLOCK).await.unwrap();
-        assert_eq!(
-            &got[..],
-            &data[(i * BLOCK) as usize..((i + 1) * BLOCK) as usize]
-        );
+    for (obj, data) in &objects {
+        let got = cache.read(obj, 0..2 * BLOCK).await.unwrap();
+        assert_eq!(&got[..], &data[..]);
     }
     cache.settle().await;
     let cache_bytes = cache.disk.as_ref().unwrap().bytes();
@@ -180,10 +182,23 @@ async fn the_disk_cache_stays_within_its_size() {
     assert!(s.disk_files() <= 10, "{} files", s.disk_files());
     // The most recent blocks are the ones kept on disk, the oldest are gone.
     let gets = s.store.calls(Op::Get);
-    cache.read(&obj, 60 * BLOCK..61 * BLOCK).await.unwrap();
+    cache.read(&objects[30].0, 0..BLOCK).await.unwrap();
     assert_eq!(s.store.calls(Op::Get), gets);
-    cache.read(&obj, 0..BLOCK).await.unwrap();
+    cache.read(&objects[0].0, 0..BLOCK).await.unwrap();
     assert_eq!(s.store.calls(Op::Get), gets + 1);
+}
+
+#[tokio::test]
+async fn an_object_larger_than_half_the_disk_cache_is_not_written_to_it() {
+    let s = Setup::new();
+    let cache = s.cache(4 * BLOCK, 10 * BLOCK);
+    let small = s.object("small", body(5 * BLOCK, 1));
+    let big = s.object("big", body(6 * BLOCK, 2));
+    assert!(cache.keeps_on_disk(&small) && !cache.keeps_on_disk(&big));
+    cache.read(&small, 0..5 * BLOCK).await.unwrap();
+    cache.read(&big, 0..6 * BLOCK).await.unwrap();
+    cache.settle().await;
+    assert_eq!(s.disk_files(), 5);
 }
 
 #[tokio::test]
