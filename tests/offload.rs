@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::faults::{DelayProxy, FaultProxy, Rates};
 use common::{Mount, Noise, SmallDisk, TestBucket, close, journal_records, requests, wait_until};
+use md5::Md5;
 use sha2::{Digest, Sha256};
 
 const MIB: usize = 1 << 20;
@@ -126,8 +127,50 @@ fn a_kill_during_a_stream_puts_its_bytes_aside_and_keeps_the_upload_with_the_res
         "the upload is kept"
     );
     assert!(log.contains(&id), "the log names the upload:\n{log}");
+    // Every byte written is in one of the two places: the offloaded ranges in
+    // parts of the upload (their ETag is the MD5 of what was written there),
+    // the rest in the file put aside.
+    let mut written = vec![0u8; 120 * MIB];
+    Noise::new(8).fill(&mut written);
+    assert!(written[..8 * MIB] == head[..]);
     let kept = std::fs::read(data).unwrap();
-    assert!(kept[..8 * MIB] == head[..], "the first part is in the file");
+    let parts = bucket
+        .rt
+        .block_on(
+            bucket
+                .client
+                .list_parts()
+                .bucket(&bucket.name)
+                .key("backup.bin")
+                .upload_id(&id)
+                .send(),
+        )
+        .unwrap();
+    let offloaded: Vec<(usize, usize)> =
+        serde_json::from_value(record["offloaded"].clone()).unwrap();
+    assert!(!offloaded.is_empty());
+    let mut at = 0;
+    for (start, end) in offloaded {
+        assert!(
+            kept[at..start] == written[at..start],
+            "bytes {at}..{start} kept"
+        );
+        for part in (start..end).step_by(8 * MIB) {
+            let number = (part / (8 * MIB) + 1) as i32;
+            let md5 = format!("\"{:x}\"", Md5::digest(&written[part..part + 8 * MIB]));
+            assert!(
+                parts
+                    .parts()
+                    .iter()
+                    .any(|p| p.part_number() == Some(number) && p.e_tag() == Some(md5.as_str())),
+                "part {number} in S3 with the bytes written there: {:?}",
+                parts.parts()
+            );
+        }
+        at = end;
+    }
+    let end = kept.len().min(written.len());
+    assert!(kept[at..end] == written[at..end], "bytes {at}..{end} kept");
     bucket
         .rt
         .block_on(

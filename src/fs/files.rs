@@ -19,7 +19,7 @@ use crate::write::WriteError;
 use crate::write::offload;
 use crate::write::staged::{Base, Staged};
 use crate::write::staging::StagingReader;
-use crate::write::upload::FIRST_PART_SIZE;
+use crate::write::upload::{FIRST_PART_SIZE, part_range};
 
 /// FALLOC_FL_KEEP_SIZE: reserve without changing the size (nothing to do here).
 const KEEP_SIZE: i32 = 1;
@@ -328,10 +328,19 @@ impl Fs {
             };
             let size = staged.size();
             let backlog = size.saturating_sub(staged.offloaded_bytes());
-            if backlog <= offload::backlog_limit(stream, PARALLEL_PARTS) || !stream.in_flight() {
+            if backlog <= offload::backlog_limit(stream, PARALLEL_PARTS) {
                 return;
             }
-            stream.next_done().await;
+            if stream.in_flight() {
+                stream.next_done().await;
+            } else if stream.failed_parts() == 0 && part_range(stream.next_part()).end < size {
+                // Other uploads hold every part slot: wait for one.
+                self.uploader.wait_for_part_slot().await;
+            } else {
+                // Parts failed (S3 unreachable past --retry-for): they go at
+                // close, and the writer is not held back meanwhile.
+                return;
+            }
             self.uploader.send_ready(stream, reader, size);
         }
     }
@@ -549,6 +558,25 @@ impl Fs {
                 // Opened again meanwhile: the new handle carries on with the state.
                 _ => return,
             }
+        }
+        let linked = self.inode(ino).ok().filter(|i| i.is_linked());
+        if let Some(inode) = linked
+            .as_ref()
+            .filter(|_| of.staged.as_ref().is_some_and(Staged::has_offloaded))
+            && let Some(stream) = &of.stream
+        {
+            // Poisoned by a failed write, with bytes only its upload holds: the
+            // upload is kept, and the record put aside below names it with all
+            // the parts S3 confirmed.
+            tracing::warn!(
+                "{}: multipart upload {} holds the bytes of it that left local disk: kept",
+                stream.key(),
+                stream.upload_id()
+            );
+            if let Err(e) = self.save_record(inode, &of, true).await {
+                tracing::error!("{}: its record cannot be updated ({e:?})", stream.key());
+            }
+            of.stream = None;
         }
         if let Some(stream) = of.stream.take() {
             // Parts sent for a file that is not uploaded after all (unlinked, or

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::inode::ROOT_INO;
-use super::tests::{ME, files_in, name, pattern, read_all, test_config, write_in_pieces};
+use super::tests::{
+    FILE_MODE, ME, files_in, name, pattern, read_all, test_config, write_in_pieces,
+};
 use super::*;
 use crate::cache::disk::DiskLimits;
 use crate::store::memory::{MemoryStore, Op};
@@ -137,11 +139,12 @@ async fn a_short_disk_offloads_any_streamed_file() {
 }
 
 #[tokio::test]
-async fn a_file_below_the_offload_size_keeps_its_bytes() {
-    let m = mount();
-    let data = pattern(16 * MIB);
+async fn a_streamed_file_below_the_offload_size_keeps_its_bytes() {
+    let m = mount_with(|c, _| c.offload_after = 64 << 20);
+    let data = pattern(40 * MIB);
     let (_, fh) = write_in_pieces(&m.fs, "f", &data).await;
-    assert_eq!(allocated(&m.staging_file()), 16 << 20);
+    assert_eq!(m.store.calls(Op::CreateMultipart), 1, "it is streamed");
+    assert_eq!(allocated(&m.staging_file()), 40 << 20);
     assert_eq!(
         m.fs.read(fh, 9 << 20, 3).await.unwrap()[..],
         data[9 * MIB..][..3]
@@ -165,15 +168,99 @@ async fn a_crash_while_offloading_puts_the_bytes_aside_and_keeps_the_upload() {
     );
     let id = m.store.upload_ids().pop().unwrap();
     let (aside, record) = m.recovered();
-    assert!(
-        record.contains(&id) && record.contains("offloaded"),
-        "{record}"
-    );
-    // What the staging file held is there, the offloaded ranges as holes.
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(record["upload"]["id"], id.as_str());
+    // Every offloaded range is in parts S3 lists, and every other byte is in
+    // the file put aside.
+    let listed = m.store.list_parts("backup.bin", &id).await.unwrap();
     let kept = std::fs::read(&aside).unwrap();
     assert_eq!(kept.len(), data.len());
-    assert!(kept[..8 * MIB] == data[..8 * MIB]);
+    let offloaded: Vec<(usize, usize)> =
+        serde_json::from_value(record["offloaded"].clone()).unwrap();
+    assert!(!offloaded.is_empty());
+    let mut at = 0;
+    for (start, end) in offloaded {
+        assert!(
+            kept[at..start] == data[at..start],
+            "bytes {at}..{start} kept"
+        );
+        for part in start / (8 * MIB)..end / (8 * MIB) {
+            let number = part as i32 + 1;
+            assert!(
+                listed.iter().any(|p| p.number == number),
+                "part {number} in S3"
+            );
+        }
+        at = end;
+    }
+    assert!(kept[at..] == data[at..]);
     assert!(allocated(&aside) < (40 << 20));
+}
+
+#[tokio::test]
+async fn a_failed_write_keeps_the_upload_that_holds_the_offloaded_bytes() {
+    let m = mount();
+    let data = pattern(40 * MIB);
+    let (_, fh) = write_in_pieces(&m.fs, "backup.bin", &data).await;
+    // A write that fails locally poisons the file: it is never uploaded.
+    assert!(m.fs.write(fh, u64::MAX - 1, b"xyz".to_vec()).await.is_err());
+    assert!(m.fs.flush(fh, ME.process).await.is_err());
+    m.fs.release(fh).await;
+    assert!(m.store.keys().is_empty());
+    assert_eq!(
+        m.store.open_uploads(),
+        1,
+        "the upload holding the bytes is kept"
+    );
+    let id = m.store.upload_ids().pop().unwrap();
+    let (_, record) = m.recovered();
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(record["upload"]["id"], id.as_str());
+    let noted = record["upload"]["parts"].as_array().unwrap().len();
+    let listed = m.store.list_parts("backup.bin", &id).await.unwrap().len();
+    assert_eq!(noted, listed, "the record names every part S3 has");
+}
+
+#[tokio::test]
+async fn a_directory_holding_an_offloading_file_cannot_be_renamed() {
+    let m = mount();
+    let dir = m.fs.mkdir(ROOT_INO, name("d"), 0o755, ME).await.unwrap();
+    let (_, fh) =
+        m.fs.create(dir.ino, name("f"), FILE_MODE, libc::O_WRONLY, ME)
+            .await
+            .unwrap();
+    let data = pattern(40 * MIB);
+    for (i, chunk) in data.chunks(MIB).enumerate() {
+        m.fs.write(fh, (i * MIB) as u64, chunk.to_vec())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        m.fs.rename(ROOT_INO, name("d"), ROOT_INO, name("e"), 0)
+            .await,
+        Err(Errno::EBUSY)
+    );
+    m.fs.flush(fh, ME.process).await.unwrap();
+    m.fs.release(fh).await;
+    assert!(m.store.object("d/f").unwrap().body[..] == data[..]);
+}
+
+#[tokio::test]
+async fn a_short_last_part_sent_by_a_failed_fsync_is_not_offloaded() {
+    let m = mount();
+    let mut data = pattern(40 * MIB + 5);
+    let (_, fh) = write_in_pieces(&m.fs, "backup.bin", &data).await;
+    m.store.fail_next(
+        Op::CompleteMultipart,
+        StoreError::Unreachable("down".into()),
+    );
+    assert_eq!(m.fs.fsync(fh).await, Err(Errno::EIO));
+    // The header patched after the failed fsync: the file goes on being written.
+    m.fs.write(fh, 3, b"header".to_vec()).await.unwrap();
+    data[3..9].copy_from_slice(b"header");
+    m.fs.flush(fh, ME.process).await.unwrap();
+    m.fs.release(fh).await;
+    assert!(m.store.object("backup.bin").unwrap().body[..] == data[..]);
 }
 
 /// A 40 MiB `backup.bin` written (offloading) and closed, whose completion
@@ -185,6 +272,7 @@ async fn written_but_not_completed(m: &Mount) -> Vec<u8> {
         StoreError::Unreachable("down".into()),
     );
     let (_, fh) = write_in_pieces(&m.fs, "backup.bin", &data).await;
+    assert!(allocated(&m.staging_file()) < (40 << 20), "offloaded");
     assert_eq!(m.fs.flush(fh, ME.process).await, Err(Errno::EIO));
     m.fs.release(fh).await;
     data

@@ -207,6 +207,13 @@ impl Fs {
         for (_, of) in &open {
             guards.push(of.lock().await);
         }
+        // As for a file: offloaded bytes are in an upload to its key alone.
+        if guards
+            .iter()
+            .any(|of| of.staged.as_ref().is_some_and(Staged::has_offloaded))
+        {
+            return Err(Errno::EBUSY);
+        }
         let mut moved_any = false;
         // New ETags of the moved objects the table knows (a copy may change it).
         let mut new_etags: Vec<(u64, Option<String>, String)> = Vec::new();

@@ -184,6 +184,8 @@ impl Fs {
         let Some(record) = self.record_of(inode, of) else {
             return Ok(());
         };
+        // A record naming offloaded bytes is the only map to them: never torn.
+        let durable = durable || !record.offloaded.is_empty();
         let journal = self.journal.clone();
         let written = tokio::task::spawn_blocking(move || journal.write(&record, durable))
             .await
@@ -340,7 +342,8 @@ impl Fs {
         let on_part = move |stream: &Stream| {
             let mut record = template.clone();
             record.upload = Some(upload_record(stream));
-            if let Err(e) = journal.write(&record, false) {
+            let durable = !record.offloaded.is_empty();
+            if let Err(e) = journal.write(&record, durable) {
                 tracing::warn!(
                     "cannot note the parts of {} in the journal: {e}",
                     record.key

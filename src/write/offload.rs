@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use super::staged::Staged;
 use super::stream::Stream;
-use super::upload::part_size;
+use super::upload::{part_range, part_size};
 use crate::cache::disk::free_space;
 
 /// Offload while the staging filesystem has less free than the cache's
@@ -48,11 +48,18 @@ impl OffloadPolicy {
 }
 
 /// The parts of `stream` S3 confirmed whose bytes may leave `staged` now: all
-/// but the first, not offloaded yet.
+/// but the first, whole (not a short last part), not offloaded yet, of a new
+/// file streamed while it is written (not of an upload at close, nor of one
+/// an earlier run left, whose parts S3 has not been asked about).
 pub fn offloadable(staged: &Staged, stream: &Stream) -> Vec<Range<u64>> {
+    if !staged.is_new() || !stream.streaming || stream.unverified {
+        return Vec::new();
+    }
     stream
         .sent_parts()
-        .filter(|(number, range, _)| *number > 1 && !staged.is_offloaded(range))
+        .filter(|(number, range, _)| {
+            *number > 1 && *range == part_range(*number) && !staged.is_offloaded(range)
+        })
         .map(|(_, range, _)| range)
         .collect()
 }

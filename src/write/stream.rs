@@ -65,6 +65,8 @@ pub struct Stream {
     /// Parts written whole and in order, not sent yet: their bytes as they are in
     /// the file.
     pub(super) filled: BTreeMap<i32, Filled>,
+    /// Parts sent while the file was written that failed (they go at close).
+    failed: u32,
 }
 
 /// A part's bytes in memory and their CRC32C, holding its share of the
@@ -116,6 +118,7 @@ impl Stream {
             unverified: false,
             filling: None,
             filled: BTreeMap::new(),
+            failed: 0,
         }
     }
 
@@ -162,6 +165,11 @@ impl Stream {
     /// The next part to be sent while the file is written.
     pub fn next_part(&self) -> i32 {
         self.next
+    }
+
+    /// How many parts sent while the file was written failed.
+    pub fn failed_parts(&self) -> u32 {
+        self.failed
     }
 
     /// Do parts go up in the background now?
@@ -307,6 +315,7 @@ impl Stream {
             }
             Ok(_) => {}
             Err(e) => {
+                self.failed += 1;
                 tracing::warn!(
                     "part {number} of {} failed ({e}); it will be sent again at close",
                     self.key

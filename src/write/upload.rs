@@ -225,6 +225,11 @@ impl Uploader {
         }
     }
 
+    /// Wait until a part could be sent (a slot of the uploads' memory is free).
+    pub async fn wait_for_part_slot(&self) {
+        drop(self.part_slots.acquire().await);
+    }
+
     /// Room for one part's bytes in memory, out of the uploads' budget (for
     /// reading a part's worth of a file outside an upload).
     pub async fn part_memory(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
@@ -242,12 +247,6 @@ impl Uploader {
         stream: Option<Stream>,
     ) -> Result<String, Failed> {
         let size = staged.size();
-        let Some(ranges) = part_ranges(size) else {
-            if let Some(s) = stream {
-                self.abort_stream(s).await;
-            }
-            return Err(Failed::new(WriteError::TooLarge(size), None));
-        };
         // Offloaded bytes are only in the parts of this file's upload: that upload
         // is completed, or nothing is (and it is kept).
         if let Some(gone) = staged.offloaded().next() {
@@ -258,6 +257,16 @@ impl Uploader {
                 return Err(Failed::new(WriteError::Offloaded(gone), stream));
             }
         }
+        let Some(ranges) = part_ranges(size) else {
+            let stream = match stream {
+                Some(s) if !staged.has_offloaded() => {
+                    self.abort_stream(s).await;
+                    None
+                }
+                kept => kept,
+            };
+            return Err(Failed::new(WriteError::TooLarge(size), stream));
+        };
         let stream = match stream {
             Some(s) if s.key == job.key && size > FIRST_PART_SIZE => Some(s),
             Some(s) => {

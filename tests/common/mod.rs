@@ -260,7 +260,6 @@ impl TestBucket {
             .and_then(|o| o.content_type().map(str::to_string))
     }
 
-    /// Every key in the bucket, sorted.
     /// The ids of the multipart uploads under way in the bucket.
     pub fn open_uploads(&self) -> Vec<String> {
         let listed = self
@@ -279,6 +278,7 @@ impl TestBucket {
             .collect()
     }
 
+    /// Every key in the bucket, sorted.
     pub fn keys(&self) -> Vec<String> {
         self.keys_under("")
     }
