@@ -1,0 +1,138 @@
+"""The table: each selected tool at each round trip, the ratios against s3mount,
+and the requests s3mount logged."""
+
+import re
+
+from tools import ALL_TOOLS, PEERS
+from workloads import rows
+
+NUMBER = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+
+
+def is_number(v):
+    return bool(NUMBER.match(v))
+
+
+def median(values):
+    """The median of the runs (the lower of the middle two for an even count: a
+    value that was measured); the first "error..." or "n/a..." if a run has one,
+    "-" if none ran, "?" if a value is not a number."""
+    if not values:
+        return "-"
+    for prefix in ("error", "n/a"):
+        for v in values:
+            if v.startswith(prefix):
+                return v
+    if not all(is_number(v) for v in values):
+        return "?"
+    ordered = sorted(values, key=float)
+    return ordered[(len(ordered) + 1) // 2 - 1]
+
+
+def ratio(a, b):
+    if is_number(a) and is_number(b) and float(b) > 0:
+        return f"{float(a) / float(b):.2f}"
+    return "-"
+
+
+class Table:
+    def __init__(self, results, tools, rtts, selected):
+        self.results = results  # (name, tool, rtt) -> {run: value}
+        self.tools = [t for t in ALL_TOOLS if t in tools]
+        self.rtts = rtts
+        self.selected = selected
+
+    def get(self, name, tool, rtt):
+        return median(list(self.results.get((name, tool, rtt), {}).values()))
+
+    def best_peer(self, name, rtt, more):
+        best = "-"
+        for t in PEERS:
+            v = self.get(name, t, rtt)
+            if not is_number(v):
+                continue
+            if best == "-" or (float(v) > float(best) if more else float(v) < float(best)):
+                best = v
+        return best
+
+    def uses(self, tool):
+        return tool in self.tools
+
+    def lines(self):
+        single = self.rtts == [0]
+        label = (lambda r: "") if single else (lambda r: f" {r} ms")
+        all_rtts = "" if single else " (" + ", ".join(str(r) for r in self.rtts) + " ms)"
+        peers = self.uses("s3mount") and any(self.uses(p) for p in PEERS)
+        direct = self.uses("s3mount") and self.uses("direct")
+        header = "| workload |"
+        for t in self.tools:
+            for r in self.rtts:
+                header += f" {t}{label(r)} |"
+        if peers:
+            header += f" s3mount / best peer{all_rtts} |"
+        if direct:
+            header += f" s3mount / direct{all_rtts} |"
+        if self.uses("s3mount"):
+            header += f" s3mount S3 requests{all_rtts} |"
+        out = [header, "|" + "---|" * (header.count("|") - 1)]
+        for row in rows():
+            if row.when not in self.selected:
+                continue
+            line = f"| {row.title} |"
+            for t in self.tools:
+                for r in self.rtts:
+                    line += f" {self.get(row.name, t, r)} |"
+            # Ratios are s3mount's value over the other's, or when higher is better
+            # the other's over s3mount's: below 1 is always s3mount ahead.
+            to_peer, to_direct, reqs = [], [], []
+            for r in self.rtts:
+                s = self.get(row.name, "s3mount", r)
+                if row.kind == "less":
+                    to_peer.append(ratio(s, self.best_peer(row.name, r, False)))
+                    to_direct.append(ratio(s, self.get(row.name, "direct", r)))
+                elif row.kind == "more":
+                    to_peer.append(ratio(self.best_peer(row.name, r, True), s))
+                    to_direct.append(ratio(self.get(row.name, "direct", r), s))
+                else:
+                    to_peer.append("-")
+                    to_direct.append("-")
+                reqs.append(self.get(row.name, "s3mount.req", r))
+            if peers:
+                line += f" {', '.join(to_peer)} |"
+            if direct:
+                line += f" {', '.join(to_direct)} |"
+            if self.uses("s3mount"):
+                line += f" {', '.join(reqs)} |"
+            out.append(line)
+        return out
+
+
+NOTES = """\
+Ratios below 1 mean s3mount is ahead: faster, smaller, or for MB/s more (that ratio is the other's over s3mount's).
+Times are wall clock, including process start (cp, dd, ls, find, tar, rsync, python3, s3mount-bench).
+W1, W4 and W9 end when the bucket has every object (rclone uploads after close, by default 5 s later);
+they and W10 write new random data each time, since Garage skips storing blocks it already has.
+direct is s3mount-bench: parallel multipart upload and ranged GETs (8 x 8 MiB), 32 PUTs in flight,
+listings per directory (16 in flight for W7); its W3 repeats W2 (it has no cache), its W8, W12 RSS
+and CPU are its own; its W9 is put-tree (32 PUTs in flight), its W10 one recursive listing of the
+tree, its W12 four get-many downloads in one process. Daemon CPU is the mount daemon's (utime + stime)
+from the start of the copy or read until the data is in the bucket or read."""
+
+RTT_NOTE = """\
+N ms: every tool reached Garage through a proxy holding each direction for N/2 ms (0 ms: direct,
+on loopback); new connections cost no extra round trip there, as they would (with TLS, more) on S3."""
+
+TAIL_NOTE = """\
+Garage 2.5.0 answers a ranged GET of 4 KiB in ~30 ms but one of 64 KiB in ~3 ms (it does not set
+TCP_NODELAY): that is most of direct's W6, which reads exactly 4 KiB; the mounts fetch larger blocks.
+s3mount-bg is s3mount with --background-uploads (close returns once the file is safe on local disk;
+the upload follows), run only in the workloads that write; the ratios are those of s3mount with the default close.
+Requests are those s3mount logged at unmount, mount check included. '-': not run; 'error': see the logs."""
+
+
+def notes(rtts, selected):
+    out = [NOTES]
+    if rtts != [0]:
+        out.append(RTT_NOTE)
+    out.append(TAIL_NOTE)
+    return "\n".join(out)

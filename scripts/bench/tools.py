@@ -1,0 +1,133 @@
+"""The tools the benchmark compares, one adapter each: how to install it, mount
+its bucket, and which workloads it runs.
+
+A mount adapter gives the command line of a daemon that stays in the foreground
+(the harness runs it, waits for the mount, and takes it down). `cache` is the one
+directory where the tool keeps what it puts on local disk. `runs` says whether a
+tool runs a workload at all (the others show "-")."""
+
+import re
+import shutil
+import subprocess
+
+
+class Tool:
+    name = ""
+    direct = False  # no mount: the workloads' direct S3 steps (s3mount-bench)
+    apt = None  # (command, Debian package) installed where missing
+    counts_requests = False  # logs "S3 requests: N" at unmount
+
+    @property
+    def bucket(self):
+        return f"bench-{self.name}"
+
+    def runs(self, workload):
+        return True
+
+    def prepare(self, repo):
+        """Install or find what the tool needs (before anything is measured)."""
+
+    def mount_argv(self, bench, mnt, cache, log):
+        """(argv, env) of the daemon, in the foreground, talking to bench.endpoint."""
+        raise NotImplementedError
+
+    def version(self, bench):
+        return ""
+
+
+def first_line(argv, name):
+    """The first line a tool prints of its version, or "NAME not installed"."""
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    return out.splitlines()[0] if out.strip() else f"{name} not installed"
+
+
+class S3mount(Tool):
+    name = "s3mount"
+    counts_requests = True
+    extra = []
+
+    def mount_argv(self, bench, mnt, cache, log):
+        argv = [bench.bin / "s3mount", self.bucket, mnt, "--foreground", *self.extra,
+                "--endpoint-url", bench.endpoint, "--region", bench.env["AWS_REGION"],
+                "--force-path-style", "--cache-dir", cache, "--log-file", log]
+        return argv, bench.tool_env()
+
+
+class S3mountBg(S3mount):
+    """s3mount with --background-uploads: close returns once the file is safe on
+    local disk. Only in the workloads that write."""
+
+    name = "s3mount-bg"
+    extra = ["--background-uploads"]
+
+    def runs(self, workload):
+        return workload.writes
+
+
+class S3fs(Tool):
+    name = "s3fs"
+    apt = ("s3fs", "s3fs")
+
+    def mount_argv(self, bench, mnt, cache, log):
+        # Without use_cache s3fs keeps no disk cache.
+        return ["s3fs", self.bucket, mnt, "-f", "-o", f"passwd_file={bench.s3fs_passwd}",
+                "-o", f"url={bench.endpoint}", "-o", "use_path_request_style",
+                "-o", f"endpoint={bench.env['AWS_REGION']}"], bench.tool_env()
+
+    def version(self, bench):
+        return first_line(["s3fs", "--version"], self.name).replace(
+            "Amazon Simple Storage Service File System", "s3fs")
+
+
+class Rclone(Tool):
+    name = "rclone"
+    apt = ("rclone", "rclone")
+
+    def mount_argv(self, bench, mnt, cache, log):
+        env = bench.tool_env()
+        env.pop("AWS_CA_BUNDLE", None)
+        env.update({
+            "RCLONE_CONFIG_BENCH_TYPE": "s3",
+            "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
+            "RCLONE_CONFIG_BENCH_ENV_AUTH": "false",
+            "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": bench.env["AWS_ACCESS_KEY_ID"],
+            "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": bench.env["AWS_SECRET_ACCESS_KEY"],
+            "RCLONE_CONFIG_BENCH_REGION": bench.env["AWS_REGION"],
+            "RCLONE_CONFIG_BENCH_ENDPOINT": bench.endpoint,
+        })
+        argv = ["rclone", "mount", f"bench:{self.bucket}", mnt,
+                "--vfs-cache-mode", "writes", "--cache-dir", cache]
+        return argv, env
+
+    def version(self, bench):
+        return first_line(["rclone", "version"], self.name)
+
+
+class Direct(Tool):
+    """s3mount-bench: the same aws-sdk-s3 as s3mount, without FUSE."""
+
+    name = "direct"
+    direct = True
+
+
+TOOLS = {t.name: t for t in (S3mount(), S3mountBg(), S3fs(), Rclone(), Direct())}
+ALL_TOOLS = list(TOOLS)
+# The tools s3mount is compared with in "s3mount / best peer".
+PEERS = ["s3fs", "rclone"]
+
+
+def missing_packages(tools):
+    return [pkg for t in tools if t.apt and not shutil.which(t.apt[0]) for pkg in [t.apt[1]]]
+
+
+def requests_at_unmount(log):
+    """The count s3mount logs at unmount (`S3 requests: N (...)`), or None."""
+    try:
+        text = open(log, errors="replace").read()
+    except OSError:
+        return None
+    found = re.findall(r"S3 requests: (\d+)", text)
+    return found[-1] if found else None
