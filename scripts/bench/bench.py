@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
-"""The benchmark: s3mount side by side with s3fs, rclone mount and the direct client
-(s3mount-bench: the same aws-sdk-s3 without FUSE), on one private Garage server,
+"""The benchmark: s3mount side by side with s3fs, rclone mount, mount-s3 and the direct
+client (s3mount-bench: the same aws-sdk-s3 without FUSE), on one private Garage server,
 at one or more network round-trip times.
 
   scripts/bench.sh                          every workload, every tool, loopback
   scripts/bench.sh W1 W5                    only these workloads
   scripts/bench.sh --tools s3mount,direct   only these tools (s3mount, s3mount-bg, s3fs,
-                                            rclone, direct; s3mount-bg is s3mount with
-                                            --background-uploads, in the workloads that
-                                            write only: W1, W4, W9, W10)
+                                            rclone, mount-s3, direct; s3mount-bg is s3mount
+                                            with --background-uploads, in the workloads
+                                            that write only: W1, W4, W9, W10)
   scripts/bench.sh --rtt 0,20               each workload at each round-trip time in ms:
                                             0 talks to Garage on loopback, any other
                                             through a delay proxy (default 0)
@@ -41,16 +41,19 @@ W3) drop the page cache first. W1, W4, W9 and W10 write new random data every
 time, as Garage stores blocks by content and skips writing a block it already has.
 With --rtt, every tool (and the direct client) reaches Garage through
 `s3mount-bench proxy`, which holds each direction of every connection for half
-the round trip; the setup and the checks that objects arrived go direct.
+the round trip; the setup and the checks that objects arrived go direct. A cell
+"n/a: ..." is a workload the tool cannot run (mount-s3 cannot rename, chmod or
+set times after close: W9, W10).
 
 The table goes to stdout, progress to stderr, logs to DIR/logs. A case that fails
 (a tool that cannot mount, hangs at unmount, or any step over its time limit) marks
 only that tool's cells "error" and the run goes on. Needs root (apt-get, mounts,
-drop_caches). Installs s3fs, rclone, fuse3 and Garage where missing; stops every
-server, proxy, mount and process it started, also on error or Ctrl-C. Everything
-with 3 runs at loopback takes about 35 minutes on 2 cores (plus the first build
-of Garage); each further round trip of 20 ms about 90 more. Other load on the
-machine skews the numbers.
+drop_caches). Installs s3fs, rclone, fuse3 and Garage where missing, and builds
+mount-s3 (scripts/mount-s3.sh, about 10 minutes once); stops every server, proxy,
+mount and process it started, also on error or Ctrl-C. Everything with 3 runs at
+loopback takes about 35 minutes on 2 cores (plus the first
+build of Garage); each further round trip of 20 ms about 90 more. Other load on
+the machine skews the numbers.
 """
 
 import datetime
@@ -276,6 +279,12 @@ def run_case(b, case_id, arg, results, w, tool, run):
     rtt = b.rtt
     say(f"{case_id:<9} {tool.name:<8} {rtt:>4} ms run {run}/{b.opts.runs}: ", end="")
     fn = w.direct if tool.direct else w.mounted
+    reason = tool.cannot.get(w.id) or (None if fn else "n/a")
+    if reason:
+        for name in results:
+            b.record(name, tool.name, rtt, run, reason)
+        say(reason)
+        return
     log = b.logs / f"{case_id}-{tool.name}-{rtt}-{run}.log"
     limit = w.case_limit(b) if w.case_limit else CASE_LIMIT
     c = Case(b, case_id, arg, tool, rtt, run, log, limit)

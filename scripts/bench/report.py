@@ -116,7 +116,9 @@ direct is s3mount-bench: parallel multipart upload and ranged GETs (8 x 8 MiB), 
 listings per directory (16 in flight for W7); its W3 repeats W2 (it has no cache), its W8, W12 RSS
 and CPU are its own; its W9 is put-tree (32 PUTs in flight), its W10 one recursive listing of the
 tree, its W12 four get-many downloads in one process. Daemon CPU is the mount daemon's (utime + stime)
-from the start of the copy or read until the data is in the bucket or read."""
+from the start of the copy or read until the data is in the bucket or read.
+mount-s3 runs with its defaults (no local cache: reads and writes stream) and --allow-overwrite
+--allow-delete; 'n/a' says what it cannot do (rsync renames, tar sets modes and times)."""
 
 RTT_NOTE = """\
 N ms: every tool reached Garage through a proxy holding each direction for N/2 ms (0 ms: direct,

@@ -1,11 +1,12 @@
 """The tools the benchmark compares, one adapter each: how to install it, mount
-its bucket, and which workloads it runs.
+its bucket, and what it cannot do.
 
 A mount adapter gives the command line of a daemon that stays in the foreground
 (the harness runs it, waits for the mount, and takes it down). `cache` is the one
-directory where the tool keeps what it puts on local disk. `runs` says whether a
-tool runs a workload at all (the others show "-")."""
+directory where the tool keeps what it puts on local disk. `cannot` maps a
+workload to the reason its cells show instead of a figure; `runs` says whether a tool runs a workload at all (the others show "-")."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -14,6 +15,8 @@ import subprocess
 class Tool:
     name = ""
     direct = False  # no mount: the workloads' direct S3 steps (s3mount-bench)
+    keeps_cache = True  # a fresh mount on the same cache directory may find W2's reads there
+    cannot = {}  # workload -> "n/a: why"
     apt = None  # (command, Debian package) installed where missing
     counts_requests = False  # logs "S3 requests: N" at unmount
 
@@ -106,6 +109,45 @@ class Rclone(Tool):
         return first_line(["rclone", "version"], self.name)
 
 
+MOUNT_S3_VERSION = "1.24.0"
+
+
+def mount_s3_path():
+    tools = os.environ.get("S3MOUNT_TOOLS", os.path.expanduser("~/.cache/s3mount-tools"))
+    return os.path.join(tools, f"mount-s3-{MOUNT_S3_VERSION}", "bin", "mount-s3")
+
+
+class MountS3(Tool):
+    """Mountpoint for Amazon S3, with its defaults as scripts/profile.sh runs it:
+    no local cache (reads and writes stream), overwrites and deletes allowed."""
+
+    name = "mount-s3"
+    keeps_cache = False
+    cannot = {
+        # rsync writes each file under a temporary name, sets its times, and
+        # renames it: EPERM for the times, and no rename.
+        "W10": "n/a: no rename, utimes",
+        # tar sets the mode and times of each directory it made: EPERM.
+        "W9": "n/a: no chmod, utimes",
+    }
+    path = None
+
+    def prepare(self, repo):
+        out = subprocess.run([repo / "scripts" / "mount-s3.sh", "install"],
+                             stdout=subprocess.PIPE, text=True, check=True).stdout
+        self.path = out.strip().splitlines()[-1] if out.strip() else mount_s3_path()
+
+    def mount_argv(self, bench, mnt, cache, log):
+        # No disk cache (its --cache option is off by default): `cache` stays empty.
+        return [self.path or mount_s3_path(), self.bucket, mnt,
+                "--endpoint-url", bench.endpoint, "--region", bench.env["AWS_REGION"],
+                "--force-path-style", "--allow-overwrite", "--allow-delete",
+                "--foreground"], bench.tool_env()
+
+    def version(self, bench):
+        return first_line([self.path or mount_s3_path(), "--version"], self.name)
+
+
 class Direct(Tool):
     """s3mount-bench: the same aws-sdk-s3 as s3mount, without FUSE."""
 
@@ -113,10 +155,10 @@ class Direct(Tool):
     direct = True
 
 
-TOOLS = {t.name: t for t in (S3mount(), S3mountBg(), S3fs(), Rclone(), Direct())}
+TOOLS = {t.name: t for t in (S3mount(), S3mountBg(), S3fs(), Rclone(), MountS3(), Direct())}
 ALL_TOOLS = list(TOOLS)
 # The tools s3mount is compared with in "s3mount / best peer".
-PEERS = ["s3fs", "rclone"]
+PEERS = ["s3fs", "rclone", "mount-s3"]
 
 
 def missing_packages(tools):

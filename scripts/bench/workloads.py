@@ -147,7 +147,7 @@ def w2_direct(c):
 
 def w3(c):
     c.setup_once("read")
-    if c.tool.name not in c.b.read_cached:
+    if c.tool.keeps_cache and c.tool.name not in c.b.read_cached:
         m = c.mount("W3-prime", cache=read_cache(c))
         c.read_all(m.mnt / "read" / "big.bin", GIB)
         c.unmount(m, "W3-prime")
