@@ -8,14 +8,16 @@ at one or more network round-trip times.
   scripts/bench.sh --tools s3mount,direct   only these tools (s3mount, s3mount-bg, s3fs,
                                             rclone, mount-s3, direct; s3mount-bg is s3mount
                                             with --background-uploads, in the workloads
-                                            that write only: W1, W4, W9, W10)
+                                            that write only: W1, W4, W9, W10, W13)
   scripts/bench.sh --rtt 0,20               each workload at each round-trip time in ms:
                                             0 talks to Garage on loopback, any other
                                             through a delay proxy (default 0)
   scripts/bench.sh --runs 1                 run each case once (default 3, median shown)
   scripts/bench.sh --dir DIR                work in DIR and keep the logs there (default:
                                             a new directory under $TMPDIR or /tmp, removed
-                                            at the end unless a case failed; ~17 GB)
+                                            at the end unless a case failed; ~17 GB, and
+                                            the size of W13 more with W13)
+  scripts/bench.sh --w13-size SIZE          the stream of W13 (default 20GiB; 2GiB, 512MiB...)
 
 Workloads (wall clock in seconds, lower is better, unless said otherwise):
   W1  cp a 1 GiB file into the mount, until the object is in the bucket
@@ -35,15 +37,18 @@ Workloads (wall clock in seconds, lower is better, unless said otherwise):
       per entry (the objects are written once per bucket; 100,000 take ~1 min each)
   W12 four concurrent reads of four 256 MiB objects through one fresh mount, cold, in
       MB/s in all (higher is better), and the daemon's peak RSS during them
+  W13 dd of a 20 GiB stream (--w13-size) into a new file, until the object is in the
+      bucket, with the tool's local disk (cache directory, temporary files) on a 1 GiB
+      tmpfs: the time, the peak space used there, the daemon's CPU and peak RSS
 
 Each tool has its own bucket, every case its own fresh mount; cold workloads (and
-W3) drop the page cache first. W1, W4, W9 and W10 write new random data every
+W3) drop the page cache first. W1, W4, W9, W10 and W13 write new random data every
 time, as Garage stores blocks by content and skips writing a block it already has.
 With --rtt, every tool (and the direct client) reaches Garage through
 `s3mount-bench proxy`, which holds each direction of every connection for half
 the round trip; the setup and the checks that objects arrived go direct. A cell
 "n/a: ..." is a workload the tool cannot run (mount-s3 cannot rename, chmod or
-set times after close: W9, W10).
+set times after close: W9, W10; the direct client reads no stream: W13).
 
 The table goes to stdout, progress to stderr, logs to DIR/logs. A case that fails
 (a tool that cannot mount, hangs at unmount, or any step over its time limit) marks
@@ -51,7 +56,7 @@ only that tool's cells "error" and the run goes on. Needs root (apt-get, mounts,
 drop_caches). Installs s3fs, rclone, fuse3 and Garage where missing, and builds
 mount-s3 (scripts/mount-s3.sh, about 10 minutes once); stops every server, proxy,
 mount and process it started, also on error or Ctrl-C. Everything with 3 runs at
-loopback takes about 35 minutes on 2 cores (plus the first
+loopback takes about 35 minutes on 2 cores without W13 (plus the first
 build of Garage); each further round trip of 20 ms about 90 more. Other load on
 the machine skews the numbers.
 """
@@ -80,7 +85,7 @@ from workloads import GIB, SEED, W12_SIZE
 
 STEP_LIMIT = int(os.environ.get("BENCH_STEP_LIMIT", "600"))  # seconds any one step may take
 CASE_LIMIT = 2400  # seconds one case (one workload, tool, round trip and run) may take
-NEEDS_GB = 17  # free disk the benchmark needs
+NEEDS_GB = 17  # free disk the benchmark needs, W13 aside
 
 
 def say(text="", end="\n"):
@@ -92,6 +97,20 @@ def usage(to=sys.stdout):
     to.write(__doc__)
 
 
+def parse_size(text):
+    m = re.fullmatch(r"([0-9]+)([KMGT]?)(i?B)?", text, re.IGNORECASE)
+    if not m or int(m.group(1)) == 0:
+        return None
+    return int(m.group(1)) << (10 * " KMGT".index((m.group(2) or " ").upper()))
+
+
+def size_text(n):
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} B"
+
+
 class Options:
     def __init__(self):
         self.workloads = []
@@ -99,6 +118,7 @@ class Options:
         self.rtts = [0]
         self.work = None
         self.runs = 3
+        self.w13_size = 20 * GIB
 
 
 def parse_args(argv):
@@ -121,7 +141,7 @@ def parse_args(argv):
     i = 0
     while i < len(argv):
         a = argv[i]
-        if re.fullmatch(r"W([1-9]|1[0-2])", a):
+        if re.fullmatch(r"W([1-9]|1[0-3])", a):
             o.workloads.append(a)
         elif a == "--tools" or a.startswith("--tools="):
             v, i = value(i, "--tools")
@@ -139,6 +159,12 @@ def parse_args(argv):
             if not re.fullmatch(r"[1-9][0-9]*", v):
                 bad()
             o.runs = int(v)
+        elif a == "--w13-size" or a.startswith("--w13-size="):
+            v, i = value(i, "--w13-size")
+            size = parse_size(v)
+            if size is None or size % (1 << 20):
+                bad(f"--w13-size takes a whole number of MiB (20GiB, 512MiB...), not {v}")
+            o.w13_size = size
         elif a in ("-h", "--help"):
             usage()
             sys.exit(0)
@@ -170,6 +196,7 @@ class Bench:
         self.bin = work / "bin"
         self.bench_bin = self.bin / "s3mount-bench"
         self.step_limit = STEP_LIMIT
+        self.w13_size = opts.w13_size
         self.h = Harness(work)
         self.env = {}  # Garage's settings (scripts/garage.sh start writes them)
         self.endpoints = {}  # round trip -> endpoint
@@ -288,12 +315,13 @@ def run_case(b, case_id, arg, results, w, tool, run):
     log = b.logs / f"{case_id}-{tool.name}-{rtt}-{run}.log"
     limit = w.case_limit(b) if w.case_limit else CASE_LIMIT
     c = Case(b, case_id, arg, tool, rtt, run, log, limit)
-    ok = False
+    ok, cell = False, "error"
     try:
         fn(c)
         ok = True
     except StepFailed as e:
         c.say(f"bench.sh: {e}")
+        cell = getattr(e, "cell", "error")
     except Exception:  # a fault of the harness: this case fails, the run goes on
         c.say(traceback.format_exc())
     finally:
@@ -312,7 +340,7 @@ def run_case(b, case_id, arg, results, w, tool, run):
         say(f"failed; {log} says:")
         say("".join("    " + line + "\n" for line in tail_lines(log, 5).splitlines()), end="")
         for name in results:
-            b.record(name, tool.name, rtt, run, "error")
+            b.record(name, tool.name, rtt, run, cell)
         b.failed_cases += 1
 
 
@@ -347,7 +375,7 @@ def machine_line():
 
 def print_report(b, cmdline, started, t_start):
     o = b.opts
-    table = report.Table(b.results, o.tools, o.rtts, set(o.workloads))
+    table = report.Table(b.results, o.tools, o.rtts, set(o.workloads), size_text(b.w13_size))
     minutes = (time.monotonic() - t_start) / 60
     out = [
         "",
@@ -383,7 +411,7 @@ def cleanup(b, status):
     left = mounts_under(b.work)
     if left:
         say(f"bench.sh: still mounted, left in place: {' '.join(left)}")
-    for name in ("data", "garage", "cache", "mnt", "bin", "run", "s3fs.passwd"):
+    for name in ("data", "garage", "cache", "mnt", "bin", "run", "small-disk", "s3fs.passwd"):
         p = b.work / name
         if any(m == str(p) or m.startswith(str(p) + "/") for m in left):
             continue
@@ -435,7 +463,7 @@ def main(argv):
         (work / d).mkdir(parents=True, exist_ok=True)
     st = os.statvfs(work)
     free = st.f_bavail * st.f_frsize
-    need = NEEDS_GB * 10**9
+    need = NEEDS_GB * 10**9 + (opts.w13_size + 2 * GIB if "W13" in opts.workloads else 0)
     if free < need:
         say(f"bench.sh: {work} has {free // 10**9} GB free; the benchmark needs about {-(-need // 10**9)} GB")
         if not keep_work:

@@ -10,6 +10,14 @@ from harness import StepFailed
 import tools as tools_mod
 
 
+class CaseFailed(StepFailed):
+    """A failure whose cells say more than "error" (e.g. "error: ENOSPC")."""
+
+    def __init__(self, message, cell="error"):
+        super().__init__(message)
+        self.cell = cell
+
+
 def field(name, line):
     """The value of NAME in a line of name=value words (s3mount-bench's output)."""
     for word in line.split():

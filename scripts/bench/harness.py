@@ -1,11 +1,12 @@
-"""What every case stands on: the processes, mounts and proxies the benchmark
-starts (each registered until it is gone, so that a failed case and the exit can
-take it down), bounded steps, the page cache, and the daemon's figures from
-/proc."""
+"""What every case stands on: the processes, mounts, proxies and small
+filesystems the benchmark starts (each registered until it is gone, so that a
+failed case and the exit can take it down), bounded steps, the page cache, the
+daemon's figures from /proc, and the peak use of a filesystem."""
 
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -85,6 +86,47 @@ def peak_rss_mib(pid):
     raise StepFailed(f"no VmHWM for process {pid}")
 
 
+class DiskPeak:
+    """The most space used on a filesystem, sampled every 0.2 s in a thread."""
+
+    def __init__(self, path, every=0.2):
+        self.path = str(path)
+        self.every = every
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def size(self):
+        st = os.statvfs(self.path)
+        return st.f_blocks * st.f_frsize
+
+    def used(self):
+        st = os.statvfs(self.path)
+        return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+    def _run(self):
+        while True:
+            try:
+                self.peak = max(self.peak, self.used())
+            except OSError:
+                pass
+            if self._stop.wait(self.every):
+                return
+
+    def __enter__(self):
+        self.peak = self.used()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        try:
+            self.peak = max(self.peak, self.used())
+        except OSError:
+            pass
+
+
 class Mount:
     """A mount daemon in the foreground of a child process of its own."""
 
@@ -115,6 +157,7 @@ class Harness:
         self.mounts = {}  # pid -> Mount
         self.steps = set()  # Popen of steps running now
         self.servers = []  # (name, Popen): delay proxies
+        self.tmpfs = []  # mountpoints of the small filesystems of W13
 
     # ------------------------------------------------------------ steps
     def start(self, argv, *, log, stdout=None, stderr=None, stdin=None, env=None):
@@ -228,6 +271,31 @@ class Harness:
                     pass
             self.mounts.pop(pid, None)
 
+    # ------------------------------------------------------------ small filesystems
+    def mount_tmpfs(self, path, size):
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "s3mount-bench", str(path)],
+            check=True,
+        )
+        self.tmpfs.append(path)
+        return path
+
+    def unmount_tmpfs(self, path, lazy=False):
+        path = Path(path)
+        if is_mounted(path):
+            subprocess.run(["umount"] + (["-l"] if lazy else []) + [str(path)], check=not lazy)
+        if path in self.tmpfs:
+            self.tmpfs.remove(path)
+
+    def release_tmpfs(self):
+        for path in list(self.tmpfs):
+            try:
+                self.unmount_tmpfs(path, lazy=True)
+            except (OSError, subprocess.CalledProcessError):
+                pass
+
     # ------------------------------------------------------------ servers
     def start_server(self, name, argv, log_path, ready, env=None, timeout=10):
         """Start a long-lived helper (a delay proxy) and wait until its log has a
@@ -262,6 +330,7 @@ class Harness:
     def release_all(self):
         self.stop_steps()
         self.release_mounts()
+        self.release_tmpfs()
         self.stop_servers()
 
 

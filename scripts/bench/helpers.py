@@ -2,10 +2,17 @@
 cp or dd):
 
   helpers.py preads FILE OFFSETS      a pread of 4 KiB at each offset in OFFSETS (one a line)
+  helpers.py stream SIZE              SIZE bytes of data Garage cannot deduplicate on stdout,
+                                      fast: a 256 MiB random buffer, each pass over it
+                                      rotated by a new odd offset, so that no 4 KiB-aligned
+                                      block repeats
 """
 
 import os
 import sys
+
+MIB = 1 << 20
+
 
 def preads(path, offsets):
     fd = os.open(path, os.O_RDONLY)
@@ -17,10 +24,34 @@ def preads(path, offsets):
     os.close(fd)
 
 
+def stream(size):
+    span = min(256 * MIB, -(-size // MIB) * MIB)
+    buf = memoryview(os.urandom(span))
+    left = size
+    k = 0
+    try:
+        while left > 0:
+            # Pass k starts at an offset no earlier pass started at, modulo any
+            # power of two up to 1 MiB; the object's blocks all differ.
+            start = (k * 1_000_003) % span
+            for piece in (buf[start:], buf[:start]):
+                pos = 0
+                while pos < len(piece) and left > 0:
+                    chunk = piece[pos:pos + min(MIB, left, len(piece) - pos)]
+                    written = os.write(1, chunk)
+                    pos += written
+                    left -= written
+            k += 1
+    except BrokenPipeError:
+        sys.exit(1)
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "preads":
         preads(args[0], args[1])
+    elif cmd == "stream":
+        stream(int(args[0]))
     else:
         sys.exit(__doc__)
 

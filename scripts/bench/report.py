@@ -36,11 +36,12 @@ def ratio(a, b):
 
 
 class Table:
-    def __init__(self, results, tools, rtts, selected):
+    def __init__(self, results, tools, rtts, selected, w13_size_text):
         self.results = results  # (name, tool, rtt) -> {run: value}
         self.tools = [t for t in ALL_TOOLS if t in tools]
         self.rtts = rtts
         self.selected = selected
+        self.w13_size_text = w13_size_text
 
     def get(self, name, tool, rtt):
         return median(list(self.results.get((name, tool, rtt), {}).values()))
@@ -75,7 +76,7 @@ class Table:
         if self.uses("s3mount"):
             header += f" s3mount S3 requests{all_rtts} |"
         out = [header, "|" + "---|" * (header.count("|") - 1)]
-        for row in rows():
+        for row in rows(self.w13_size_text):
             if row.when not in self.selected:
                 continue
             line = f"| {row.title} |"
@@ -110,7 +111,7 @@ class Table:
 NOTES = """\
 Ratios below 1 mean s3mount is ahead: faster, smaller, or for MB/s more (that ratio is the other's over s3mount's).
 Times are wall clock, including process start (cp, dd, ls, find, tar, rsync, python3, s3mount-bench).
-W1, W4 and W9 end when the bucket has every object (rclone uploads after close, by default 5 s later);
+W1, W4, W9 and W13 end when the bucket has every object (rclone uploads after close, by default 5 s later);
 they and W10 write new random data each time, since Garage skips storing blocks it already has.
 direct is s3mount-bench: parallel multipart upload and ranged GETs (8 x 8 MiB), 32 PUTs in flight,
 listings per directory (16 in flight for W7); its W3 repeats W2 (it has no cache), its W8, W12 RSS
@@ -119,6 +120,11 @@ tree, its W12 four get-many downloads in one process. Daemon CPU is the mount da
 from the start of the copy or read until the data is in the bucket or read.
 mount-s3 runs with its defaults (no local cache: reads and writes stream) and --allow-overwrite
 --allow-delete; 'n/a' says what it cannot do (rsync renames, tar sets modes and times)."""
+
+W13_NOTE = """\
+W13 streams new data (a 256 MiB random buffer, each pass rotated) through dd bs=1M into a new file;
+each tool's local disk (s3mount --cache-dir, s3fs tmpdir, rclone --cache-dir) is on a 1 GiB tmpfs,
+whose peak use is sampled every 0.2 s; mount-s3 keeps nothing on disk. The object is deleted after."""
 
 RTT_NOTE = """\
 N ms: every tool reached Garage through a proxy holding each direction for N/2 ms (0 ms: direct,
@@ -134,6 +140,8 @@ Requests are those s3mount logged at unmount, mount check included. '-': not run
 
 def notes(rtts, selected):
     out = [NOTES]
+    if "W13" in selected:
+        out.append(W13_NOTE)
     if rtts != [0]:
         out.append(RTT_NOTE)
     out.append(TAIL_NOTE)

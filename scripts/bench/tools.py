@@ -3,8 +3,9 @@ its bucket, and what it cannot do.
 
 A mount adapter gives the command line of a daemon that stays in the foreground
 (the harness runs it, waits for the mount, and takes it down). `cache` is the one
-directory where the tool keeps what it puts on local disk. `cannot` maps a
-workload to the reason its cells show instead of a figure; `runs` says whether a tool runs a workload at all (the others show "-")."""
+directory where the tool keeps what it puts on local disk: W13 puts it on a small
+filesystem. `cannot` maps a workload to the reason its cells show instead of a
+figure; `runs` says whether a tool runs a workload at all (the others show "-")."""
 
 import os
 import re
@@ -75,10 +76,11 @@ class S3fs(Tool):
     apt = ("s3fs", "s3fs")
 
     def mount_argv(self, bench, mnt, cache, log):
-        # Without use_cache s3fs keeps no disk cache.
+        # Without use_cache s3fs keeps no disk cache; its temporary files (what
+        # it uploads) go to tmpdir.
         return ["s3fs", self.bucket, mnt, "-f", "-o", f"passwd_file={bench.s3fs_passwd}",
                 "-o", f"url={bench.endpoint}", "-o", "use_path_request_style",
-                "-o", f"endpoint={bench.env['AWS_REGION']}"], bench.tool_env()
+                "-o", f"endpoint={bench.env['AWS_REGION']}", "-o", f"tmpdir={cache}"], bench.tool_env()
 
     def version(self, bench):
         return first_line(["s3fs", "--version"], self.name).replace(
@@ -153,6 +155,9 @@ class Direct(Tool):
 
     name = "direct"
     direct = True
+    cannot = {
+        "W13": "n/a: no stream input",
+    }
 
 
 TOOLS = {t.name: t for t in (S3mount(), S3mountBg(), S3fs(), Rclone(), MountS3(), Direct())}

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from case import StepFailed, field
+import s3
+from case import CaseFailed, StepFailed, field
+from harness import DiskPeak
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -22,6 +24,7 @@ W12_SIZE = 256 * MIB
 SEED = 42
 TREE_FILES = 2000  # the tree of W9 and W10: 100 dirs x 20 files
 W11_SIZES = (1000, 10000, 100000)
+W13_DISK = "1g"  # the filesystem W13's local disk is on
 HELPERS = Path(__file__).resolve().parent / "helpers.py"
 
 
@@ -368,6 +371,77 @@ def w12_direct(c):
     c.result("W12-rss", field("rss_mib", out))
 
 
+# ---------------------------------------------------------------- W13
+def w13_limit(c):
+    """A step of W13 may take the usual limit plus 30 MB/s for the stream."""
+    return c.b.step_limit + c.b.w13_size / 30e6
+
+
+def disk_room(c, need):
+    """Wait (15 min at most) until the work directory's filesystem has NEED bytes
+    free: Garage frees the blocks of a deleted object 10 minutes after the delete."""
+    deadline = time.monotonic() + 900
+    while True:
+        st = os.statvfs(c.work)
+        free = st.f_bavail * st.f_frsize
+        if free >= need:
+            return
+        if time.monotonic() > deadline:
+            raise StepFailed(f"{free >> 30} GiB free in {c.work}, W13 needs {need >> 30} GiB")
+        c.say(f"{free >> 30} GiB free, waiting for Garage to free the blocks of an earlier W13")
+        time.sleep(10)
+
+
+def w13(c):
+    size = c.b.w13_size
+    key = f"w13-{c.rtt}-{c.run_no}.bin"
+    disk_room(c, size + 2 * GIB)
+    small = c.work / "small-disk"
+    c.h.mount_tmpfs(small, W13_DISK)
+    c.cleanups.append(lambda: c.h.unmount_tmpfs(small, lazy=True))
+    # The 20 GiB stay in Garage only as long as the case: delete them (and any
+    # upload a failure left) once it is over.
+    c.cleanups.append(lambda: forget(c, key))
+    cache = small / "cache"
+    m = c.mount("W13", cache=cache)
+    lim = w13_limit(c)
+    with DiskPeak(small) as disk:
+        c0, t0 = m.cpu_ticks(), time.monotonic()
+        _, err = c.run(["bash", "-o", "pipefail", "-c",
+                        'python3 "$1" stream "$2" | dd of="$3" bs=1M iflag=fullblock',
+                        "w13", HELPERS, size, m.mnt / key],
+                       capture_err=True, limit=lim, check=False, what="the stream (dd)")
+        streamed = any(line.startswith(f"{size} bytes") for line in err.splitlines())
+        if streamed:
+            c.bench("wait", c.bucket, key, size, "--timeout", int(lim), measured=False, limit=lim)
+            elapsed = secs(t0)
+            cpu = m.cpu_since(c0)
+    if not streamed:
+        # A tool whose local disk filled may say ENOSPC, or EIO (s3fs, rclone).
+        if "No space left" in err:
+            cell = "error: ENOSPC"
+        elif disk.peak >= 0.95 * disk.size():
+            cell = "error: disk full"
+        else:
+            cell = "error"
+        raise CaseFailed(f"the stream failed ({disk.peak >> 20} MiB of the small disk used at most): "
+                         + err.strip(), cell=cell)
+    c.result("W13", elapsed)
+    c.result("W13-disk", str(disk.peak >> 20))
+    c.result("W13-cpu", cpu)
+    c.result("W13-rss", m.peak_rss())
+    c.unmount(m, "W13")
+
+
+def forget(c, key):
+    try:
+        s3.delete_object(c.b.env, c.bucket, key)
+        n = s3.abort_uploads(c.b.env, c.bucket, key)
+        c.say(f"deleted {key}" + (f", aborted {n} upload(s)" if n else ""))
+    except OSError as e:
+        c.say(f"could not delete {key}: {e}")
+
+
 # ---------------------------------------------------------------- the list
 @dataclass
 class Workload:
@@ -401,6 +475,8 @@ WORKLOADS = [
     Workload("W10", w10, w10_direct, ("W10-sent",), writes=True),
     Workload("W11", w11, w11_direct, unit="us per entry", params=W11_SIZES),
     Workload("W12", w12, w12_direct, ("W12-rss",), unit="MB/s", data=("w12",)),
+    Workload("W13", w13, None, ("W13-disk", "W13-cpu", "W13-rss"), writes=True,
+             case_limit=lambda b: 2400 + 2 * b.w13_size / 30e6),
 ]
 ALL_IDS = [w.id for w in WORKLOADS]
 
@@ -416,7 +492,7 @@ class Row:
     kind: str = "less"
 
 
-def rows():
+def rows(w13_size_text):
     r = [
         Row("W1", "W1 cp 1 GiB into the mount, until in the bucket (s)", "W1"),
         Row("W2", "W2 cold sequential read of 1 GiB (s)", "W2"),
@@ -438,5 +514,10 @@ def rows():
     r += [
         Row("W12", "W12 4 concurrent cold reads of 256 MiB objects, in all (MB/s)", "W12", "more"),
         Row("W12-rss", "W12 peak RSS during W12 (MiB)", "W12"),
+        Row("W13", f"W13 dd of {w13_size_text} into the mount, cache on 1 GiB, until in the bucket (s)",
+            "W13"),
+        Row("W13-disk", "W13 peak disk used on that 1 GiB (MiB)", "W13"),
+        Row("W13-cpu", "W13 daemon CPU, user + system (s)", "W13"),
+        Row("W13-rss", "W13 peak RSS (MiB)", "W13"),
     ]
     return r
