@@ -40,6 +40,9 @@ Workloads (wall clock in seconds, lower is better, unless said otherwise):
   W13 dd of a 20 GiB stream (--w13-size) into a new file, until the object is in the
       bucket, with the tool's local disk (cache directory, temporary files) on a 1 GiB
       tmpfs: the time, the peak space used there, the daemon's CPU and peak RSS
+  W14 through one mount: a cold read of 100 files of 16 KiB, a cold read of a 1 GiB
+      object (twice s3mount's --cache-size 512MiB), then a re-read of the 100 files:
+      its time against the first read's, and for s3mount the GETs it made
 
 Each tool has its own bucket, every case its own fresh mount; cold workloads (and
 W3) drop the page cache first. W1, W4, W9, W10 and W13 write new random data every
@@ -48,7 +51,7 @@ With --rtt, every tool (and the direct client) reaches Garage through
 `s3mount-bench proxy`, which holds each direction of every connection for half
 the round trip; the setup and the checks that objects arrived go direct. A cell
 "n/a: ..." is a workload the tool cannot run (mount-s3 cannot rename, chmod or
-set times after close: W9, W10; the direct client reads no stream: W13).
+set times after close: W9, W10; the direct client has no cache or stream: W13, W14).
 
 The table goes to stdout, progress to stderr, logs to DIR/logs. A case that fails
 (a tool that cannot mount, hangs at unmount, or any step over its time limit) marks
@@ -56,7 +59,7 @@ only that tool's cells "error" and the run goes on. Needs root (apt-get, mounts,
 drop_caches). Installs s3fs, rclone, fuse3 and Garage where missing, and builds
 mount-s3 (scripts/mount-s3.sh, about 10 minutes once); stops every server, proxy,
 mount and process it started, also on error or Ctrl-C. Everything with 3 runs at
-loopback takes about 35 minutes on 2 cores without W13 (plus the first
+loopback takes about 35 minutes on 2 cores without W13 and W14 (plus the first
 build of Garage); each further round trip of 20 ms about 90 more. Other load on
 the machine skews the numbers.
 """
@@ -141,7 +144,7 @@ def parse_args(argv):
     i = 0
     while i < len(argv):
         a = argv[i]
-        if re.fullmatch(r"W([1-9]|1[0-3])", a):
+        if re.fullmatch(r"W([1-9]|1[0-4])", a):
             o.workloads.append(a)
         elif a == "--tools" or a.startswith("--tools="):
             v, i = value(i, "--tools")

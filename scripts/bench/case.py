@@ -2,6 +2,7 @@
 in one run. What its steps need: bounded commands logged to the case's log, the
 tool's mount, the page cache, results, and objects written once per bucket."""
 
+import json
 import shutil
 import subprocess
 import time
@@ -115,7 +116,7 @@ class Case:
         self.b.record(name, tool or self.tool.name, self.rtt, self.run_no, value)
 
     # ------------------------------------------------------------ mounts
-    def mount(self, name, cache=None):
+    def mount(self, name, cache=None, cache_size=None):
         """The tool's bucket at WORK/mnt/TOOL through the current round trip. Without
         `cache` the mount gets an empty cache directory of its own."""
         t = self.tool
@@ -127,7 +128,7 @@ class Case:
         log = self.b.logs / f"{name}-{t.name}-{self.rtt}-{self.run_no}.mount.log"
         log.write_text("")
         stderr = log.with_suffix(".stderr") if t.counts_requests else log
-        argv, env = t.mount_argv(self.b, mnt, cache, log)
+        argv, env = t.mount_argv(self.b, mnt, cache, log, cache_size)
         self.say("+ " + " ".join(str(a) for a in argv) + " &")
         return self.h.mount(t.name, argv, env, mnt, log, stderr)
 
@@ -142,6 +143,12 @@ class Case:
                 raise StepFailed(f"{self.tool.name} exited with status {status}")
             n = tools_mod.requests_at_unmount(m.log)
             self.result(name, n or "?", tool=self.tool.name + ".req")
+
+    def requests(self, m, kind):
+        """How many requests of one kind (GetObject, ...) s3mount made so far, from
+        `s3mount status --json`."""
+        out = self.run([self.b.bin / "s3mount", "status", m.mnt, "--json"], capture=True, limit=30)
+        return int(json.loads(out).get("requests", {}).get(kind, 0))
 
     # ------------------------------------------------------------ data
     def setup_once(self, what):
@@ -163,6 +170,8 @@ class Case:
             for i in range(4):
                 self.bench("put", work / "data" / f"w12-{i}.bin", bucket, f"w12/{i}.bin",
                            measured=False)
+        elif what == "w14":
+            self.bench("put-many", bucket, "w14/", 100, 16384, measured=False)
         else:
             raise ValueError(what)
         self.b.setup_done.add(key)

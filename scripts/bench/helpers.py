@@ -2,6 +2,7 @@
 cp or dd):
 
   helpers.py preads FILE OFFSETS      a pread of 4 KiB at each offset in OFFSETS (one a line)
+  helpers.py read-files SIZE FILE...  read each FILE whole; each must have SIZE bytes
   helpers.py stream SIZE              SIZE bytes of data Garage cannot deduplicate on stdout,
                                       fast: a 256 MiB random buffer, each pass over it
                                       rotated by a new odd offset, so that no 4 KiB-aligned
@@ -22,6 +23,19 @@ def preads(path, offsets):
             if len(os.pread(fd, 4096, off)) != 4096:
                 sys.exit(f"short read at {off}")
     os.close(fd)
+
+
+def read_files(size, paths):
+    for path in paths:
+        n = 0
+        with open(path, "rb", buffering=0) as f:
+            while True:
+                chunk = f.read(1 << 20)
+                if not chunk:
+                    break
+                n += len(chunk)
+        if n != size:
+            sys.exit(f"{path}: {n} bytes, not {size}")
 
 
 def stream(size):
@@ -50,6 +64,8 @@ def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "preads":
         preads(args[0], args[1])
+    elif cmd == "read-files":
+        read_files(int(args[0]), args[1:])
     elif cmd == "stream":
         stream(int(args[0]))
     else:

@@ -126,6 +126,12 @@ W13 streams new data (a 256 MiB random buffer, each pass rotated) through dd bs=
 each tool's local disk (s3mount --cache-dir, s3fs tmpdir, rclone --cache-dir) is on a 1 GiB tmpfs,
 whose peak use is sampled every 0.2 s; mount-s3 keeps nothing on disk. The object is deleted after."""
 
+W14_NOTE = """\
+W14, through one mount: a cold read of 100 files of 16 KiB, a cold read of a 1 GiB object, and a
+re-read of the 100 files (the page cache dropped before each); s3mount with --cache-size 512MiB,
+rclone --vfs-cache-max-size 512M (its cache holds only what is written); s3fs and mount-s3 keep no read
+cache here. GETs: those s3mount's status counted during the re-read."""
+
 RTT_NOTE = """\
 N ms: every tool reached Garage through a proxy holding each direction for N/2 ms (0 ms: direct,
 on loopback); new connections cost no extra round trip there, as they would (with TLS, more) on S3."""
@@ -142,6 +148,8 @@ def notes(rtts, selected):
     out = [NOTES]
     if "W13" in selected:
         out.append(W13_NOTE)
+    if "W14" in selected:
+        out.append(W14_NOTE)
     if rtts != [0]:
         out.append(RTT_NOTE)
     out.append(TAIL_NOTE)

@@ -4,7 +4,8 @@ its bucket, and what it cannot do.
 A mount adapter gives the command line of a daemon that stays in the foreground
 (the harness runs it, waits for the mount, and takes it down). `cache` is the one
 directory where the tool keeps what it puts on local disk: W13 puts it on a small
-filesystem. `cannot` maps a workload to the reason its cells show instead of a
+filesystem. `cache_size`, where given (W14), is the most disk cache a tool with a
+limit may use. `cannot` maps a workload to the reason its cells show instead of a
 figure; `runs` says whether a tool runs a workload at all (the others show "-")."""
 
 import os
@@ -19,7 +20,7 @@ class Tool:
     keeps_cache = True  # a fresh mount on the same cache directory may find W2's reads there
     cannot = {}  # workload -> "n/a: why"
     apt = None  # (command, Debian package) installed where missing
-    counts_requests = False  # logs "S3 requests: N" at unmount
+    counts_requests = False  # logs "S3 requests: N" at unmount; answers `status --json`
 
     @property
     def bucket(self):
@@ -31,7 +32,7 @@ class Tool:
     def prepare(self, repo):
         """Install or find what the tool needs (before anything is measured)."""
 
-    def mount_argv(self, bench, mnt, cache, log):
+    def mount_argv(self, bench, mnt, cache, log, cache_size=None):
         """(argv, env) of the daemon, in the foreground, talking to bench.endpoint."""
         raise NotImplementedError
 
@@ -53,10 +54,12 @@ class S3mount(Tool):
     counts_requests = True
     extra = []
 
-    def mount_argv(self, bench, mnt, cache, log):
+    def mount_argv(self, bench, mnt, cache, log, cache_size=None):
         argv = [bench.bin / "s3mount", self.bucket, mnt, "--foreground", *self.extra,
                 "--endpoint-url", bench.endpoint, "--region", bench.env["AWS_REGION"],
                 "--force-path-style", "--cache-dir", cache, "--log-file", log]
+        if cache_size:
+            argv += ["--cache-size", f"{cache_size >> 20}MiB"]
         return argv, bench.tool_env()
 
 
@@ -75,7 +78,7 @@ class S3fs(Tool):
     name = "s3fs"
     apt = ("s3fs", "s3fs")
 
-    def mount_argv(self, bench, mnt, cache, log):
+    def mount_argv(self, bench, mnt, cache, log, cache_size=None):
         # Without use_cache s3fs keeps no disk cache; its temporary files (what
         # it uploads) go to tmpdir.
         return ["s3fs", self.bucket, mnt, "-f", "-o", f"passwd_file={bench.s3fs_passwd}",
@@ -91,7 +94,7 @@ class Rclone(Tool):
     name = "rclone"
     apt = ("rclone", "rclone")
 
-    def mount_argv(self, bench, mnt, cache, log):
+    def mount_argv(self, bench, mnt, cache, log, cache_size=None):
         env = bench.tool_env()
         env.pop("AWS_CA_BUNDLE", None)
         env.update({
@@ -105,6 +108,8 @@ class Rclone(Tool):
         })
         argv = ["rclone", "mount", f"bench:{self.bucket}", mnt,
                 "--vfs-cache-mode", "writes", "--cache-dir", cache]
+        if cache_size:
+            argv += ["--vfs-cache-max-size", f"{cache_size >> 20}M"]
         return argv, env
 
     def version(self, bench):
@@ -139,7 +144,7 @@ class MountS3(Tool):
                              stdout=subprocess.PIPE, text=True, check=True).stdout
         self.path = out.strip().splitlines()[-1] if out.strip() else mount_s3_path()
 
-    def mount_argv(self, bench, mnt, cache, log):
+    def mount_argv(self, bench, mnt, cache, log, cache_size=None):
         # No disk cache (its --cache option is off by default): `cache` stays empty.
         return [self.path or mount_s3_path(), self.bucket, mnt,
                 "--endpoint-url", bench.endpoint, "--region", bench.env["AWS_REGION"],
@@ -157,6 +162,7 @@ class Direct(Tool):
     direct = True
     cannot = {
         "W13": "n/a: no stream input",
+        "W14": "n/a: no cache",
     }
 
 

@@ -25,6 +25,9 @@ SEED = 42
 TREE_FILES = 2000  # the tree of W9 and W10: 100 dirs x 20 files
 W11_SIZES = (1000, 10000, 100000)
 W13_DISK = "1g"  # the filesystem W13's local disk is on
+W14_CACHE = 512 * MIB  # s3mount's --cache-size in W14 (its object is 1 GiB)
+W14_FILES = 100
+W14_FILE_SIZE = 16 * 1024
 HELPERS = Path(__file__).resolve().parent / "helpers.py"
 
 
@@ -442,6 +445,34 @@ def forget(c, key):
         c.say(f"could not delete {key}: {e}")
 
 
+# ---------------------------------------------------------------- W14
+def w14(c):
+    c.setup_once("read")
+    c.setup_once("w14")
+    m = c.mount("W14", cache_size=W14_CACHE)
+    files = [m.mnt / "w14" / f"f{i:05d}" for i in range(W14_FILES)]
+    read_files = [sys.executable, HELPERS, "read-files", W14_FILE_SIZE, *files]
+    c.drop_caches()
+    t0 = time.monotonic()
+    c.run(read_files, what="read-files")
+    first = since(t0)
+    c.drop_caches()
+    t0 = time.monotonic()
+    c.read_all(m.mnt / "read" / "big.bin", GIB)
+    c.result("W14-big", secs(t0))
+    gets = c.requests(m, "GetObject") if c.tool.counts_requests else None
+    c.drop_caches()
+    t0 = time.monotonic()
+    c.run(read_files, what="read-files")
+    again = since(t0)
+    if gets is not None:
+        c.result("W14-gets", str(c.requests(m, "GetObject") - gets))
+    c.result("W14-first", f"{first:.2f}")
+    c.result("W14-ratio", f"{again / first:.2f}")
+    c.result("W14", f"{again:.2f}")
+    c.unmount(m, "W14")
+
+
 # ---------------------------------------------------------------- the list
 @dataclass
 class Workload:
@@ -477,6 +508,8 @@ WORKLOADS = [
     Workload("W12", w12, w12_direct, ("W12-rss",), unit="MB/s", data=("w12",)),
     Workload("W13", w13, None, ("W13-disk", "W13-cpu", "W13-rss"), writes=True,
              case_limit=lambda b: 2400 + 2 * b.w13_size / 30e6),
+    Workload("W14", w14, None, ("W14-first", "W14-big", "W14-ratio", "W14-gets"),
+             data=("read",)),
 ]
 ALL_IDS = [w.id for w in WORKLOADS]
 
@@ -519,5 +552,10 @@ def rows(w13_size_text):
         Row("W13-disk", "W13 peak disk used on that 1 GiB (MiB)", "W13"),
         Row("W13-cpu", "W13 daemon CPU, user + system (s)", "W13"),
         Row("W13-rss", "W13 peak RSS (MiB)", "W13"),
+        Row("W14-first", "W14 cold read of 100 files of 16 KiB (s)", "W14"),
+        Row("W14-big", "W14 then a cold read of 1 GiB, twice the cache (s)", "W14"),
+        Row("W14", "W14 then a re-read of the 100 files (s)", "W14"),
+        Row("W14-ratio", "W14 re-read / first read (below 1: they stayed warm)", "W14", "none"),
+        Row("W14-gets", "W14 GETs of the re-read (s3mount status)", "W14", "none"),
     ]
     return r
