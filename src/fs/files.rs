@@ -326,6 +326,11 @@ impl Fs {
             let (Some(staged), Some(stream)) = (&of.staged, &mut of.stream) else {
                 return;
             };
+            // (An upload begun at a close, say of a file changed in place, sends
+            // nothing while the file is written: nothing to wait for.)
+            if !offload::applies(staged, stream) {
+                return;
+            }
             let size = staged.size();
             let backlog = size.saturating_sub(staged.offloaded_bytes());
             if backlog <= offload::backlog_limit(stream, PARALLEL_PARTS) {

@@ -322,3 +322,31 @@ async fn another_writers_object_met_at_close_keeps_theirs_and_puts_ours_aside() 
     assert!(record.contains(&m.store.upload_ids().pop().unwrap()));
     assert!(std::fs::read(&aside).unwrap()[..8 * MIB] == data[..8 * MIB]);
 }
+
+#[tokio::test]
+async fn writes_after_a_failed_upload_of_a_file_changed_in_place_go_on() {
+    let m = mount();
+    m.store.insert("big", pattern(64 * MIB));
+    let ino = m.fs.lookup(ROOT_INO, name("big")).await.unwrap().ino;
+    let fh = m.fs.open(ino, libc::O_RDWR, ME).await.unwrap();
+    m.fs.write(fh, 0, b"a".to_vec()).await.unwrap();
+    m.store.fail_next(
+        Op::CompleteMultipart,
+        StoreError::Unreachable("down".into()),
+    );
+    assert_eq!(m.fs.flush(fh, ME.process).await, Err(Errno::EIO));
+    // The upload the close began is kept for the next attempt; it sends
+    // nothing while the file is written, so a write has nothing to wait for.
+    let written = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        m.fs.write(fh, 100, b"b".to_vec()),
+    )
+    .await;
+    assert_eq!(written.expect("the write returns"), Ok(1));
+    m.fs.flush(fh, ME.process).await.unwrap();
+    m.fs.release(fh).await;
+    let mut expected = pattern(64 * MIB);
+    expected[0] = b'a';
+    expected[100] = b'b';
+    assert!(m.store.object("big").unwrap().body[..] == expected[..]);
+}

@@ -52,7 +52,7 @@ impl OffloadPolicy {
 /// file streamed while it is written (not of an upload at close, nor of one
 /// an earlier run left, whose parts S3 has not been asked about).
 pub fn offloadable(staged: &Staged, stream: &Stream) -> Vec<Range<u64>> {
-    if !staged.is_new() || !stream.streaming || stream.unverified {
+    if !applies(staged, stream) {
         return Vec::new();
     }
     stream
@@ -62,6 +62,12 @@ pub fn offloadable(staged: &Staged, stream: &Stream) -> Vec<Range<u64>> {
         })
         .map(|(_, range, _)| range)
         .collect()
+}
+
+/// Does offloading apply to `staged` with `stream` at all: a new file whose
+/// parts go up while it is written?
+pub fn applies(staged: &Staged, stream: &Stream) -> bool {
+    staged.is_new() && stream.streaming && !stream.unverified
 }
 
 /// Bytes of an offloading file that may be on local disk and not in S3 before
