@@ -332,7 +332,8 @@ impl Fs {
                 return;
             }
             let size = staged.size();
-            let backlog = size.saturating_sub(staged.offloaded_bytes());
+            // What was written and is still on disk (holes cost nothing).
+            let backlog = staged.bytes_on_disk();
             if backlog <= offload::backlog_limit(stream, PARALLEL_PARTS) {
                 return;
             }

@@ -350,3 +350,37 @@ async fn writes_after_a_failed_upload_of_a_file_changed_in_place_go_on() {
     expected[100] = b'b';
     assert!(m.store.object("big").unwrap().body[..] == expected[..]);
 }
+
+#[tokio::test]
+async fn a_file_extended_by_truncation_then_written_anywhere_keeps_its_holes_writable() {
+    let m = mount();
+    let (attr, fh) =
+        m.fs.create(ROOT_INO, name("disk.img"), FILE_MODE, libc::O_RDWR, ME)
+            .await
+            .unwrap();
+    let size = 256 * MIB;
+    let grow = SetAttr {
+        size: Some(size as u64),
+        ..Default::default()
+    };
+    m.fs.setattr(attr.ino, grow).await.unwrap();
+    // A write far into the file waits for nothing: the holes below it are
+    // no backlog, and none of them is offloaded.
+    m.fs.write(fh, (200 * MIB) as u64, pattern(MIB))
+        .await
+        .unwrap();
+    assert!(
+        m.store.calls(Op::UploadPart) <= 4,
+        "{} parts sent",
+        m.store.calls(Op::UploadPart)
+    );
+    m.fs.write(fh, (8 * MIB) as u64, pattern(MIB))
+        .await
+        .unwrap();
+    m.fs.flush(fh, ME.process).await.unwrap();
+    m.fs.release(fh).await;
+    let mut expected = vec![0u8; size];
+    expected[200 * MIB..201 * MIB].copy_from_slice(&pattern(MIB));
+    expected[8 * MIB..9 * MIB].copy_from_slice(&pattern(MIB));
+    assert!(m.store.object("disk.img").unwrap().body[..] == expected[..]);
+}

@@ -48,7 +48,9 @@ impl OffloadPolicy {
 }
 
 /// The parts of `stream` S3 confirmed whose bytes may leave `staged` now: all
-/// but the first, whole (not a short last part), not offloaded yet, of a new
+/// but the first, whole (not a short last part), written in full (not the
+/// holes a truncation that extends leaves, which a writer may fill later),
+/// not offloaded yet, of a new
 /// file streamed while it is written (not of an upload at close, nor of one
 /// an earlier run left, whose parts S3 has not been asked about).
 pub fn offloadable(staged: &Staged, stream: &Stream) -> Vec<Range<u64>> {
@@ -58,7 +60,10 @@ pub fn offloadable(staged: &Staged, stream: &Stream) -> Vec<Range<u64>> {
     stream
         .sent_parts()
         .filter(|(number, range, _)| {
-            *number > 1 && *range == part_range(*number) && !staged.is_offloaded(range)
+            *number > 1
+                && *range == part_range(*number)
+                && staged.is_written(range)
+                && !staged.is_offloaded(range)
         })
         .map(|(_, range, _)| range)
         .collect()

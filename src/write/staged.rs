@@ -131,6 +131,18 @@ impl Staged {
         }
     }
 
+    /// Has every byte of `range` been written (or fetched) into the staging
+    /// file? Not the holes a truncation that extends leaves.
+    pub fn is_written(&self, range: &Range<u64>) -> bool {
+        self.present.gaps(range).next().is_none()
+    }
+
+    /// Bytes written into the staging file and still on disk there.
+    pub fn bytes_on_disk(&self) -> u64 {
+        let present: u64 = self.present.iter().map(|r| r.end - r.start).sum();
+        present.saturating_sub(self.offloaded_bytes())
+    }
+
     /// Is all of `range` offloaded?
     pub fn is_offloaded(&self, range: &Range<u64>) -> bool {
         self.offloaded.gaps(range).next().is_none()
