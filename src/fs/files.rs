@@ -569,18 +569,20 @@ impl Fs {
         if let Some(inode) = linked
             .as_ref()
             .filter(|_| of.staged.as_ref().is_some_and(Staged::has_offloaded))
-            && let Some(stream) = &of.stream
+            && let Some(stream) = of.stream.as_mut()
         {
             // Poisoned by a failed write, with bytes only its upload holds: the
             // upload is kept, and the record put aside below names it with all
-            // the parts S3 confirmed.
+            // the parts S3 confirmed (those on their way too, once they end).
+            while stream.in_flight() {
+                stream.next_done().await;
+            }
+            let (key, id) = (stream.key().to_string(), stream.upload_id().to_string());
             tracing::warn!(
-                "{}: multipart upload {} holds the bytes of it that left local disk: kept",
-                stream.key(),
-                stream.upload_id()
+                "{key}: multipart upload {id} holds the bytes of it that left local disk: kept"
             );
             if let Err(e) = self.save_record(inode, &of, true).await {
-                tracing::error!("{}: its record cannot be updated ({e:?})", stream.key());
+                tracing::error!("{key}: its record cannot be updated ({e:?})");
             }
             of.stream = None;
         }
