@@ -18,7 +18,8 @@ use crate::store::{ObjectStore, StoreError};
 const MIB: usize = 1 << 20;
 const OFFLOAD_AFTER: u64 = 16 << 20;
 /// The most a writer may be ahead of S3: the four parts in flight and two
-/// more, of 8 MiB.
+/// more, of 8 MiB. A file of 64 MiB written in order has offloaded some of
+/// its parts by the time its last write returns, however slow the machine.
 const BACKLOG: u64 = 48 << 20;
 
 struct Mount {
@@ -144,7 +145,10 @@ async fn a_streamed_file_below_the_offload_size_keeps_its_bytes() {
     let data = pattern(40 * MIB);
     let (_, fh) = write_in_pieces(&m.fs, "f", &data).await;
     assert_eq!(m.store.calls(Op::CreateMultipart), 1, "it is streamed");
-    assert_eq!(allocated(&m.staging_file()), 40 << 20);
+    assert!(
+        allocated(&m.staging_file()) >= 40 << 20,
+        "nothing left the disk"
+    );
     assert_eq!(
         m.fs.read(fh, 9 << 20, 3).await.unwrap()[..],
         data[9 * MIB..][..3]
@@ -154,7 +158,7 @@ async fn a_streamed_file_below_the_offload_size_keeps_its_bytes() {
 #[tokio::test]
 async fn a_crash_while_offloading_puts_the_bytes_aside_and_keeps_the_upload() {
     let mut m = mount();
-    let data = pattern(40 * MIB);
+    let data = pattern(64 * MIB);
     write_in_pieces(&m.fs, "backup.bin", &data).await;
     assert_eq!(m.crash_and_remount().await, 0);
     assert!(
@@ -194,13 +198,13 @@ async fn a_crash_while_offloading_puts_the_bytes_aside_and_keeps_the_upload() {
         at = end;
     }
     assert!(kept[at..] == data[at..]);
-    assert!(allocated(&aside) < (40 << 20));
+    assert!(allocated(&aside) < (64 << 20));
 }
 
 #[tokio::test]
 async fn a_failed_write_keeps_the_upload_that_holds_the_offloaded_bytes() {
     let m = mount();
-    let data = pattern(40 * MIB);
+    let data = pattern(64 * MIB);
     let (_, fh) = write_in_pieces(&m.fs, "backup.bin", &data).await;
     // A write that fails locally poisons the file: it is never uploaded.
     assert!(m.fs.write(fh, u64::MAX - 1, b"xyz".to_vec()).await.is_err());
@@ -229,7 +233,7 @@ async fn a_directory_holding_an_offloading_file_cannot_be_renamed() {
         m.fs.create(dir.ino, name("f"), FILE_MODE, libc::O_WRONLY, ME)
             .await
             .unwrap();
-    let data = pattern(40 * MIB);
+    let data = pattern(64 * MIB);
     for (i, chunk) in data.chunks(MIB).enumerate() {
         m.fs.write(fh, (i * MIB) as u64, chunk.to_vec())
             .await
@@ -263,16 +267,16 @@ async fn a_short_last_part_sent_by_a_failed_fsync_is_not_offloaded() {
     assert!(m.store.object("backup.bin").unwrap().body[..] == data[..]);
 }
 
-/// A 40 MiB `backup.bin` written (offloading) and closed, whose completion
+/// A 64 MiB `backup.bin` written (offloading) and closed, whose completion
 /// failed: its bytes.
 async fn written_but_not_completed(m: &Mount) -> Vec<u8> {
-    let data = pattern(40 * MIB);
+    let data = pattern(64 * MIB);
     m.store.fail_next(
         Op::CompleteMultipart,
         StoreError::Unreachable("down".into()),
     );
     let (_, fh) = write_in_pieces(&m.fs, "backup.bin", &data).await;
-    assert!(allocated(&m.staging_file()) < (40 << 20), "offloaded");
+    assert!(allocated(&m.staging_file()) < (64 << 20), "offloaded");
     assert_eq!(m.fs.flush(fh, ME.process).await, Err(Errno::EIO));
     m.fs.release(fh).await;
     data
@@ -305,7 +309,7 @@ async fn an_offloaded_file_whose_upload_is_gone_is_put_aside_not_stored_with_hol
 #[tokio::test]
 async fn another_writers_object_met_at_close_keeps_theirs_and_puts_ours_aside() {
     let m = mount();
-    let data = pattern(40 * MIB);
+    let data = pattern(64 * MIB);
     let (_, fh) = write_in_pieces(&m.fs, "backup.bin", &data).await;
     m.store.insert("backup.bin", "someone else's");
     assert_eq!(m.fs.flush(fh, ME.process).await, Err(Errno::ESTALE));
