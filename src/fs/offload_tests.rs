@@ -3,16 +3,14 @@
 //! replaced by zeros for it, through a crash or a lost upload.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use super::inode::ROOT_INO;
-use super::tests::{
-    FILE_MODE, ME, files_in, name, pattern, read_all, test_config, write_in_pieces,
-};
+use super::tests::{FILE_MODE, ME, name, pattern, read_all, write_in_pieces};
+use super::write_back_tests::{Mount, mount_with};
 use super::*;
 use crate::cache::disk::DiskLimits;
-use crate::store::memory::{MemoryStore, Op};
+use crate::store::memory::Op;
 use crate::store::{ObjectStore, StoreError};
 
 const MIB: usize = 1 << 20;
@@ -22,53 +20,9 @@ const OFFLOAD_AFTER: u64 = 16 << 20;
 /// its parts by the time its last write returns, however slow the machine.
 const BACKLOG: u64 = 48 << 20;
 
-struct Mount {
-    store: Arc<MemoryStore>,
-    fs: Arc<Fs>,
-    dir: tempfile::TempDir,
-}
-
-fn mount_with(change: impl FnOnce(&mut FsConfig, &Path)) -> Mount {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(MemoryStore::new());
-    let mut config = test_config(dir.path());
-    change(&mut config, dir.path());
-    let fs = Fs::new(store.clone(), config, None).unwrap();
-    Mount { store, fs, dir }
-}
-
 /// Files past 16 MiB offload.
 fn mount() -> Mount {
-    mount_with(|c, _| c.offload_after = OFFLOAD_AFTER)
-}
-
-impl Mount {
-    fn crash_and_remount(&mut self) -> impl Future<Output = usize> + '_ {
-        self.fs.halt();
-        let config = self.fs.config().clone();
-        self.fs = Fs::new(self.store.clone(), config, None).unwrap();
-        async { self.fs.resume().await.unwrap() }
-    }
-
-    fn staging_file(&self) -> PathBuf {
-        let files = files_in(&self.dir.path().join("staging"));
-        assert_eq!(files.len(), 1, "{files:?}");
-        files[0].clone()
-    }
-
-    fn recovered(&self) -> (PathBuf, String) {
-        let aside = files_in(&self.dir.path().join("recovered"));
-        let data = aside
-            .iter()
-            .find(|p| p.extension().is_none_or(|e| e != "json"))
-            .unwrap()
-            .clone();
-        let record = aside
-            .iter()
-            .find(|p| p.extension().is_some_and(|e| e == "json"))
-            .unwrap();
-        (data, std::fs::read_to_string(record).unwrap())
-    }
+    mount_with(|c| c.offload_after = OFFLOAD_AFTER)
 }
 
 /// Bytes of disk a file takes (its holes take none).
@@ -122,9 +76,9 @@ async fn a_file_written_past_the_offload_size_leaves_local_disk_and_is_stored_wh
 #[tokio::test]
 async fn a_short_disk_offloads_any_streamed_file() {
     // A block cache that must leave more free than any disk has.
-    let m = mount_with(|c, dir| {
+    let m = mount_with(|c| {
         c.cache.disk = Some((
-            dir.join("blocks"),
+            c.cache_dir.join("blocks"),
             DiskLimits {
                 max_bytes: 64 << 20,
                 min_free: u64::MAX / 2,
@@ -141,7 +95,7 @@ async fn a_short_disk_offloads_any_streamed_file() {
 
 #[tokio::test]
 async fn a_streamed_file_below_the_offload_size_keeps_its_bytes() {
-    let m = mount_with(|c, _| c.offload_after = 64 << 20);
+    let m = mount_with(|c| c.offload_after = 64 << 20);
     let data = pattern(40 * MIB);
     let (_, fh) = write_in_pieces(&m.fs, "f", &data).await;
     assert_eq!(m.store.calls(Op::CreateMultipart), 1, "it is streamed");

@@ -13,17 +13,19 @@ use crate::store::memory::{MemoryStore, Op};
 
 const MIB: usize = 1 << 20;
 
-struct Mount {
-    store: Arc<MemoryStore>,
-    fs: Arc<Fs>,
-    dir: tempfile::TempDir,
+/// A mount over the memory store with its cache directory (the offload tests
+/// use it too).
+pub(super) struct Mount {
+    pub(super) store: Arc<MemoryStore>,
+    pub(super) fs: Arc<Fs>,
+    pub(super) dir: tempfile::TempDir,
 }
 
 fn mount() -> Mount {
     mount_with(|_| {})
 }
 
-fn mount_with(change: impl FnOnce(&mut FsConfig)) -> Mount {
+pub(super) fn mount_with(change: impl FnOnce(&mut FsConfig)) -> Mount {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(MemoryStore::new());
     let mut config = test_config(dir.path());
@@ -35,11 +37,33 @@ fn mount_with(change: impl FnOnce(&mut FsConfig)) -> Mount {
 impl Mount {
     /// The daemon dies: nothing of its memory is kept, its cache directory and
     /// the bucket are; a new one mounts and takes up the journal.
-    async fn crash_and_remount(&mut self) -> usize {
+    pub(super) async fn crash_and_remount(&mut self) -> usize {
         self.fs.halt();
         let config = self.fs.config().clone();
         self.fs = Fs::new(self.store.clone(), config, None).unwrap();
         self.fs.resume().await.unwrap()
+    }
+
+    /// The one staging file.
+    pub(super) fn staging_file(&self) -> std::path::PathBuf {
+        let files = files_in(&self.dir.path().join("staging"));
+        assert_eq!(files.len(), 1, "{files:?}");
+        files[0].clone()
+    }
+
+    /// The data and the record put aside in `recovered/`.
+    pub(super) fn recovered(&self) -> (std::path::PathBuf, String) {
+        let aside = files_in(&self.dir.path().join("recovered"));
+        let data = aside
+            .iter()
+            .find(|p| p.extension().is_none_or(|e| e != "json"))
+            .unwrap()
+            .clone();
+        let record = aside
+            .iter()
+            .find(|p| p.extension().is_some_and(|e| e == "json"))
+            .unwrap();
+        (data, std::fs::read_to_string(record).unwrap())
     }
 
     /// Another machine's mount of the same bucket, with its own cache.
