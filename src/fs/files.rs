@@ -311,7 +311,8 @@ impl Fs {
         if let Some(stream) = &mut of.stream {
             self.uploader
                 .stream_written(stream, &reader, size, changed, data);
-            if self.offload.wanted(size) {
+            // (The cheap check first: the free space is a system call.)
+            if offload::applies(staged, stream) && self.offload.wanted(size) {
                 self.offload(ino, of, &reader).await;
             }
         }
