@@ -8,7 +8,7 @@ at one or more network round-trip times.
   scripts/bench.sh --tools s3mount,direct   only these tools (s3mount, s3mount-bg, s3fs,
                                             rclone, mount-s3, direct; s3mount-bg is s3mount
                                             with --background-uploads, in the workloads
-                                            that write only: W1, W4, W9, W10, W13)
+                                            that write only: W1, W4, W9, W10, W13, W15)
   scripts/bench.sh --rtt 0,20               each workload at each round-trip time in ms:
                                             0 talks to Garage on loopback, any other
                                             through a delay proxy (default 0)
@@ -16,7 +16,7 @@ at one or more network round-trip times.
   scripts/bench.sh --dir DIR                work in DIR and keep the logs there (default:
                                             a new directory under $TMPDIR or /tmp, removed
                                             at the end unless a case failed; ~17 GB, and
-                                            the size of W13 more with W13)
+                                            the size of W13 more with W13, 8 GiB with W15)
   scripts/bench.sh --w13-size SIZE          the stream of W13 (default 20GiB; 2GiB, 512MiB...)
 
 Workloads (wall clock in seconds, lower is better, unless said otherwise):
@@ -43,15 +43,17 @@ Workloads (wall clock in seconds, lower is better, unless said otherwise):
   W14 through one mount: a cold read of 100 files of 16 KiB, a cold read of a 1 GiB
       object (twice s3mount's --cache-size 512MiB), then a re-read of the 100 files:
       its time against the first read's, and for s3mount the GETs it made
+  W15 four dd of 2 GiB streams into four new files at once, default cache, until the
+      objects are in the bucket: the time, the daemon's CPU and peak RSS
 
 Each tool has its own bucket, every case its own fresh mount; cold workloads (and
-W3) drop the page cache first. W1, W4, W9, W10 and W13 write new random data every
+W3) drop the page cache first. W1, W4, W9, W10, W13 and W15 write new random data every
 time, as Garage stores blocks by content and skips writing a block it already has.
 With --rtt, every tool (and the direct client) reaches Garage through
 `s3mount-bench proxy`, which holds each direction of every connection for half
 the round trip; the setup and the checks that objects arrived go direct. A cell
 "n/a: ..." is a workload the tool cannot run (mount-s3 cannot rename, chmod or
-set times after close: W9, W10; the direct client has no cache or stream: W13, W14).
+set times after close: W9, W10; the direct client has no cache or stream: W13, W14, W15).
 
 The table goes to stdout, progress to stderr, logs to DIR/logs. A case that fails
 (a tool that cannot mount, hangs at unmount, or any step over its time limit) marks
@@ -59,7 +61,7 @@ only that tool's cells "error" and the run goes on. Needs root (apt-get, mounts,
 drop_caches). Installs s3fs, rclone, fuse3 and Garage where missing, and builds
 mount-s3 (scripts/mount-s3.sh, about 10 minutes once); stops every server, proxy,
 mount and process it started, also on error or Ctrl-C. Everything with 3 runs at
-loopback takes about 35 minutes on 2 cores without W13 and W14 (plus the first
+loopback takes about 35 minutes on 2 cores without W13, W14 and W15 (plus the first
 build of Garage); each further round trip of 20 ms about 90 more. Other load on
 the machine skews the numbers.
 """
@@ -144,7 +146,7 @@ def parse_args(argv):
     i = 0
     while i < len(argv):
         a = argv[i]
-        if re.fullmatch(r"W([1-9]|1[0-4])", a):
+        if a in workloads.ALL_IDS:
             o.workloads.append(a)
         elif a == "--tools" or a.startswith("--tools="):
             v, i = value(i, "--tools")
@@ -466,7 +468,8 @@ def main(argv):
         (work / d).mkdir(parents=True, exist_ok=True)
     st = os.statvfs(work)
     free = st.f_bavail * st.f_frsize
-    need = NEEDS_GB * 10**9 + (opts.w13_size + 2 * GIB if "W13" in opts.workloads else 0)
+    need = NEEDS_GB * 10**9 + (opts.w13_size + 2 * GIB if "W13" in opts.workloads else 0) \
+        + (workloads.W15_STREAMS * workloads.W15_SIZE if "W15" in opts.workloads else 0)
     if free < need:
         say(f"bench.sh: {work} has {free // 10**9} GB free; the benchmark needs about {-(-need // 10**9)} GB")
         if not keep_work:

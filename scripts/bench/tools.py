@@ -163,6 +163,7 @@ class Direct(Tool):
     cannot = {
         "W13": "n/a: no stream input",
         "W14": "n/a: no cache",
+        "W15": "n/a: no stream input",
     }
 
 

@@ -28,6 +28,8 @@ W13_DISK = "1g"  # the filesystem W13's local disk is on
 W14_CACHE = 512 * MIB  # s3mount's --cache-size in W14 (its object is 1 GiB)
 W14_FILES = 100
 W14_FILE_SIZE = 16 * 1024
+W15_STREAMS = 4
+W15_SIZE = 2 * GIB
 HELPERS = Path(__file__).resolve().parent / "helpers.py"
 
 
@@ -473,6 +475,37 @@ def w14(c):
     c.unmount(m, "W14")
 
 
+# ---------------------------------------------------------------- W15
+def w15(c):
+    """Four 2 GiB streams written at once with the default cache: what memory and
+    CPU a backup of several big files at a time costs."""
+    keys = [f"w15-{c.rtt}-{c.run_no}-{i}.bin" for i in range(W15_STREAMS)]
+    disk_room(c, W15_STREAMS * W15_SIZE + 2 * GIB)
+    for key in keys:
+        c.cleanups.append(lambda key=key: forget(c, key))
+    m = c.mount("W15")
+    lim = c.b.step_limit + W15_STREAMS * W15_SIZE / 30e6
+    c0, t0 = m.cpu_ticks(), time.monotonic()
+    procs = [c.h.start(["bash", "-o", "pipefail", "-c",
+                        'python3 "$1" stream "$2" | dd of="$3" bs=1M iflag=fullblock',
+                        "w15", HELPERS, str(W15_SIZE), str(m.mnt / key)],
+                       log=c.log, stderr=subprocess.PIPE) for key in keys]
+    errs = []
+    for p in procs:
+        _, err = c.h.finish(p, max(lim - since(t0), 0.1), "a stream (dd)")
+        errs.append((p.returncode, (err or b"").decode(errors="replace")))
+    for status, err in errs:
+        c.say(err)
+        if status != 0 or not any(l.startswith(f"{W15_SIZE} bytes") for l in err.splitlines()):
+            raise StepFailed(f"a stream of W15 failed: {err.strip()}")
+    for key in keys:
+        c.bench("wait", c.bucket, key, W15_SIZE, "--timeout", int(lim), measured=False, limit=lim)
+    c.result("W15", secs(t0))
+    c.result("W15-cpu", m.cpu_since(c0))
+    c.result("W15-rss", m.peak_rss())
+    c.unmount(m, "W15")
+
+
 # ---------------------------------------------------------------- the list
 @dataclass
 class Workload:
@@ -510,6 +543,8 @@ WORKLOADS = [
              case_limit=lambda b: 2400 + 2 * b.w13_size / 30e6),
     Workload("W14", w14, None, ("W14-first", "W14-big", "W14-ratio", "W14-gets"),
              data=("read",)),
+    Workload("W15", w15, None, ("W15-cpu", "W15-rss"), writes=True,
+             case_limit=lambda b: 2400 + 2 * W15_STREAMS * W15_SIZE / 30e6),
 ]
 ALL_IDS = [w.id for w in WORKLOADS]
 
@@ -557,5 +592,8 @@ def rows(w13_size_text):
         Row("W14", "W14 then a re-read of the 100 files (s)", "W14"),
         Row("W14-ratio", "W14 re-read / first read (below 1: they stayed warm)", "W14", "none"),
         Row("W14-gets", "W14 GETs of the re-read (s3mount status)", "W14", "none"),
+        Row("W15", "W15 4 concurrent dd of 2 GiB into the mount, until in the bucket (s)", "W15"),
+        Row("W15-cpu", "W15 daemon CPU, user + system (s)", "W15"),
+        Row("W15-rss", "W15 peak RSS (MiB)", "W15"),
     ]
     return r
