@@ -12,6 +12,12 @@
 #                                      factor 3; DIR/env talks to n1, DIR/nK/env to node K;
 #                                      `stop DIR/nK` and `resume DIR/nK` stop and restart one
 #   scripts/garage.sh stop-cluster DIR stop the three nodes of DIR
+#   scripts/garage.sh add-bucket DIR B a bucket B (a global name, which the garage CLI
+#                                      knows), all rights to the test key
+#   scripts/garage.sh add-key DIR ID SECRET [BUCKET RIGHT..]  a key (GK + 24 hex
+#                                      digits, 64 hex digits) on the server of DIR, with
+#                                      the rights given (--read, --write, --owner) on
+#                                      BUCKET, else none
 #
 # Garage is built once per machine with cargo (about 10 minutes on 2 cores) into
 # $S3MOUNT_TOOLS (default ~/.cache/s3mount-tools).
@@ -190,5 +196,13 @@ case "${1:-}" in
   start) shift; [ $# -ge 1 ] || { echo "usage: $0 start DIR [BUCKET...]" >&2; exit 2; }; start "$@" ;;
   stop) [ $# -eq 2 ] || { echo "usage: $0 stop DIR" >&2; exit 2; }; stop "$2" ;;
   resume) [ $# -eq 2 ] || { echo "usage: $0 resume DIR" >&2; exit 2; }; resume "$2" ;;
-  *) echo "usage: $0 install | start DIR [BUCKET...] | stop DIR | resume DIR | start-cluster DIR [BUCKET...] | stop-cluster DIR" >&2; exit 2 ;;
+  add-bucket) [ $# -eq 3 ] || { echo "usage: $0 add-bucket DIR BUCKET" >&2; exit 2; }
+    "$GARAGE" -c "$2/garage.toml" bucket create "$3" > /dev/null
+    "$GARAGE" -c "$2/garage.toml" bucket allow --read --write --owner "$3" --key s3mount-test > /dev/null ;;
+  add-key) [ $# -ge 4 ] || { echo "usage: $0 add-key DIR ID SECRET [BUCKET RIGHT...]" >&2; exit 2; }
+    "$GARAGE" -c "$2/garage.toml" key import --yes -n "key-$3" "$3" "$4" > /dev/null
+    if [ $# -ge 6 ]; then
+      "$GARAGE" -c "$2/garage.toml" bucket allow "${@:6}" "$5" --key "$3" > /dev/null
+    fi ;;
+  *) echo "usage: $0 install | start DIR [BUCKET...] | stop DIR | resume DIR | start-cluster DIR [BUCKET...] | stop-cluster DIR | add-bucket DIR BUCKET | add-key DIR ID SECRET [BUCKET RIGHT...]" >&2; exit 2 ;;
 esac

@@ -6,7 +6,9 @@
 #
 #   scripts/profile.sh            the figures
 #   scripts/profile.sh --perf     also a perf profile of the daemon in each step
-#                                 (DIR/perf.STEP.data; `perf report -i FILE`)
+#                                 (DIR/perf.STEP.data; `perf report -i FILE`), of
+#                                 a build with line tables (cargo's "profiling"
+#                                 profile: the release build keeps only symbols)
 #   scripts/profile.sh --dir DIR  work in DIR (default: a new directory under /tmp;
 #                                 needs ~7 GB, and 3 GB of /dev/shm for the sources)
 #   scripts/profile.sh --size MIB the large file's size in MiB (default 2048): run
@@ -56,7 +58,9 @@ trap cleanup EXIT
 if [ "$tool" = mount-s3 ]; then
   mount_s3=$(scripts/mount-s3.sh install)
 else
-  cargo build --release --quiet --bin s3mount
+  build=release
+  if [ -n "$perf" ]; then build=profiling; fi
+  cargo build --profile "$build" --quiet --bin s3mount
 fi
 scripts/garage.sh install
 scripts/garage.sh start "$work/garage" profile >/dev/null
@@ -74,7 +78,7 @@ mount_fresh() {
     "$mount_s3" profile "$work/mnt" --endpoint-url "$S3_ENDPOINT" --region "$AWS_REGION" \
       --force-path-style --allow-overwrite --allow-delete --foreground > "$work/$1.log" 2>&1 &
   else
-    "$repo/target/release/s3mount" profile "$work/mnt" --endpoint-url "$S3_ENDPOINT" \
+    "$repo/target/$build/s3mount" profile "$work/mnt" --endpoint-url "$S3_ENDPOINT" \
       --force-path-style --cache-dir "$work/cache" --foreground --log-file "$work/$1.log" &
   fi
   pid=$!

@@ -85,7 +85,22 @@ fn http_client_with_ca_bundle() -> Result<Option<SharedHttpClient>, String> {
     Ok(Some(client))
 }
 
-/// An SDK error with its causes, on one line.
-pub fn one_line(err: &dyn std::error::Error) -> String {
+/// An SDK error with its causes' own words, on one line: each cause once, no
+/// `Debug` forms (those go to the debug log, see [`full_chain`]).
+pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut said: Vec<String> = Vec::new();
+    for e in std::iter::successors(Some(err), |e| (*e).source()) {
+        let text = e.to_string().replace('\n', " ");
+        // Wrappers often repeat their cause's words.
+        if !text.is_empty() && !said.iter().any(|s| s.contains(&text)) {
+            said.push(text);
+        }
+    }
+    said.join(": ")
+}
+
+/// Everything the SDK says of an error, `Debug` forms included, on one line: for
+/// the debug log.
+pub fn full_chain(err: &dyn std::error::Error) -> String {
     DisplayErrorContext(err).to_string().replace('\n', " ")
 }

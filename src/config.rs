@@ -120,6 +120,10 @@ pub struct Cli {
     #[arg(long)]
     pub allow_other: bool,
 
+    /// Mount on a directory that holds files (they are hidden while mounted)
+    #[arg(long)]
+    pub allow_nonempty: bool,
+
     /// Do not let programs be run from the mount
     #[arg(long)]
     pub noexec: bool,
@@ -261,6 +265,13 @@ pub fn parse_source(source: &str) -> Result<(String, String), String> {
     if bucket.is_empty() || bucket.contains('/') {
         return Err(format!("{source:?} is not BUCKET or BUCKET:PREFIX"));
     }
+    if !is_bucket_name(bucket) {
+        return Err(format!(
+            "{bucket:?} is not a valid bucket name: S3 bucket names are 3 to 63 lowercase \
+             letters, digits, dots and hyphens, begin and end with a letter or digit, and \
+             are not IP addresses"
+        ));
+    }
     let prefix = prefix.trim_matches('/');
     let prefix = if prefix.is_empty() {
         String::new()
@@ -268,6 +279,20 @@ pub fn parse_source(source: &str) -> Result<(String, String), String> {
         format!("{prefix}/")
     };
     Ok((bucket.to_string(), prefix))
+}
+
+/// S3's naming rule for buckets: checked before any request, as a name that
+/// breaks it fails later as a DNS or signature error that does not say why.
+fn is_bucket_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let allowed = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-';
+    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    (3..=63).contains(&bytes.len())
+        && bytes.iter().all(allowed)
+        && edge(bytes.first())
+        && edge(bytes.last())
+        && !name.contains("..")
+        && name.parse::<std::net::Ipv4Addr>().is_err()
 }
 
 /// The cache directory when none is given.
@@ -292,14 +317,37 @@ mod tests {
 
     #[test]
     fn source_splits_into_bucket_and_prefix() {
-        assert_eq!(parse_source("b").unwrap(), ("b".into(), "".into()));
-        assert_eq!(parse_source("b:").unwrap(), ("b".into(), "".into()));
+        assert_eq!(parse_source("bkt").unwrap(), ("bkt".into(), "".into()));
+        assert_eq!(parse_source("bkt:").unwrap(), ("bkt".into(), "".into()));
         assert_eq!(
-            parse_source("b:/x/y/").unwrap(),
-            ("b".into(), "x/y/".into())
+            parse_source("bkt:/x/y/").unwrap(),
+            ("bkt".into(), "x/y/".into())
         );
         assert!(parse_source(":x").is_err());
         assert!(parse_source("a/b").is_err());
+    }
+
+    #[test]
+    fn bucket_names_follow_s3s_rule() {
+        for good in ["abc", "my-bucket.example.com", "a1b", &"x".repeat(63)] {
+            assert!(is_bucket_name(good), "{good}");
+        }
+        for bad in [
+            "ab",
+            "My_Bucket",
+            "-abc",
+            "abc-",
+            "a..b",
+            "192.168.1.2",
+            &"x".repeat(64),
+        ] {
+            assert!(!is_bucket_name(bad), "{bad}");
+        }
+        assert!(
+            parse_source("My_Bucket")
+                .unwrap_err()
+                .contains("not a valid bucket name")
+        );
     }
 
     #[test]

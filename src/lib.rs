@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod mount;
 pub mod mount_args;
 pub mod mountpoint;
+pub mod no_answer;
 pub mod private;
 pub mod read;
 pub mod status;

@@ -30,7 +30,8 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(line.args);
-    let config = mountpoint::check(&cli.mountpoint).and_then(|mp| MountConfig::new(cli, mp));
+    let config = mountpoint::check(&cli.mountpoint, cli.allow_nonempty)
+        .and_then(|mp| MountConfig::new(cli, mp));
     let config = match config {
         Ok(c) => c,
         Err(e) => {

@@ -198,21 +198,146 @@ impl MountConfig {
     }
 }
 
+/// Mount and serve until unmounted (or SIGINT/SIGTERM). Errors before the mount is
+/// ready come back as one line for the user; each step says what it was doing.
+pub fn run(mut config: MountConfig, readiness: &mut Readiness) -> Result<(), String> {
+    let (_lock, tightened) = lock_cache_dir(&config)?;
+    let log = start_logging(&config, &tightened)?;
+    let rt = start_runtime()?;
+    let (store, cdn) = rt.block_on(connect(&mut config))?;
+    let fs = open_filesystem(&rt, &config, &store, cdn.clone())?;
+    let reporter = reporter(&config, &store, &fs, cdn.clone(), log.clone());
+    let _status = serve_status(&rt, &config, reporter, log)?;
+    let session = mount_fuse(&config, fs, &rt)?;
+    serve(session, &rt, &config, readiness, &store, cdn)
+}
+
+/// Lock the cache directory (before anything else, so that a second mount on it
+/// fails at once, and before anything of this run lands in it) and make it
+/// private; what had to be made private is logged once logging runs.
+fn lock_cache_dir(
+    config: &MountConfig,
+) -> Result<(crate::private::CacheLock, Vec<String>), String> {
+    let tightened = crate::private::tighten(&config.cache_dir)
+        .map_err(|e| format!("cache directory {}: {e}", config.cache_dir.display()))?;
+    let holder = format!(
+        "s3://{}/{} on {}, process {}",
+        config.settings.bucket,
+        config.prefix,
+        config.mountpoint.display(),
+        std::process::id()
+    );
+    let lock = crate::private::lock(&config.cache_dir, &holder)?;
+    Ok((lock, tightened))
+}
+
+fn start_logging(
+    config: &MountConfig,
+    tightened: &[String],
+) -> Result<Arc<crate::logging::LogControl>, String> {
+    let log = Arc::new(crate::logging::init(
+        &config.log_level,
+        config.log_file.as_deref(),
+    )?);
+    if !tightened.is_empty() {
+        tracing::warn!(
+            "made private (only its owner may read them): {}",
+            tightened.join(", ")
+        );
+    }
+    Ok(log)
+}
+
+fn start_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("s3mount")
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+type Store = Arc<RetryingStore<CountingStore<S3Store>>>;
+
+/// Load the AWS configuration, check that the bucket answers (and the CloudFront
+/// distribution, if any), and start the invalidation queue.
+async fn connect(config: &mut MountConfig) -> Result<(Store, Option<Arc<Invalidator>>), String> {
+    let sdk_config = crate::aws::load(config.settings.region.clone(), &config.profile).await?;
+    config.fs.check_before_upload = match config.check_before_upload {
+        CheckBeforeUpload::Always => true,
+        CheckBeforeUpload::Never => false,
+        // AWS S3 enforces If-Match and If-None-Match; other servers may not.
+        CheckBeforeUpload::Auto => config
+            .settings
+            .endpoint_url
+            .as_deref()
+            .or_else(|| sdk_config.endpoint_url())
+            .is_some(),
+    };
+    let store = S3Store::new(&sdk_config, &config.settings, config.retry.request_timeout);
+    let region = Region(
+        sdk_config
+            .region()
+            .map_or_else(|| "us-east-1".to_string(), |r| r.to_string()),
+    );
+    let url = config.settings.endpoint_url.as_deref();
+    let endpoint = Endpoint::of(url.or_else(|| sdk_config.endpoint_url()), &region);
+    check_bucket(&store, config, &endpoint, &region).await?;
+    let cdn = match &config.cdn {
+        Some(settings) => Some(start_cdn(&sdk_config, settings, &config.cache_dir).await?),
+        None => None,
+    };
+    let store = RetryingStore::new(CountingStore::new(store), config.retry);
+    Ok((Arc::new(store), cdn))
+}
+
+/// How a message names the S3 endpoint: host and port where one was given.
+struct Endpoint(String);
+
+/// The region requests are signed for.
+struct Region(String);
+
+impl Endpoint {
+    fn of(url: Option<&str>, region: &Region) -> Self {
+        match url {
+            Some(url) => Endpoint(host_and_port(url)),
+            None => Endpoint(format!("S3 in {}", region.0)),
+        }
+    }
+}
+
+/// `host:port` of an endpoint URL (the scheme's port if none is written).
+fn host_and_port(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    let has_port = authority.rsplit_once(':').is_some_and(|(_, p)| {
+        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !authority.ends_with(']')
+    });
+    if has_port {
+        authority.to_string()
+    } else if scheme.eq_ignore_ascii_case("http") {
+        format!("{authority}:80")
+    } else {
+        format!("{authority}:443")
+    }
+}
+
 /// Ask S3 for one key of the mount, so that a wrong bucket, wrong credentials or an
 /// endpoint that does not answer fail the mount with a clear reason.
-async fn check_bucket(store: &dyn ObjectStore, config: &MountConfig) -> Result<(), String> {
+async fn check_bucket(
+    store: &dyn ObjectStore,
+    config: &MountConfig,
+    endpoint: &Endpoint,
+    region: &Region,
+) -> Result<(), String> {
     let bucket = &config.settings.bucket;
-    let endpoint = config
-        .settings
-        .endpoint_url
-        .clone()
-        .unwrap_or_else(|| "the S3 endpoint".into());
+    let endpoint = &endpoint.0;
     let request = || store.list(ListRequest::one_entry(&config.prefix));
     // A fault that passes (a reset, a 503) is not a reason to refuse the mount;
     // an endpoint that stays unreachable is, after a few seconds.
     let deadline = tokio::time::Instant::now() + CHECK_RETRY_FOR;
     let answer = loop {
-        match answer_within(&endpoint, request()).await? {
+        match answer_within(endpoint, request()).await? {
             Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
                 tracing::debug!("the first listing of bucket {bucket} failed ({e}); again");
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -222,14 +347,61 @@ async fn check_bucket(store: &dyn ObjectStore, config: &MountConfig) -> Result<(
     };
     match answer {
         Ok(_) => Ok(()),
-        Err(StoreError::NoSuchBucket) => Err(format!("bucket {bucket} does not exist")),
-        Err(StoreError::AccessDenied(why)) => Err(format!(
-            "access denied to bucket {bucket} ({why}); check the credentials"
+        Err(StoreError::NoSuchBucket) => {
+            Err(format!("bucket {bucket} does not exist on {endpoint}"))
+        }
+        Err(StoreError::AccessDenied(why)) if credentials_refused(&why) => Err(format!(
+            "{endpoint} refused the credentials ({why}); check the access key and the secret key"
         )),
+        Err(StoreError::AccessDenied(why)) => Err(format!(
+            "access denied to bucket {bucket}: listing it (ListObjectsV2) was refused ({why}); \
+             check the credentials and the bucket's policy"
+        )),
+        Err(StoreError::NoCredentials(why)) => Err(why),
         Err(StoreError::Unreachable(why)) => Err(format!("cannot reach {endpoint}: {why}")),
         Err(StoreError::Busy(why)) => Err(format!("{endpoint} keeps failing: {why}")),
+        Err(StoreError::Other(why)) if expected_region(&why).is_some() => {
+            let theirs = expected_region(&why).unwrap_or_default();
+            Err(format!(
+                "wrong region {}: {endpoint} expects region {theirs}; use --region {theirs}",
+                region.0
+            ))
+        }
         Err(e) => Err(format!("cannot list bucket {bucket}: {e}")),
     }
+}
+
+/// Does S3's reason for a 403 say the key or its signature is wrong, rather than
+/// that the key may not do this? AWS says so by its error code; Garage answers
+/// AccessDenied, with "Invalid signature" or "No such key" in the message.
+fn credentials_refused(why: &str) -> bool {
+    let why = why.to_ascii_lowercase();
+    [
+        "invalidaccesskeyid",
+        "signaturedoesnotmatch",
+        "invalidtoken",
+        "expiredtoken",
+        "invalid signature",
+        "no such key",
+    ]
+    .iter()
+    .any(|sign| why.contains(sign))
+}
+
+/// The region a server says it expects, from its answer to a request signed for
+/// another: AWS's "the region 'a' is wrong; expecting 'b'", Garage's "unexpected
+/// scope: '.../a/s3/aws4_request', expected: '.../b/s3/aws4_request'".
+fn expected_region(why: &str) -> Option<String> {
+    let quoted = |after: &str| {
+        let start = why.find(after)? + after.len();
+        let rest = &why[start..];
+        Some(rest[..rest.find('\'')?].to_string())
+    };
+    if let Some(region) = quoted("expecting '") {
+        return Some(region);
+    }
+    let scope = quoted("expected: '")?;
+    scope.split('/').nth(1).map(str::to_string)
 }
 
 /// The answer of `endpoint` to the mount's first request, or why none came in
@@ -245,14 +417,41 @@ async fn answer_within<T>(endpoint: &str, request: impl Future<Output = T>) -> R
         })
 }
 
+/// Check the CloudFront distribution and start sending its invalidations,
+/// beginning with those an earlier run saved.
+async fn start_cdn(
+    sdk_config: &aws_config::SdkConfig,
+    settings: &CdnSettings,
+    cache_dir: &Path,
+) -> Result<Arc<Invalidator>, String> {
+    let cloudfront = CloudFront::new(
+        sdk_config,
+        settings.endpoint_url.clone(),
+        &settings.distribution_id,
+    );
+    check_distribution(&cloudfront, settings).await?;
+    let path = cache_dir
+        .join("journal")
+        .join(format!("cloudfront-{}.queue", settings.distribution_id));
+    let saved = SavedQueue::open(path.clone())
+        .map_err(|e| format!("CloudFront queue {}: {e}", path.display()))?;
+    Ok(Arc::new(Invalidator::start(
+        Arc::new(cloudfront),
+        settings.urls.clone(),
+        settings.batching.clone(),
+        &tokio::runtime::Handle::current(),
+        Some(saved),
+    )))
+}
+
 /// Ask CloudFront for the distribution, so that a wrong id, credentials that may
 /// not use it or an endpoint that does not answer fail the mount.
 async fn check_distribution(cloudfront: &CloudFront, settings: &CdnSettings) -> Result<(), String> {
     let id = &settings.distribution_id;
     let endpoint = settings
         .endpoint_url
-        .clone()
-        .unwrap_or_else(|| "CloudFront".into());
+        .as_deref()
+        .map_or_else(|| "CloudFront".into(), host_and_port);
     match answer_within(&endpoint, cloudfront.check()).await? {
         Ok(()) => Ok(()),
         Err(CdnError::NoSuchDistribution) => {
@@ -268,116 +467,63 @@ async fn check_distribution(cloudfront: &CloudFront, settings: &CdnSettings) -> 
     }
 }
 
-/// Mount and serve until unmounted (or SIGINT/SIGTERM). Errors before the mount is
-/// ready come back as one line for the user.
-pub fn run(mut config: MountConfig, readiness: &mut Readiness) -> Result<(), String> {
-    // Before anything else, so that a second mount on the cache directory fails
-    // at once, and before anything of this run lands in it.
-    let tightened = crate::private::tighten(&config.cache_dir)
+/// The filesystem, with the journal of an earlier run taken up: before the first
+/// request, so that its files show their new content from the start.
+fn open_filesystem(
+    rt: &tokio::runtime::Runtime,
+    config: &MountConfig,
+    store: &Store,
+    cdn: Option<Arc<Invalidator>>,
+) -> Result<Arc<Fs>, String> {
+    let _runtime = rt.enter();
+    let changes = cdn.map(|c| c as Arc<dyn Changes>);
+    let fs = Fs::new(store.clone(), config.fs.clone(), changes)
         .map_err(|e| format!("cache directory {}: {e}", config.cache_dir.display()))?;
-    let holder = format!(
-        "s3://{}/{} on {}, process {}",
-        config.settings.bucket,
-        config.prefix,
-        config.mountpoint.display(),
-        std::process::id()
-    );
-    let _lock = crate::private::lock(&config.cache_dir, &holder)?;
-    let log = Arc::new(crate::logging::init(
-        &config.log_level,
-        config.log_file.as_deref(),
-    )?);
-    if !tightened.is_empty() {
-        tracing::warn!(
-            "made private (only its owner may read them): {}",
-            tightened.join(", ")
-        );
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("s3mount")
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let (store, cdn) = rt.block_on(async {
-        let sdk_config = crate::aws::load(config.settings.region.clone(), &config.profile).await?;
-        config.fs.check_before_upload = match config.check_before_upload {
-            CheckBeforeUpload::Always => true,
-            CheckBeforeUpload::Never => false,
-            // AWS S3 enforces If-Match and If-None-Match; other servers may not.
-            CheckBeforeUpload::Auto => config
-                .settings
-                .endpoint_url
-                .as_deref()
-                .or_else(|| sdk_config.endpoint_url())
-                .is_some(),
-        };
-        let store = S3Store::new(&sdk_config, &config.settings, config.retry.request_timeout);
-        check_bucket(&store, &config).await?;
-        let cdn = match &config.cdn {
-            Some(settings) => {
-                let cloudfront = CloudFront::new(
-                    &sdk_config,
-                    settings.endpoint_url.clone(),
-                    &settings.distribution_id,
-                );
-                check_distribution(&cloudfront, settings).await?;
-                let path = config
-                    .cache_dir
-                    .join("journal")
-                    .join(format!("cloudfront-{}.queue", settings.distribution_id));
-                let saved = SavedQueue::open(path.clone())
-                    .map_err(|e| format!("CloudFront queue {}: {e}", path.display()))?;
-                Some(Arc::new(Invalidator::start(
-                    Arc::new(cloudfront),
-                    settings.urls.clone(),
-                    settings.batching.clone(),
-                    &tokio::runtime::Handle::current(),
-                    Some(saved),
-                )))
-            }
-            None => None,
-        };
-        let store = RetryingStore::new(CountingStore::new(store), config.retry);
-        Ok::<_, String>((Arc::new(store), cdn))
-    })?;
-    let changes = cdn.clone().map(|c| c as Arc<dyn Changes>);
-    let fs = {
-        let _runtime = rt.enter();
-        let fs = Fs::new(store.clone(), config.fs.clone(), changes)
-            .map_err(|e| format!("cache directory {}: {e}", config.cache_dir.display()))?;
-        // The journal of an earlier run: before the first request, so that its
-        // files show their new content from the start.
-        rt.block_on(fs.resume())
-            .map_err(|e| format!("journal in {}: {e}", config.cache_dir.display()))?;
-        fs
-    };
+    rt.block_on(fs.resume())
+        .map_err(|e| format!("journal in {}: {e}", config.cache_dir.display()))?;
+    Ok(fs)
+}
 
-    // Before the mount is ready: from then on, a SIGUSR2 must not kill it.
+/// SIGUSR2 (log level), the metrics endpoint and the status socket. Before the
+/// mount is ready: from then on, a SIGUSR2 must not kill it. A mount without its
+/// status view still serves its files.
+fn serve_status(
+    rt: &tokio::runtime::Runtime,
+    config: &MountConfig,
+    reporter: crate::status::server::Reporter,
+    log: Arc<crate::logging::LogControl>,
+) -> Result<Option<crate::status::server::StatusSocket>, String> {
     let usr2 = {
         let _runtime = rt.enter();
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
     };
     rt.spawn(change_log_level_on_sigusr2(usr2, log.clone()));
-    let reporter = reporter(&config, &store, &fs, cdn.clone(), log.clone());
     if let Some(addr) = config.metrics_addr {
         crate::metrics::serve(addr, rt.handle(), reporter.clone())?;
         tracing::info!("metrics on http://{addr}/metrics");
     }
-    // A mount without its status view still serves its files.
-    let _status = match crate::status::server::start(rt.handle(), reporter, log) {
-        Ok(socket) => {
-            tracing::info!(
-                "status: s3mount status (socket {})",
-                socket.path().display()
-            );
-            Some(socket)
-        }
-        Err(e) => {
-            tracing::warn!("s3mount status will not see this mount: {e}");
-            None
-        }
-    };
+    Ok(
+        match crate::status::server::start(rt.handle(), reporter, log) {
+            Ok(socket) => {
+                tracing::info!(
+                    "status: s3mount status (socket {})",
+                    socket.path().display()
+                );
+                Some(socket)
+            }
+            Err(e) => {
+                tracing::warn!("s3mount status will not see this mount: {e}");
+                None
+            }
+        },
+    )
+}
 
+fn mount_fuse(
+    config: &MountConfig,
+    fs: Arc<Fs>,
+    rt: &tokio::runtime::Runtime,
+) -> Result<fuser::Session<S3Fuse>, String> {
     let mut options = fuser::Config::default();
     options.mount_options = vec![
         MountOption::FSName(format!("s3mount:{}", config.settings.bucket)),
@@ -411,7 +557,20 @@ pub fn run(mut config: MountConfig, readiness: &mut Readiness) -> Result<(), Str
         config.prefix,
         config.mountpoint.display()
     );
+    Ok(session)
+}
 
+/// Serve FUSE requests until the mount is unmounted, or a signal asks for it;
+/// then wait (a bounded time after a signal) for the last uploads and
+/// invalidations.
+fn serve(
+    session: fuser::Session<S3Fuse>,
+    rt: &tokio::runtime::Runtime,
+    config: &MountConfig,
+    readiness: &mut Readiness,
+    store: &Store,
+    cdn: Option<Arc<Invalidator>>,
+) -> Result<(), String> {
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let serving = std::thread::spawn(move || {
         let result = session.run();
@@ -473,7 +632,7 @@ pub fn run(mut config: MountConfig, readiness: &mut Readiness) -> Result<(), Str
 /// What `s3mount status` shows of this mount, gathered when asked.
 fn reporter(
     config: &MountConfig,
-    store: &Arc<RetryingStore<CountingStore<S3Store>>>,
+    store: &Store,
     fs: &Arc<Fs>,
     cdn: Option<Arc<Invalidator>>,
     log: Arc<crate::logging::LogControl>,
@@ -574,5 +733,33 @@ async fn shutdown_signal() -> &'static str {
     tokio::select! {
         _ = int.recv() => "SIGINT",
         _ = term.recv() => "SIGTERM",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_region_a_server_expects_is_read_from_its_answer() {
+        let garage = "AuthorizationHeaderMalformed Authorization header malformed, unexpected \
+                      scope: '20261207/us-west-2/s3/aws4_request', expected: \
+                      '20261207/garage/s3/aws4_request' (HTTP 400)";
+        assert_eq!(expected_region(garage).as_deref(), Some("garage"));
+        let aws = "AuthorizationHeaderMalformed The authorization header is malformed; the \
+                   region 'us-east-1' is wrong; expecting 'eu-west-1' (HTTP 400)";
+        assert_eq!(expected_region(aws).as_deref(), Some("eu-west-1"));
+        assert_eq!(expected_region("AccessDenied (HTTP 403)"), None);
+    }
+
+    #[test]
+    fn endpoints_are_named_by_host_and_port() {
+        assert_eq!(host_and_port("http://127.0.0.1:3900"), "127.0.0.1:3900");
+        assert_eq!(
+            host_and_port("https://s3.example.com/"),
+            "s3.example.com:443"
+        );
+        assert_eq!(host_and_port("http://minio"), "minio:80");
+        assert_eq!(host_and_port("https://[::1]:9000/x"), "[::1]:9000");
     }
 }

@@ -110,6 +110,10 @@ fn translate(option: &str, options: &clap::Command, sloppy: bool) -> Result<Vec<
     if name == "ro" && value.is_none() {
         return Ok(vec!["--read-only".into()]);
     }
+    // fuse2's and s3fs's name for it.
+    if name == "nonempty" && value.is_none() {
+        return Ok(vec!["--allow-nonempty".into()]);
+    }
     if (IGNORED.contains(&name) && value.is_none())
         || IGNORED_WITH_VALUE.contains(&name)
         || name.starts_with("x-")

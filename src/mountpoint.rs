@@ -3,8 +3,10 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// The canonical path of a usable mountpoint, or a one-line reason it is not.
-pub fn check(path: &Path) -> Result<PathBuf, String> {
+/// The canonical path of a usable mountpoint, or a one-line reason it is not. A
+/// directory that holds files is refused unless `allow_nonempty` (as s3fs does):
+/// the mount would hide them.
+pub fn check(path: &Path, allow_nonempty: bool) -> Result<PathBuf, String> {
     let shown = path.display();
     match std::fs::metadata(path) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
@@ -28,7 +30,19 @@ pub fn check(path: &Path) -> Result<PathBuf, String> {
             "mountpoint {shown} is already mounted; unmount it first"
         ));
     }
+    if !allow_nonempty
+        && holds_entries(&canonical).map_err(|e| format!("mountpoint {shown}: {e}"))?
+    {
+        return Err(format!(
+            "mountpoint {shown} is not empty (the mount would hide its files); \
+             use --allow-nonempty to mount over them"
+        ));
+    }
     Ok(canonical)
+}
+
+fn holds_entries(dir: &Path) -> io::Result<bool> {
+    Ok(std::fs::read_dir(dir)?.next().transpose()?.is_some())
 }
 
 /// Is `path` (canonical) the mount point of some mount?
@@ -73,13 +87,25 @@ mod tests {
     fn reasons_are_given() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
-        assert!(check(&missing).unwrap_err().contains("does not exist"));
+        assert!(
+            check(&missing, false)
+                .unwrap_err()
+                .contains("does not exist")
+        );
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert!(check(&empty, false).is_ok());
         let file = dir.path().join("f");
         std::fs::write(&file, "").unwrap();
-        assert!(check(&file).unwrap_err().contains("not a directory"));
-        assert!(check(dir.path()).is_ok());
+        assert!(check(&file, false).unwrap_err().contains("not a directory"));
         assert!(
-            check(Path::new("/proc"))
+            check(dir.path(), false)
+                .unwrap_err()
+                .contains("is not empty")
+        );
+        assert!(check(dir.path(), true).is_ok());
+        assert!(
+            check(Path::new("/proc"), true)
                 .unwrap_err()
                 .contains("already mounted")
         );

@@ -55,6 +55,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Print the man page s3mount(8), made from s3mount's options (scripts/package.sh)
+    ManPage,
     /// Upload FILE as KEY: one PutObject up to 8 MiB, else a multipart upload of 8 MiB parts
     Put {
         file: PathBuf,
@@ -234,9 +236,27 @@ enum Command {
 
 type Res<T> = Result<T, String>;
 
+/// s3mount(8) in roff, from the definition of s3mount's command line.
+fn man_page() -> std::process::ExitCode {
+    use clap::CommandFactory;
+    let command = s3mount::config::Cli::command();
+    let mut out = Vec::new();
+    match clap_mangen::Man::new(command).section("8").render(&mut out) {
+        Ok(()) => {
+            use std::io::Write;
+            match std::io::stdout().write_all(&out) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => fail(&format!("cannot write the man page: {e}")),
+            }
+        }
+        Err(e) => fail(&format!("cannot make the man page: {e}")),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::ManPage => return man_page(),
         Command::Offsets {
             object_size,
             count,
@@ -455,7 +475,8 @@ async fn run(cli: Cli) -> Res<String> {
             n,
             timeout,
         } => wait_count(&s3, &bucket, &prefix, n, timeout).await?,
-        Command::Offsets { .. }
+        Command::ManPage
+        | Command::Offsets { .. }
         | Command::Tree { .. }
         | Command::Proxy { .. }
         | Command::FaultProxy { .. } => {

@@ -11,6 +11,7 @@ use aws_sdk_cloudfront::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudfront::types::{InvalidationBatch, Paths};
 
 use crate::aws::one_line;
+use crate::no_answer::{self, NoAnswer};
 
 /// CloudFront signs in this region whatever the region of the bucket.
 const CLOUDFRONT_REGION: &str = "us-east-1";
@@ -185,7 +186,10 @@ where
             }
         }
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-            CdnError::Transient(one_line(&err))
+            match no_answer::classify(&err) {
+                NoAnswer::NoCredentials(why) => CdnError::AccessDenied(why),
+                NoAnswer::Unreachable(why) => CdnError::Transient(why),
+            }
         }
         _ => CdnError::Rejected(one_line(&err)),
     }

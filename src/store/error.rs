@@ -10,6 +10,9 @@ pub enum StoreError {
     NoSuchBucket,
     #[error("access denied ({0})")]
     AccessDenied(String),
+    /// No credentials to sign requests with (the text says where they were looked for).
+    #[error("{0}")]
+    NoCredentials(String),
     #[error("the object changed (precondition failed)")]
     PreconditionFailed,
     #[error("the object changed while the upload ran (conflict)")]
@@ -41,7 +44,7 @@ impl StoreError {
     pub fn errno(&self) -> i32 {
         match self {
             StoreError::NotFound | StoreError::NoSuchBucket => libc::ENOENT,
-            StoreError::AccessDenied(_) => libc::EACCES,
+            StoreError::AccessDenied(_) | StoreError::NoCredentials(_) => libc::EACCES,
             StoreError::PreconditionFailed | StoreError::Conflict => libc::ESTALE,
             StoreError::KeyTooLong => libc::ENAMETOOLONG,
             StoreError::Unreachable(_)

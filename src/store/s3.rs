@@ -21,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::aws::{CONNECT_TIMEOUT, one_line};
+use crate::no_answer::{self, NoAnswer};
 
 use super::{
     CompletedPart, Condition, CopyOptions, Crc32c, ListPage, ListRequest, ListedPart, NewUpload,
@@ -318,9 +319,17 @@ where
         }
         // No answer, or one broken off before its end.
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-            StoreError::Unreachable(one_line(&err))
+            unanswered(&err)
         }
         _ => StoreError::Other(one_line(&err)),
+    }
+}
+
+/// A request (or a body) the server did not answer (in full).
+fn unanswered(err: &(dyn std::error::Error + 'static)) -> StoreError {
+    match no_answer::classify(err) {
+        NoAnswer::NoCredentials(why) => StoreError::NoCredentials(why),
+        NoAnswer::Unreachable(why) => StoreError::Unreachable(why),
     }
 }
 
@@ -451,7 +460,7 @@ impl ObjectStore for S3Store {
                 match tokio::time::timeout(self.stall, body.try_next()).await {
                     Ok(Ok(Some(chunk))) => pieces.push(chunk),
                     Ok(Ok(None)) => break None,
-                    Ok(Err(e)) => break Some(StoreError::Unreachable(one_line(&e))),
+                    Ok(Err(e)) => break Some(unanswered(&e)),
                     Err(_) => break Some(self.stalled()),
                 }
             };
