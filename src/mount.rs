@@ -479,6 +479,14 @@ fn open_filesystem(
     let changes = cdn.map(|c| c as Arc<dyn Changes>);
     let fs = Fs::new(store.clone(), config.fs.clone(), changes)
         .map_err(|e| format!("cache directory {}: {e}", config.cache_dir.display()))?;
+    let counted = store.clone();
+    fs.count_sent_with(Arc::new(move |key| {
+        counted
+            .inner()
+            .uploads()
+            .get(key)
+            .map_or(0, |(sent, _)| *sent)
+    }));
     rt.block_on(fs.resume())
         .map_err(|e| format!("journal in {}: {e}", config.cache_dir.display()))?;
     Ok(fs)

@@ -144,8 +144,9 @@ impl Shared {
 
     /// Move the pending batch into the unsent paths, counting them as queued.
     fn take_batch(&self) {
-        let batch = self.state().pending.take();
+        // Unsent first, as in `waiting`: a path is always in one or the other.
         let mut unsent = self.unsent();
+        let batch = self.state().pending.take();
         let urls = batch.paths.iter().flat_map(|p| self.urls.of(p));
         let added = unsent.extend(urls);
         unsent.everything |= batch.everything;
@@ -297,6 +298,20 @@ impl Changes for Invalidator {
         if began {
             self.shared.wake.notify_one();
         }
+    }
+
+    fn waiting(&self, path: &str) -> bool {
+        let unsent = self.shared.unsent();
+        if self.shared.state().pending.holds(path) {
+            return true;
+        }
+        unsent.everything
+            || self
+                .shared
+                .urls
+                .of(path)
+                .iter()
+                .any(|url| unsent.paths.contains(url))
     }
 }
 

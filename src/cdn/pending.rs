@@ -53,6 +53,11 @@ impl Pending {
         self.first.is_none()
     }
 
+    /// Is a change of `path` in this batch?
+    pub fn holds(&self, path: &str) -> bool {
+        self.everything || self.entries.contains_key(path)
+    }
+
     /// Record `change` of `path`; true if it began a batch.
     pub fn record(&mut self, path: &str, change: Change, now: Instant) -> bool {
         let began = self.first.is_none();

@@ -14,4 +14,8 @@ pub enum Change {
 /// it. Called on file operations' paths: it must return at once.
 pub trait Changes: Send + Sync {
     fn changed(&self, path: &str, change: Change);
+
+    /// Is a change of `path` told here not passed on yet (for the CDN: its
+    /// invalidation not yet accepted)?
+    fn waiting(&self, path: &str) -> bool;
 }

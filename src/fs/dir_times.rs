@@ -107,10 +107,12 @@ impl Fs {
         }
         let head = match self.store.head(&marker).await {
             Ok(head) => head,
-            // No marker (an implicit directory, or removed): nothing to hold them.
+            // No marker (an implicit directory, or removed): nothing to hold
+            // them; they stay in memory.
             Err(StoreError::NotFound) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
+        let written = (dir.meta.mtime, dir.meta.ctime);
         let (Some(etag), Some(headers)) = (head.etag, head.headers) else {
             return Ok(());
         };
@@ -134,6 +136,10 @@ impl Fs {
                         ctime: stored.meta.ctime,
                         ..dir.meta
                     };
+                    // Unless they changed again since: then the next write has them.
+                    if (stored.meta.mtime, stored.meta.ctime) == written {
+                        stored.times_unsaved = false;
+                    }
                 }
                 Ok(())
             }
@@ -219,6 +225,35 @@ mod tests {
         touch.await.unwrap().unwrap();
         let stored = FileMeta::from_metadata(&s.store.object("d/").unwrap().metadata);
         assert_eq!(stored.mtime, Some(past));
+    }
+
+    #[tokio::test]
+    async fn at_ttl_zero_a_create_changes_the_directorys_times_before_its_marker_does() {
+        let s = super::super::tests::setup_with_ttl(Duration::ZERO);
+        let d = s.fs.mkdir(ROOT_INO, name("d"), 0o755, ME).await.unwrap();
+        let before = s.fs.getattr(d.ino).await.unwrap();
+        let marker = s.store.object("d/").unwrap().etag;
+        write_file(&s.fs, d.ino, "f", b"x").await.unwrap();
+        // The marker has not been written again yet; the kernel looks the
+        // name up again at TTL 0, and S3 is asked.
+        assert_eq!(s.store.object("d/").unwrap().etag, marker);
+        let asked = || s.store.calls(Op::Head) + s.store.calls(Op::List);
+        let before_lookup = asked();
+        let after = s.fs.lookup(ROOT_INO, name("d")).await.unwrap();
+        assert!(asked() > before_lookup, "S3 was not asked");
+        assert!(
+            after.mtime > before.mtime,
+            "{:?} {:?}",
+            after.mtime,
+            before.mtime
+        );
+        assert!(after.ctime > before.ctime);
+        // Once the marker has them, they are what S3 says.
+        s.fs.write_dir_times().await;
+        let stored = FileMeta::from_metadata(&s.store.object("d/").unwrap().metadata);
+        assert_eq!(stored.mtime, Some(after.mtime));
+        let again = s.fs.lookup(ROOT_INO, name("d")).await.unwrap();
+        assert_eq!(again.mtime, after.mtime);
     }
 
     #[tokio::test]

@@ -110,6 +110,9 @@ pub struct Inode {
     pub dirty: bool,
     /// Times were set by utimens (not by writes) since the last upload.
     pub times_set: bool,
+    /// A directory's mtime and ctime changed here and its marker does not have
+    /// them yet: what S3 says of the marker does not replace them.
+    pub times_unsaved: bool,
     /// The object version whose data the kernel's page cache holds.
     pub cached_version: Option<String>,
     /// When this mount last changed the object in S3: a HEAD or a listing begun
@@ -137,6 +140,7 @@ impl Inode {
             local: false,
             dirty: false,
             times_set: false,
+            times_unsaved: false,
             cached_version: None,
             changed_here: None,
             lookups,
@@ -180,10 +184,24 @@ impl Inode {
             self.modified = t;
         }
         if let Some(headers) = &meta.headers {
-            self.meta = FileMeta::from_metadata(&headers.metadata);
+            self.take_meta(FileMeta::from_metadata(&headers.metadata));
             self.headers = Some(headers.clone());
         }
         self.validated = Some(Instant::now());
+    }
+
+    /// Take the attributes S3 has, but for a directory's times not yet on its
+    /// marker.
+    pub fn take_meta(&mut self, meta: FileMeta) {
+        self.meta = if self.times_unsaved {
+            FileMeta {
+                mtime: self.meta.mtime,
+                ctime: self.meta.ctime,
+                ..meta
+            }
+        } else {
+            meta
+        };
     }
 
     /// Take what a listing begun at `seen` says, with the headers remembered for
@@ -204,11 +222,11 @@ impl Inode {
         }
         match headers {
             Some(h) => {
-                self.meta = FileMeta::from_metadata(&h.metadata);
+                self.take_meta(FileMeta::from_metadata(&h.metadata));
                 self.headers = Some(h);
             }
             None if changed => {
-                self.meta = FileMeta::default();
+                self.take_meta(FileMeta::default());
                 self.headers = None;
             }
             None => {}
@@ -244,6 +262,10 @@ impl InodeTable {
 
     pub fn get_mut(&mut self, ino: u64) -> Option<&mut Inode> {
         self.by_ino.get_mut(&ino)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Inode> {
+        self.by_ino.values()
     }
 
     pub fn ino_of(&self, path: &str) -> Option<u64> {

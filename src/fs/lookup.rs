@@ -295,7 +295,14 @@ impl Fs {
             return Ok(self.attr(&inode.clone()));
         }
         let seen = Instant::now();
-        match self.find(&path).await?.ok_or(Errno::ENOENT)? {
+        let found = match self.find(&path).await {
+            Ok(found) => found,
+            // S3 cannot be asked (an outage): a directory holding files whose
+            // changes S3 lacks is there all the same, so that they can be
+            // reached (read, their upload state asked for).
+            Err(e) => return self.holding_unsaved(&path).ok_or(e),
+        };
+        match found.ok_or(Errno::ENOENT)? {
             Found::Listed(entry, headers, listed) => {
                 Ok(self.enter_listed(&path, &entry, headers, listed))
             }
@@ -322,6 +329,29 @@ impl Fs {
                 Ok(self.attr(&inode))
             }
         }
+    }
+
+    /// The directory at `path`, with one more kernel reference, if files below it
+    /// have changes S3 lacks.
+    fn holding_unsaved(&self, path: &str) -> Option<Attr> {
+        let below = format!("{path}/");
+        let mut state = self.state();
+        let ino = state.inodes.ino_of(path)?;
+        if state.inodes.get(ino)?.kind != Kind::Dir {
+            return None;
+        }
+        let holds = state
+            .inodes
+            .iter()
+            .any(|i| i.dirty && i.is_linked() && i.path.starts_with(&below));
+        if !holds {
+            return None;
+        }
+        let inode = state
+            .inodes
+            .lookup(path, Kind::Dir, self.mount_time)
+            .clone();
+        Some(self.attr(&inode))
     }
 
     /// Enter what a listing begun at `seen` showed at `path` in the table, with
@@ -353,7 +383,7 @@ impl Fs {
             Some(meta) => inode.set_listed(meta, headers, seen),
             None => {
                 if let Some(h) = headers {
-                    inode.meta = FileMeta::from_metadata(&h.metadata);
+                    inode.take_meta(FileMeta::from_metadata(&h.metadata));
                     inode.headers = Some(h);
                 }
                 inode.validated = Some(Instant::now());

@@ -22,6 +22,7 @@ mod probe;
 mod rename;
 mod setattr;
 mod tree;
+pub mod upload_state;
 mod write_back;
 
 use std::collections::HashMap;
@@ -214,6 +215,8 @@ pub struct Fs {
     dir_times: dir_times::DirTimes,
     /// The uploads under way, failed and in conflict, for `s3mount status`.
     board: crate::status::board::Board,
+    /// Bytes S3 confirmed of an upload, by key (see [`upload_state`]).
+    sent_bytes: std::sync::OnceLock<upload_state::SentBytes>,
     /// For the background tasks, which must not keep the filesystem alive.
     me: Weak<Fs>,
 }
@@ -272,6 +275,7 @@ impl Fs {
             pending_files: std::sync::atomic::AtomicUsize::new(0),
             dir_times: dir_times::DirTimes::default(),
             board: Default::default(),
+            sent_bytes: std::sync::OnceLock::new(),
             me: me.clone(),
         }))
     }
@@ -451,6 +455,7 @@ impl Fs {
         };
         inode.meta.mtime = Some(now);
         inode.meta.ctime = Some(now);
+        inode.times_unsaved = true;
         let ino = inode.ino;
         drop(state);
         self.dir_times_changed(ino);

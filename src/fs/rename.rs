@@ -116,7 +116,10 @@ impl Fs {
             } else {
                 inode.size
             };
-            let options = self.put_options(&to_key, &moved);
+            let mut options = self.put_options(&to_key, &moved);
+            if let Some(kind) = renamed_content_type(&from_key, &to_key) {
+                options.content_type = Some(kind);
+            }
             let copy = CopyOptions {
                 replace: Some(options.clone()),
                 if_match: inode.etag.clone(),
@@ -404,5 +407,21 @@ impl Fs {
             if_match: None,
         };
         Ok(self.uploader.copy(from, to, size, &options).await?)
+    }
+}
+
+/// The Content-Type of a file renamed from `from` to `to`, where it follows the
+/// name, as s3fs makes it: the new name's type, or application/octet-stream if
+/// the new name says none (`mv big.txt big.txt-copy`). `None` (keep the
+/// object's) when neither name says a type.
+fn renamed_content_type(from: &str, to: &str) -> Option<String> {
+    let (old, new) = (
+        mime_guess::from_path(from).first_raw(),
+        mime_guess::from_path(to).first_raw(),
+    );
+    match (old, new) {
+        (None, None) => None,
+        (_, Some(new)) => Some(new.to_string()),
+        (Some(_), None) => Some("application/octet-stream".to_string()),
     }
 }

@@ -102,7 +102,7 @@ fn remount_with_disk_cache(s: &Setup) -> Arc<Fs> {
 }
 
 /// A setup whose attributes are trusted for `ttl`.
-fn setup_with_ttl(ttl: Duration) -> Setup {
+pub(super) fn setup_with_ttl(ttl: Duration) -> Setup {
     let s = setup();
     let mut config = s.fs.config().clone();
     config.metadata_ttl = ttl;
@@ -775,6 +775,35 @@ async fn rename_over_a_file_takes_the_new_names_content_type() {
 }
 
 #[tokio::test]
+async fn a_renamed_files_content_type_follows_its_new_name_as_s3fs_makes_it() {
+    let s = setup();
+    let renames = [
+        ("big.txt", "big.txt-copy", "application/octet-stream"),
+        ("page.txt", "page.html", "text/html"),
+        // A type no name gives: kept when neither name says one.
+        ("data", "data2", "text/x-custom"),
+    ];
+    for (from, _, _) in renames {
+        let options = PutOptions {
+            content_type: (from == "data").then(|| "text/x-custom".to_string()),
+            ..Default::default()
+        };
+        s.store
+            .put(from, bytes::Bytes::from_static(b"x"), &options, None)
+            .await
+            .unwrap();
+    }
+    for (from, to, want) in renames {
+        s.fs.lookup(ROOT_INO, name(from)).await.unwrap();
+        s.fs.rename(ROOT_INO, name(from), ROOT_INO, name(to), 0)
+            .await
+            .unwrap();
+        let o = s.store.object(to).unwrap();
+        assert_eq!(o.content_type.as_deref(), Some(want), "{from} -> {to}");
+    }
+}
+
+#[tokio::test]
 async fn a_directory_renames_with_everything_under_it() {
     let s = setup();
     for k in ["d/", "d/a", "d/sub/b", "other"] {
@@ -1380,6 +1409,10 @@ struct Recorded(std::sync::Mutex<Vec<(String, changes::Change)>>);
 impl changes::Changes for Recorded {
     fn changed(&self, path: &str, change: changes::Change) {
         self.0.lock().unwrap().push((path.to_string(), change));
+    }
+
+    fn waiting(&self, _path: &str) -> bool {
+        false
     }
 }
 

@@ -3,8 +3,11 @@
 //! `{"name":"base64 of the value",...}` (names sorted), percent-encoded but for
 //! letters, digits and `-._~/`.
 //!
-//! The names kept are `user.*` and the POSIX ACLs ([`super::acl`]); others are
-//! refused with ENOTSUP (and read as absent). A change is a change of the
+//! The names kept are `user.*`, the POSIX ACLs ([`super::acl`]), and names of
+//! no namespace the kernel knows (s3fs stores any name; its tests set `key1`);
+//! `security.*`, `trusted.*` and other `system.*` names are refused with ENOTSUP
+//! (and read as absent). `user.s3mount.upload` is the file's upload state
+//! ([`super::upload_state`]), made up when read, never stored. A change is a change of the
 //! object's metadata, like chmod: a copy of an unmodified object onto itself, or
 //! part of the next upload of a file with pending changes.
 
@@ -19,7 +22,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_perc
 use super::acl::{self, Acl};
 use super::inode::{Inode, Kind};
 use super::meta::FileMeta;
-use super::{Errno, Fs, FsResult};
+use super::{Errno, Fs, FsResult, upload_state};
 
 /// The user-metadata name (after `x-amz-meta-`).
 pub const HEADER: &str = "xattr";
@@ -57,11 +60,19 @@ pub fn encode(xattrs: &Xattrs) -> String {
     utf8_percent_encode(&json, KEPT).to_string()
 }
 
+/// Namespaces whose attributes mean something to the kernel or to security
+/// modules: not stored in S3.
+const NOT_KEPT: [&str; 3] = ["security.", "system.", "trusted."];
+
 /// Can an attribute of this name be stored?
 fn is_kept(name: &str) -> bool {
-    (name.starts_with("user.") && name.len() > "user.".len())
-        || name == acl::ACCESS
-        || name == acl::DEFAULT
+    if name == acl::ACCESS || name == acl::DEFAULT {
+        return true;
+    }
+    if let Some(rest) = name.strip_prefix("user.") {
+        return !rest.is_empty() && name != upload_state::NAME;
+    }
+    !name.is_empty() && !NOT_KEPT.iter().any(|ns| name.starts_with(ns))
 }
 
 /// `xattrs` after a chmod to `mode`, if they hold an access ACL (which must
@@ -88,6 +99,9 @@ impl Fs {
 
     pub async fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
         let name = name.to_str().ok_or(Errno::ENODATA)?;
+        if name == upload_state::NAME {
+            return self.upload_state(ino);
+        }
         if !is_kept(name) {
             return Err(Errno::ENODATA);
         }
@@ -158,6 +172,10 @@ impl Fs {
     /// has no object to keep it on).
     fn storable_name(&self, ino: u64, name: &OsStr) -> FsResult<String> {
         self.check_writable()?;
+        if name == upload_state::NAME {
+            // Read-only: it says what the mount is doing.
+            return Err(Errno::EPERM);
+        }
         let name = name
             .to_str()
             .filter(|n| is_kept(n))
@@ -299,11 +317,16 @@ mod tests {
     }
 
     #[test]
-    fn only_user_and_acl_names_are_kept() {
+    fn user_acl_and_plain_names_are_kept() {
         assert!(is_kept("user.x"));
         assert!(is_kept(acl::ACCESS));
+        assert!(is_kept("key1"));
+        assert!(is_kept("com.example.tag"));
         assert!(!is_kept("user."));
+        assert!(!is_kept(""));
+        assert!(!is_kept(upload_state::NAME));
         assert!(!is_kept("security.capability"));
+        assert!(!is_kept("system.other"));
         assert!(!is_kept("trusted.x"));
     }
 }

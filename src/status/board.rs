@@ -31,6 +31,10 @@ struct State {
     /// Order of `failed`, oldest first, to forget the oldest.
     failed_order: VecDeque<String>,
     conflicts: VecDeque<Conflict>,
+    /// For each key whose last upload ended in a conflict, where this mount's
+    /// version went (until the key's next upload begins), oldest first.
+    conflict_at: HashMap<String, String>,
+    conflict_order: VecDeque<String>,
 }
 
 #[derive(Default)]
@@ -45,7 +49,11 @@ impl Board {
 
     /// The upload of `key`, `total` bytes, begins.
     pub fn upload_begins(&self, key: &str, total: u64) {
-        self.state().uploads.insert(
+        let mut state = self.state();
+        if state.conflict_at.remove(key).is_some() {
+            state.conflict_order.retain(|k| k != key);
+        }
+        state.uploads.insert(
             key.to_string(),
             Upload {
                 key: key.to_string(),
@@ -94,6 +102,18 @@ impl Board {
     /// key beside it, or a file put aside in the cache directory).
     pub fn conflict(&self, key: &str, saved_as: String) {
         let mut state = self.state();
+        if state
+            .conflict_at
+            .insert(key.to_string(), saved_as.clone())
+            .is_none()
+        {
+            state.conflict_order.push_back(key.to_string());
+            if state.conflict_order.len() > FAILURES_KEPT
+                && let Some(oldest) = state.conflict_order.pop_front()
+            {
+                state.conflict_at.remove(&oldest);
+            }
+        }
         state.conflicts.push_back(Conflict {
             key: key.to_string(),
             saved_as,
@@ -102,6 +122,22 @@ impl Board {
         if state.conflicts.len() > CONFLICTS_KEPT {
             state.conflicts.pop_front();
         }
+    }
+
+    /// The upload of `key` under way, if one is.
+    pub fn upload_of(&self, key: &str) -> Option<Upload> {
+        self.state().uploads.get(key).cloned()
+    }
+
+    /// The last failure of an upload to `key`, if it is not settled.
+    pub fn failure_of(&self, key: &str) -> Option<Failure> {
+        self.state().failed.values().find(|f| f.key == key).cloned()
+    }
+
+    /// Where this mount's version of `key` went, if its last upload ended in a
+    /// conflict.
+    pub fn conflict_of(&self, key: &str) -> Option<String> {
+        self.state().conflict_at.get(key).cloned()
     }
 
     /// The uploads under way, the failures (oldest first) and the conflicts
