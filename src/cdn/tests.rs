@@ -152,6 +152,28 @@ async fn a_transient_error_is_retried_with_what_changed_meanwhile() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_path_waits_until_cloudfront_has_accepted_its_invalidation() {
+    let mut s = setup(vec![CdnError::Transient("connection refused".into())]);
+    assert!(!s.queue.waiting("a"));
+    s.queue.changed("a", NEW);
+    // In the batch being gathered, then refused and waiting for its retry.
+    assert!(s.queue.waiting("a"));
+    assert_eq!(s.next().await, ["/a"]);
+    assert!(s.queue.waiting("a"));
+    assert!(!s.queue.waiting("b"));
+    assert_eq!(s.next().await, ["/a"]);
+    // Accepted: the sender settles the batch once CloudFront's answer is in.
+    for _ in 0..100 {
+        if !s.queue.waiting("a") {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(!s.queue.waiting("a"));
+    s.queue.finish(Duration::from_secs(30)).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_refused_batch_is_counted_failed_and_the_next_goes() {
     let mut s = setup(vec![CdnError::AccessDenied("no".into())]);
     s.queue.changed("a", NEW);
