@@ -4,7 +4,7 @@
 #   scripts/install-deps.sh        FUSE 3 (the demo)
 #   scripts/install-deps.sh test   also the programs the integration tests drive
 #                                  (vim, nano, emacs, tmux, rsync, setfattr,
-#                                  setfacl), libacl for
+#                                  setfacl, openssl, man), libacl for
 #                                  building the POSIX conformance suite, and
 #                                  python3-venv for moto
 set -euo pipefail
@@ -19,6 +19,8 @@ if [ "${1:-}" = test ]; then
   need rsync rsync
   need setfattr attr
   need setfacl acl
+  need openssl openssl
+  need man man-db
   [ -e /usr/include/sys/acl.h ] || missing+=(libacl1-dev)
   # moto, the CloudFront API of the tests, goes in a virtualenv.
   python3 -c 'import ensurepip, venv' 2> /dev/null || missing+=(python3-venv)
