@@ -345,6 +345,14 @@ async fn check_bucket(
             answer => break answer,
         }
     };
+    if let Err(StoreError::Other(why)) = &answer
+        && let Some(theirs) = expected_region(why)
+    {
+        return Err(format!(
+            "wrong region {}: {endpoint} expects region {theirs}; use --region {theirs}",
+            region.0
+        ));
+    }
     match answer {
         Ok(_) => Ok(()),
         Err(StoreError::NoSuchBucket) => {
@@ -360,13 +368,6 @@ async fn check_bucket(
         Err(StoreError::NoCredentials(why)) => Err(why),
         Err(StoreError::Unreachable(why)) => Err(format!("cannot reach {endpoint}: {why}")),
         Err(StoreError::Busy(why)) => Err(format!("{endpoint} keeps failing: {why}")),
-        Err(StoreError::Other(why)) if expected_region(&why).is_some() => {
-            let theirs = expected_region(&why).unwrap_or_default();
-            Err(format!(
-                "wrong region {}: {endpoint} expects region {theirs}; use --region {theirs}",
-                region.0
-            ))
-        }
         Err(e) => Err(format!("cannot list bucket {bucket}: {e}")),
     }
 }

@@ -150,13 +150,7 @@ fn credentials_the_server_refuses() {
     unknown_key.access_key = "GK000000000000000000000000".into();
     for env in [wrong_secret, unknown_key] {
         let out = mount_in_background(&env, &bucket.name, dir.path());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
-        assert!(
-            stderr.starts_with(&expected_start) && stderr.ends_with(expected_end),
-            "{stderr}"
-        );
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert_fails_around(&out, &expected_start, expected_end);
     }
 }
 
@@ -186,18 +180,15 @@ fn key_that_may_not_list_the_bucket() {
     ));
     let dir = tempfile::tempdir().unwrap();
     let out = mount_in_background(&env, &bucket.name, dir.path());
-    let stderr = String::from_utf8_lossy(&out.stderr);
     let start = format!(
         "s3mount: access denied to bucket {}: listing it (ListObjectsV2) was refused (",
         bucket.name
     );
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.starts_with(&start), "{stderr}");
-    assert!(
-        stderr.ends_with("); check the credentials and the bucket's policy\n"),
-        "{stderr}"
+    assert_fails_around(
+        &out,
+        &start,
+        "); check the credentials and the bucket's policy\n",
     );
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
 #[test]
@@ -280,6 +271,16 @@ fn assert_fails_exactly(out: &Output, line: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     assert_eq!(stderr, format!("s3mount: {line}\n"));
+}
+
+/// The one line a failed mount prints begins with `start` and ends with `end`
+/// (the server's own words between), and exit status 1.
+fn assert_fails_around(out: &Output, start: &str, end: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with(start), "{stderr}");
+    assert!(stderr.ends_with(end), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
 fn host_port(env: &S3Env) -> &str {

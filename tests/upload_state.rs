@@ -15,11 +15,16 @@ use common::{Mount, Noise, PrivateGarage, TestBucket, close, sh, sh_output, wait
 const NAME: &str = "user.s3mount.upload";
 const MIB: usize = 1 << 20;
 
-fn state(path: &Path) -> String {
+/// The value of the extended attribute `name` of `path`, read with getfattr.
+fn xattr(path: &Path, name: &str) -> String {
     sh(&format!(
-        "getfattr --absolute-names --only-values -n {NAME} '{}'",
+        "getfattr --absolute-names --only-values -n {name} '{}'",
         path.display()
     ))
+}
+
+fn state(path: &Path) -> String {
+    xattr(path, NAME)
 }
 
 /// The bytes sent of an `uploading SENT of TOTAL bytes` state.
@@ -157,23 +162,14 @@ fn names_without_a_namespace_round_trip_as_s3fs_keeps_them() {
     );
     bucket.put("mine.txt", "hi");
     let mount = Mount::new(&bucket, &[]);
-    let m = mount.path.display();
-    assert_eq!(
-        sh(&format!(
-            "getfattr --absolute-names --only-values -n key1 {m}/theirs.txt"
-        )),
-        "value1"
-    );
-    sh(&format!("setfattr -n key2 -v value2 {m}/mine.txt"));
+    assert_eq!(xattr(&mount.join("theirs.txt"), "key1"), "value1");
+    sh(&format!(
+        "setfattr -n key2 -v value2 '{}'",
+        mount.join("mine.txt").display()
+    ));
     mount.unmount();
     let again = Mount::new(&bucket, &[]);
-    let m = again.path.display();
-    assert_eq!(
-        sh(&format!(
-            "getfattr --absolute-names --only-values -n key2 {m}/mine.txt"
-        )),
-        "value2"
-    );
+    assert_eq!(xattr(&again.join("mine.txt"), "key2"), "value2");
     let stored = bucket.head("mine.txt");
     assert_eq!(
         stored

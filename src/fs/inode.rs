@@ -264,8 +264,17 @@ impl InodeTable {
         self.by_ino.get_mut(&ino)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Inode> {
-        self.by_ino.values()
+    /// The linked inodes below directory `path` (`""`: the root) with changes
+    /// S3 lacks.
+    pub fn unsaved_below(&self, path: &str) -> impl Iterator<Item = &Inode> {
+        let below = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
+        self.by_ino
+            .values()
+            .filter(move |i| i.dirty && i.is_linked() && i.path.starts_with(&below))
     }
 
     pub fn ino_of(&self, path: &str) -> Option<u64> {

@@ -334,19 +334,12 @@ impl Fs {
     /// The directory at `path`, with one more kernel reference, if files below it
     /// have changes S3 lacks.
     fn holding_unsaved(&self, path: &str) -> Option<Attr> {
-        let below = format!("{path}/");
         let mut state = self.state();
         let ino = state.inodes.ino_of(path)?;
         if state.inodes.get(ino)?.kind != Kind::Dir {
             return None;
         }
-        let holds = state
-            .inodes
-            .iter()
-            .any(|i| i.dirty && i.is_linked() && i.path.starts_with(&below));
-        if !holds {
-            return None;
-        }
+        state.inodes.unsaved_below(path).next()?;
         let inode = state
             .inodes
             .lookup(path, Kind::Dir, self.mount_time)

@@ -38,17 +38,11 @@ impl Fs {
     pub(super) fn upload_state(&self, ino: u64) -> FsResult<Vec<u8>> {
         let inode = self.inode(ino)?;
         let text = if inode.kind == Kind::Dir {
-            let below = if inode.path.is_empty() {
-                String::new()
-            } else {
-                format!("{}/", inode.path)
-            };
             let waiting = self
                 .state()
                 .inodes
-                .iter()
-                .filter(|i| i.kind != Kind::Dir && i.dirty && i.is_linked())
-                .filter(|i| i.path.starts_with(&below))
+                .unsaved_below(&inode.path)
+                .filter(|i| i.kind != Kind::Dir)
                 .count();
             format!("{waiting} files waiting")
         } else {
