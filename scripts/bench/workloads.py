@@ -94,6 +94,27 @@ def check_field(out, name, want, what):
         raise StepFailed(f"{what}: {out.strip()}")
 
 
+def stream_argv(size, path, name):
+    """A step that writes SIZE bytes of fresh data to PATH through dd (W13, W15)."""
+    return ["bash", "-o", "pipefail", "-c",
+            'python3 "$1" stream "$2" | dd of="$3" bs=1M iflag=fullblock',
+            name, HELPERS, str(size), str(path)]
+
+
+def dd_at_once(c, argvs, size, lim, t0, what):
+    """Run the dd steps ARGVS at once, for LIM seconds from T0 in all; each must
+    have copied SIZE bytes."""
+    procs = [c.h.start(argv, log=c.log, stderr=subprocess.PIPE) for argv in argvs]
+    errs = []
+    for p in procs:
+        _, err = c.h.finish(p, max(lim - since(t0), 0.1), what)
+        errs.append((p.returncode, (err or b"").decode(errors="replace")))
+    for status, err in errs:
+        c.say(err)
+        if status != 0 or not any(l.startswith(f"{size} bytes") for l in err.splitlines()):
+            raise StepFailed(f"{what} failed: {err.strip()}")
+
+
 def count_lines(path, prefix=""):
     with open(path, errors="replace") as f:
         return sum(1 for line in f if line.startswith(prefix))
@@ -352,16 +373,8 @@ def w12(c):
     c.drop_caches()
     t0 = time.monotonic()
     lim = c.step_limit()
-    procs = [c.h.start(["dd", f"if={m.mnt / 'w12' / f'{i}.bin'}", "of=/dev/null", "bs=1M"],
-                       log=c.log, stderr=subprocess.PIPE) for i in range(4)]
-    errs = []
-    for p in procs:
-        _, err = c.h.finish(p, max(lim - since(t0), 0.1), "dd")
-        errs.append((p.returncode, (err or b"").decode(errors="replace")))
-    for status, err in errs:
-        c.say(err)
-        if status != 0 or not any(l.startswith(f"{W12_SIZE} bytes") for l in err.splitlines()):
-            raise StepFailed(f"a read of W12 failed: {err.strip()}")
+    reads = [["dd", f"if={m.mnt / 'w12' / f'{i}.bin'}", "of=/dev/null", "bs=1M"] for i in range(4)]
+    dd_at_once(c, reads, W12_SIZE, lim, t0, "a read of W12")
     c.result("W12", mb_per_s(t0, 4 * W12_SIZE))
     c.result("W12-rss", m.peak_rss())
     c.unmount(m, "W12")
@@ -412,10 +425,8 @@ def w13(c):
     lim = w13_limit(c)
     with DiskPeak(small) as disk:
         c0, t0 = m.cpu_ticks(), time.monotonic()
-        _, err = c.run(["bash", "-o", "pipefail", "-c",
-                        'python3 "$1" stream "$2" | dd of="$3" bs=1M iflag=fullblock',
-                        "w13", HELPERS, size, m.mnt / key],
-                       capture_err=True, limit=lim, check=False, what="the stream (dd)")
+        _, err = c.run(stream_argv(size, m.mnt / key, "w13"), capture_err=True, limit=lim,
+                       check=False, what="the stream (dd)")
         streamed = any(line.startswith(f"{size} bytes") for line in err.splitlines())
         if streamed:
             c.bench("wait", c.bucket, key, size, "--timeout", int(lim), measured=False, limit=lim)
@@ -486,18 +497,8 @@ def w15(c):
     m = c.mount("W15")
     lim = c.b.step_limit + W15_STREAMS * W15_SIZE / 30e6
     c0, t0 = m.cpu_ticks(), time.monotonic()
-    procs = [c.h.start(["bash", "-o", "pipefail", "-c",
-                        'python3 "$1" stream "$2" | dd of="$3" bs=1M iflag=fullblock',
-                        "w15", HELPERS, str(W15_SIZE), str(m.mnt / key)],
-                       log=c.log, stderr=subprocess.PIPE) for key in keys]
-    errs = []
-    for p in procs:
-        _, err = c.h.finish(p, max(lim - since(t0), 0.1), "a stream (dd)")
-        errs.append((p.returncode, (err or b"").decode(errors="replace")))
-    for status, err in errs:
-        c.say(err)
-        if status != 0 or not any(l.startswith(f"{W15_SIZE} bytes") for l in err.splitlines()):
-            raise StepFailed(f"a stream of W15 failed: {err.strip()}")
+    streams = [stream_argv(W15_SIZE, m.mnt / key, "w15") for key in keys]
+    dd_at_once(c, streams, W15_SIZE, lim, t0, "a stream of W15")
     for key in keys:
         c.bench("wait", c.bucket, key, W15_SIZE, "--timeout", int(lim), measured=False, limit=lim)
     c.result("W15", secs(t0))
